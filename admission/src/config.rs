@@ -1,0 +1,126 @@
+//! The webhook's command line (flags with environment fallbacks), parsed once in `main`
+//! and passed down as typed values.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use dedupe_shared::config::{DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_POOL_SIZE, DEFAULT_STORE_TIMEOUT_MS};
+use dedupe_shared::{ClaimScope, CommonArgs};
+
+/// Largest AdmissionReview body accepted; the API server's own request limit is larger
+/// (3 MiB objects, base64 and JSON overheads), 7 MiB leaves room for any real object.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+/// How often the certificate files are re-read even without a change notification.
+pub const DEFAULT_TLS_RELOAD_POLL_SECONDS: u64 = 30;
+/// How long SIGTERM waits for in-flight requests before exiting anyway.
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 20;
+
+/// Whether to ask the API server if a stale pending claim's run exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum KubeLookup {
+    /// On when cluster configuration is found (in-cluster or kubeconfig), else off with a warning.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// dedupe-admission: validating admission webhook that lets each delivery create at most
+/// one OrchestrationRun.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "dedupe-admission", version, about, long_about = None)]
+pub struct Args {
+    /// HTTPS listen address (POST /validate).
+    #[arg(
+        long,
+        env = "JANGAR_ORCHESTRATION_DEDUPE_LISTEN",
+        default_value = "0.0.0.0:8443"
+    )]
+    pub listen: SocketAddr,
+
+    /// Plain-HTTP listen address for /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "JANGAR_ORCHESTRATION_DEDUPE_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Serving certificate chain (PEM); reloaded when it changes.
+    #[arg(
+        long,
+        env = "JANGAR_ORCHESTRATION_DEDUPE_TLS_CERT",
+        default_value = "/etc/orchestration-dedupe/tls/tls.crt"
+    )]
+    pub tls_cert: PathBuf,
+
+    /// Serving private key (PEM); reloaded when it changes.
+    #[arg(
+        long,
+        env = "JANGAR_ORCHESTRATION_DEDUPE_TLS_KEY",
+        default_value = "/etc/orchestration-dedupe/tls/tls.key"
+    )]
+    pub tls_key: PathBuf,
+
+    /// CA bundle (PEM) that client certificates must chain to; unset = no client certificate required.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Seconds between certificate re-reads when no file change was noticed.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_TLS_RELOAD_POLL_SECONDS", default_value_t = DEFAULT_TLS_RELOAD_POLL_SECONDS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_reload_poll_seconds: u64,
+
+    /// Serve HTTP/2 as well as HTTP/1.1 (with rapid-reset limits). Off by default.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_HTTP2", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub http2: bool,
+
+    /// Which parts of a run make up its claim key.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_CLAIM_SCOPE", value_enum, default_value_t = ClaimScope::Orchestration)]
+    pub claim_scope: ClaimScope,
+
+    /// Seconds a pending claim is left alone before its run may be looked up and the claim taken over.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PENDING_GRACE_SECONDS", default_value_t = DEFAULT_PENDING_GRACE_SECONDS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub pending_grace_seconds: u64,
+
+    /// Ask the API server whether a stale pending claim's run exists (needs RBAC get on orchestrationruns).
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_KUBE_LOOKUP", value_enum, default_value_t = KubeLookup::Auto)]
+    pub kube_lookup: KubeLookup,
+
+    /// Bound on each store call; past it the webhook answers 503 and the failurePolicy applies.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_STORE_TIMEOUT_MS", default_value_t = DEFAULT_STORE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_timeout_ms: u64,
+
+    /// Maximum PostgreSQL connections held by this replica.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE, value_parser = parse_pool_size)]
+    pub pool_size: usize,
+
+    /// Largest request body accepted (bytes); larger gets 413.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Seconds to wait for in-flight requests after SIGTERM.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_SHUTDOWN_GRACE_SECONDS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECONDS)]
+    pub shutdown_grace_seconds: u64,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl Args {
+    pub fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.store_timeout_ms)
+    }
+
+    pub fn pending_grace(&self) -> Duration {
+        Duration::from_secs(self.pending_grace_seconds)
+    }
+}
+
+fn parse_pool_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a pool size between 1 and 1024")),
+    }
+}

@@ -1,0 +1,56 @@
+//! Error types of the shared crate.
+
+use std::time::Duration;
+
+/// A configuration value that cannot be used; names the flag and its environment variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+}
+
+/// A failure talking to the claim store. Every variant means "no decision could be made":
+/// the webhook answers 503 so the API server applies its failurePolicy.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("claim store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("claim store unavailable: {0}")]
+    Pool(String),
+    #[error("claim store query failed: {0}")]
+    Query(String),
+    #[error("claim store returned an unexpected row: {0}")]
+    UnexpectedRow(String),
+    #[error("migration {version} ({name}) failed: {reason}")]
+    Migration {
+        version: i32,
+        name: &'static str,
+        reason: String,
+    },
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Query(describe_pg_error(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Pool(describe_pg_error(&e)),
+            other => StoreError::Pool(other.to_string()),
+        }
+    }
+}
+
+/// tokio-postgres' `Display` says only "db error"; the server's message is in the source.
+pub(crate) fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    }
+}

@@ -1,0 +1,16 @@
+//! Shared by the webhook and the pruner: the claim model, the PostgreSQL claim store (its
+//! schema, migrations and every SQL statement), configuration and telemetry.
+
+pub mod claim;
+pub mod config;
+pub mod error;
+pub mod migrate;
+pub mod sql;
+pub mod store;
+pub mod telemetry;
+
+pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, DeletedBatch, ExpiredCount, RunRef};
+pub use config::{ClaimScope, CommonArgs, LogFormat, MigrationMode, StoreConfig};
+pub use error::{ConfigError, StoreError};
+pub use migrate::MigrationReport;
+pub use store::{ClaimStore, PrunerLock};

@@ -1,0 +1,94 @@
+//! Per-test isolation: each test gets its own schema in the database named by
+//! `DATABASE_URL` (set by `make test`), reached through `search_path`, and dropped after.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use dedupe_shared::{ClaimStore, StoreConfig};
+use tokio_postgres::NoTls;
+
+/// A schema of its own for one test.
+pub struct TestDb {
+    admin_url: String,
+    schema: String,
+    url: String,
+}
+
+/// The database the tests run against. `make test` sets it (starting a private server when
+/// needed); running `cargo nextest` by hand needs it set.
+pub fn admin_url() -> Result<String> {
+    std::env::var("DATABASE_URL")
+        .context("DATABASE_URL is not set: run the tests with `make test`, which provides a PostgreSQL")
+}
+
+impl TestDb {
+    /// Creates a fresh, empty schema.
+    pub async fn new() -> Result<Self> {
+        let admin_url = admin_url()?;
+        let schema = format!("t_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let (client, conn) = tokio_postgres::connect(&admin_url, NoTls)
+            .await
+            .context("connecting to DATABASE_URL")?;
+        tokio::spawn(conn);
+        client.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
+        let sep = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
+        Ok(Self {
+            admin_url,
+            schema,
+            url,
+        })
+    }
+
+    /// A connection string whose sessions see only this test's schema.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// A store over this schema (not yet migrated).
+    pub fn store(&self, pool_size: usize, timeout: Duration) -> Result<ClaimStore> {
+        Ok(ClaimStore::new(&StoreConfig::new(
+            &self.url, pool_size, timeout,
+        )?)?)
+    }
+
+    /// A migrated store with default bounds.
+    pub async fn migrated_store(&self) -> Result<ClaimStore> {
+        let store = self.store(16, Duration::from_secs(10))?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A plain client on this schema, for seeding and inspecting rows.
+    pub async fn client(&self) -> Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.url, NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime; do the async cleanup on a thread of its own.
+        let admin_url = self.admin_url.clone();
+        let schema = self.schema.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok((client, conn)) = tokio_postgres::connect(&admin_url, NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
