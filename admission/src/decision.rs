@@ -1,0 +1,773 @@
+//! The decision table of DESIGN.md as pure functions: (request, current claim, database
+//! clock) → (answer, store action). No I/O here: `handler.rs` runs the store and API-server
+//! steps these functions ask for, and every row of the table is a unit test below.
+//!
+//! A create goes: [`plan`] → `ClaimStore::claim` → [`after_claim`] → (only for a stale
+//! pending claim) the API-server lookup → [`after_lookup`] → `ClaimStore::take_over` →
+//! [`taken_over`]. An update or delete goes: [`plan`] → `ClaimStore::confirm` →
+//! [`after_confirm`].
+
+use std::time::Duration;
+
+use dedupe_shared::run::label_value_problem;
+use dedupe_shared::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, RunRef, RunView, DELIVERY_ID_LABEL};
+
+use crate::review::{Op, Request};
+
+/// The audit annotation `decision` and the `decision` log field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// First create for the delivery: claimed, allowed.
+    Claimed,
+    /// Another run holds the delivery: denied 409.
+    Duplicate,
+    /// A retried create of the run that holds the pending claim: allowed.
+    Retry,
+    /// A stale pending claim whose run does not exist was taken over: allowed.
+    Takeover,
+    /// A dry-run create that would be allowed; nothing written.
+    DryRun,
+    /// An update that changes the claim key: denied 422.
+    Immutable,
+    /// A create with a bad delivery id or mismatched spec: denied 422.
+    Invalid,
+    /// An allowed update/delete that confirmed a pending claim.
+    Confirmed,
+    /// An allowed update/delete with nothing to do.
+    Allowed,
+    /// Not ours: unlabelled, another resource, a subresource.
+    Ignored,
+}
+
+impl Decision {
+    #[cfg(test)]
+    pub const ALL: [Decision; 10] = [
+        Decision::Claimed,
+        Decision::Duplicate,
+        Decision::Retry,
+        Decision::Takeover,
+        Decision::DryRun,
+        Decision::Immutable,
+        Decision::Invalid,
+        Decision::Confirmed,
+        Decision::Allowed,
+        Decision::Ignored,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Claimed => "claimed",
+            Decision::Duplicate => "duplicate",
+            Decision::Retry => "retry",
+            Decision::Takeover => "takeover",
+            Decision::DryRun => "dry-run",
+            Decision::Immutable => "immutable",
+            Decision::Invalid => "invalid",
+            Decision::Confirmed => "confirmed",
+            Decision::Allowed => "allowed",
+            Decision::Ignored => "ignored",
+        }
+    }
+}
+
+/// The webhook's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// `status.code` of a deny (409 or 422); 0 when allowed.
+    pub code: u16,
+    /// `status.reason` of a deny (`AlreadyExists`, `Invalid`).
+    pub reason: &'static str,
+    pub message: String,
+    pub decision: Decision,
+    pub warnings: Vec<String>,
+    /// The run holding the claim, when that is what the answer is about (for logs).
+    pub existing_run: Option<String>,
+}
+
+impl Verdict {
+    fn allow(decision: Decision, message: String) -> Self {
+        Self { allowed: true, code: 0, reason: "", message, decision, warnings: Vec::new(), existing_run: None }
+    }
+
+    fn invalid(decision: Decision, message: String) -> Self {
+        Self { allowed: false, code: 422, reason: "Invalid", message, decision, warnings: Vec::new(), existing_run: None }
+    }
+
+    fn warn(mut self, warning: String) -> Self {
+        self.warnings.push(warning);
+        self
+    }
+}
+
+/// The knobs the decision depends on.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub scope: ClaimScope,
+    /// How long a pending claim is left alone before its run may be looked up.
+    pub grace: Duration,
+    /// Whether the API-server lookup (and so take-over) is available.
+    pub lookup_enabled: bool,
+}
+
+/// A create that needs the claim store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPlan {
+    pub key: ClaimKey,
+    pub run: RunRef,
+    /// Read only, never write (`sideEffects: NoneOnDryRun`).
+    pub dry_run: bool,
+}
+
+/// An update or delete of a labelled run: confirm its pending claim (the run exists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfirmPlan {
+    pub key: ClaimKey,
+    pub run: RunRef,
+    pub dry_run: bool,
+}
+
+/// What a request needs next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Answer now; nothing to read or write.
+    Answer(Verdict),
+    Claim(ClaimPlan),
+    Confirm(ConfirmPlan),
+}
+
+impl Plan {
+    /// The claim key and delivery the request is about, if any (for logs).
+    pub fn key(&self) -> Option<&ClaimKey> {
+        match self {
+            Plan::Answer(_) => None,
+            Plan::Claim(p) => Some(&p.key),
+            Plan::Confirm(p) => Some(&p.key),
+        }
+    }
+}
+
+/// First step for every request: decide without the store when possible.
+pub fn plan(req: &Request, policy: &Policy) -> Plan {
+    if !req.is_orchestration_run {
+        return Plan::Answer(Verdict::allow(Decision::Ignored, "not an OrchestrationRun".into()));
+    }
+    if let Some(sub) = &req.sub_resource {
+        return Plan::Answer(Verdict::allow(Decision::Ignored, format!("the {sub} subresource carries no claim")));
+    }
+    match (req.operation, &req.object, &req.old_object) {
+        (Op::Create, Some(object), _) => plan_create(object, req.dry_run, policy),
+        (Op::Update, Some(object), Some(old)) => plan_update(object, old, req.dry_run, policy),
+        (Op::Delete, _, Some(old)) => plan_delete(old, req.dry_run, policy),
+        (Op::Delete, _, None) => Plan::Answer(Verdict::allow(Decision::Ignored, "delete without the old object".into())),
+        // CONNECT, or an object missing (review::parse rejects those for our resource).
+        _ => Plan::Answer(Verdict::allow(Decision::Ignored, format!("{} carries no claim", req.operation.as_str()))),
+    }
+}
+
+fn label_field() -> String {
+    format!("metadata.labels[\"{DELIVERY_ID_LABEL}\"]")
+}
+
+fn plan_create(object: &RunView, dry_run: bool, policy: &Policy) -> Plan {
+    let Some(delivery) = object.delivery_label.as_deref() else {
+        let verdict = Verdict::allow(Decision::Ignored, "no delivery-id label".into());
+        return Plan::Answer(match object.spec_delivery_id() {
+            Some(id) => verdict.warn(format!(
+                "spec.deliveryId is {id:?} but the {DELIVERY_ID_LABEL} label is missing: this run is not deduplicated"
+            )),
+            None => verdict,
+        });
+    };
+    if let Some(problem) = label_value_problem(delivery) {
+        return Plan::Answer(Verdict::invalid(Decision::Invalid, format!("{} {problem}", label_field())));
+    }
+    if let Some(error) = &object.spec_error {
+        return Plan::Answer(Verdict::invalid(Decision::Invalid, format!("spec cannot be read: {error}")));
+    }
+    if let Some(spec_id) = object.spec_delivery_id() {
+        if spec_id != delivery {
+            return Plan::Answer(Verdict::invalid(
+                Decision::Invalid,
+                format!(
+                    "spec.deliveryId {spec_id:?} differs from the {} label {delivery:?}: they must name the same delivery",
+                    DELIVERY_ID_LABEL
+                ),
+            ));
+        }
+    }
+    let orchestration = object.orchestration().unwrap_or_default();
+    if policy.scope == ClaimScope::Orchestration && orchestration.is_empty() {
+        return Plan::Answer(Verdict::invalid(
+            Decision::Invalid,
+            "spec.orchestrationRef.name is required: it is part of the claim key (claim scope `orchestration`)".into(),
+        ));
+    }
+    if object.name.is_empty() || object.namespace.is_empty() {
+        return Plan::Answer(Verdict::invalid(
+            Decision::Invalid,
+            "metadata.name and metadata.namespace must be set by the time the webhook is called".into(),
+        ));
+    }
+    Plan::Claim(ClaimPlan {
+        key: ClaimKey::new(policy.scope, &object.namespace, orchestration, delivery),
+        run: run_ref(object),
+        dry_run,
+    })
+}
+
+fn plan_update(object: &RunView, old: &RunView, dry_run: bool, policy: &Policy) -> Plan {
+    if object.delivery_label.is_none() && old.delivery_label.is_none() {
+        return Plan::Answer(Verdict::allow(Decision::Ignored, "no delivery-id label".into()));
+    }
+    let changed = |field: String, before: Option<&str>, after: Option<&str>| {
+        let what = match (before, after) {
+            (None, Some(a)) => format!("{field} cannot be added after create (was unset, now {a:?})"),
+            (Some(b), None) => format!("{field} cannot be removed (was {b:?})"),
+            (Some(b), Some(a)) => format!("{field} is immutable (was {b:?}, now {a:?})"),
+            (None, None) => format!("{field} is immutable"),
+        };
+        Plan::Answer(Verdict::invalid(
+            Decision::Immutable,
+            format!("{what}: the delivery claim was made at create and its key cannot change"),
+        ))
+    };
+    let (old_label, new_label) = (old.delivery_label.as_deref(), object.delivery_label.as_deref());
+    if old_label != new_label {
+        return changed(label_field(), old_label, new_label);
+    }
+    if old.spec_delivery_id() != object.spec_delivery_id() {
+        return changed("spec.deliveryId".into(), old.spec_delivery_id(), object.spec_delivery_id());
+    }
+    if old.orchestration() != object.orchestration() {
+        return changed("spec.orchestrationRef.name".into(), old.orchestration(), object.orchestration());
+    }
+    confirm_plan(object, dry_run, policy)
+}
+
+fn plan_delete(old: &RunView, dry_run: bool, policy: &Policy) -> Plan {
+    if old.delivery_label.is_none() {
+        return Plan::Answer(Verdict::allow(Decision::Ignored, "no delivery-id label".into()));
+    }
+    confirm_plan(old, dry_run, policy)
+}
+
+/// An update or delete of a labelled run: the run exists, so its pending claim is confirmed.
+fn confirm_plan(run: &RunView, dry_run: bool, policy: &Policy) -> Plan {
+    let delivery = run.delivery_label.as_deref().unwrap_or_default();
+    if label_value_problem(delivery).is_some() {
+        // A run labelled before the webhook was installed, with a value no claim can have.
+        return Plan::Answer(Verdict::allow(Decision::Allowed, "delivery-id label is not a valid claim key".into()));
+    }
+    Plan::Confirm(ConfirmPlan {
+        key: ClaimKey::new(policy.scope, &run.namespace, run.orchestration().unwrap_or_default(), delivery),
+        run: run_ref(run),
+        dry_run,
+    })
+}
+
+fn run_ref(run: &RunView) -> RunRef {
+    RunRef { namespace: run.namespace.clone(), name: run.name.clone(), uid: run.uid.clone() }
+}
+
+/// What the store holds for a create's key: the claim statement's outcome, or for a
+/// dry-run the read-only lookup mapped onto the same cases by [`found_for_dry_run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Outcome(ClaimOutcome),
+    /// Dry-run only: no claim exists (a real create would claim it).
+    Vacant,
+}
+
+/// Maps a dry-run's read onto what the claim statement would have returned.
+pub fn found_for_dry_run(run: &RunRef, current: Option<Claim>) -> Found {
+    match current {
+        None => Found::Vacant,
+        Some(c) if c.state == ClaimState::Pending && c.holder.same_run(run) => Found::Outcome(ClaimOutcome::SameRun(c)),
+        Some(c) => Found::Outcome(ClaimOutcome::HeldBy(c)),
+    }
+}
+
+/// After the claim statement (or the dry-run read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterClaim {
+    Answer(Verdict),
+    /// The pending claim is older than the grace period: ask the API server whether its
+    /// run exists before deciding.
+    LookUpHolder(Claim),
+}
+
+pub fn after_claim(plan: &ClaimPlan, found: Found, policy: &Policy) -> AfterClaim {
+    let delivery = &plan.key.delivery_id;
+    let claim = match found {
+        Found::Vacant => {
+            return AfterClaim::Answer(Verdict::allow(
+                Decision::DryRun,
+                format!("dry run: delivery {delivery} is unclaimed; a real create would claim it for {}", plan.run),
+            ))
+        }
+        Found::Outcome(ClaimOutcome::Claimed(_)) => {
+            return AfterClaim::Answer(Verdict::allow(
+                Decision::Claimed,
+                format!("delivery {delivery} claimed for {}", plan.run),
+            ))
+        }
+        Found::Outcome(ClaimOutcome::SameRun(_)) => {
+            let decision = if plan.dry_run { Decision::DryRun } else { Decision::Retry };
+            return AfterClaim::Answer(Verdict::allow(
+                decision,
+                format!("delivery {delivery} is already claimed by this run ({}): a retried create", plan.run),
+            ));
+        }
+        Found::Outcome(ClaimOutcome::HeldBy(claim)) => claim,
+    };
+    let stale = claim.state == ClaimState::Pending && claim.idle_for() >= grace_as_chrono(policy.grace);
+    if stale && policy.lookup_enabled && !claim.holder.same_run(&plan.run) {
+        return AfterClaim::LookUpHolder(claim);
+    }
+    let note = match claim.state {
+        ClaimState::Confirmed if claim.holder.same_run(&plan.run) => {
+            "that run existed and was deleted; deleting a run does not free its delivery, whose claim is kept \
+             until retention expires"
+                .to_owned()
+        }
+        ClaimState::Confirmed => "that run exists (confirmed)".to_owned(),
+        ClaimState::Pending if !policy.lookup_enabled => {
+            "the claim is pending and the API-server lookup is off, so it holds until retention expires".to_owned()
+        }
+        ClaimState::Pending => {
+            let after = claim.updated_at + grace_as_chrono(policy.grace);
+            format!(
+                "the claim is pending; if that run was never created, a create after {} can take it over",
+                after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        }
+    };
+    AfterClaim::Answer(duplicate(plan, &claim, &note))
+}
+
+/// What the API server said about the holder of a stale pending claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    Exists,
+    Gone,
+    /// The lookup failed; the claim is kept (never risk a second run).
+    Unknown(String),
+}
+
+/// After the API-server lookup of a stale pending claim's run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterLookup {
+    /// The run never appeared: move the claim to this run (compare-and-swap on the holder).
+    TakeOver(Claim),
+    /// The run exists: mark the claim confirmed, then answer (a duplicate).
+    ConfirmThen(Verdict),
+    Answer(Verdict),
+}
+
+pub fn after_lookup(plan: &ClaimPlan, claim: Claim, holder: Holder) -> AfterLookup {
+    match holder {
+        Holder::Gone if plan.dry_run => AfterLookup::Answer(Verdict::allow(
+            Decision::DryRun,
+            format!(
+                "dry run: delivery {} is held by {}, which does not exist; a real create would take the claim over",
+                plan.key.delivery_id, claim.holder
+            ),
+        )),
+        Holder::Gone => AfterLookup::TakeOver(claim),
+        Holder::Exists => {
+            let verdict = duplicate(plan, &claim, "that run exists");
+            if plan.dry_run {
+                AfterLookup::Answer(verdict)
+            } else {
+                AfterLookup::ConfirmThen(verdict)
+            }
+        }
+        Holder::Unknown(error) => AfterLookup::Answer(duplicate(
+            plan,
+            &claim,
+            &format!("the claim is pending and whether that run exists could not be checked ({error}), so the claim is kept"),
+        )),
+    }
+}
+
+/// The take-over succeeded: allowed, with a warning naming the previous holder.
+pub fn taken_over(plan: &ClaimPlan, previous: &Claim) -> Verdict {
+    let mut verdict = Verdict::allow(
+        Decision::Takeover,
+        format!(
+            "delivery {} taken over for {} from {}, whose create never completed",
+            plan.key.delivery_id, plan.run, previous.holder
+        ),
+    )
+    .warn(format!(
+        "delivery {} was claimed by {} (uid {}), which does not exist; the claim now names this run",
+        plan.key.delivery_id, previous.holder, previous.holder.uid
+    ));
+    verdict.existing_run = Some(previous.holder.to_string());
+    verdict
+}
+
+/// After `ClaimStore::confirm` (`changed` = a pending claim became confirmed).
+pub fn after_confirm(plan: &ConfirmPlan, changed: bool) -> Verdict {
+    if changed {
+        Verdict::allow(Decision::Confirmed, format!("claim for delivery {} confirmed", plan.key.delivery_id))
+    } else {
+        Verdict::allow(Decision::Allowed, format!("delivery {}: nothing to confirm", plan.key.delivery_id))
+    }
+}
+
+/// The 409 for a delivery someone else holds. The message is all a submitter sees: it names
+/// the delivery and the existing run (namespace/name, uid, when claimed) so it can return it.
+fn duplicate(plan: &ClaimPlan, claim: &Claim, note: &str) -> Verdict {
+    let dry = if plan.dry_run { "dry run: " } else { "" };
+    Verdict {
+        allowed: false,
+        code: 409,
+        reason: "AlreadyExists",
+        message: format!(
+            "{dry}delivery {} already has a run: orchestrationrun {} (uid {}, claimed at {}, {}); {note}. \
+             This submission was answered idempotently: use the existing run",
+            plan.key.delivery_id,
+            claim.holder,
+            claim.holder.uid,
+            claim.claimed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            claim.state,
+        ),
+        decision: Decision::Duplicate,
+        warnings: Vec::new(),
+        existing_run: Some(claim.holder.to_string()),
+    }
+}
+
+fn grace_as_chrono(grace: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::review;
+    use chrono::{TimeZone, Utc};
+    use serde_json::Value;
+
+    const CREATE: &str = include_str!("../../tests/fixtures/admission-review/create-generatename.json");
+    const CREATE_FIXED: &str = include_str!("../../tests/fixtures/admission-review/create-fixed-name.json");
+    const CREATE_DRY: &str = include_str!("../../tests/fixtures/admission-review/create-dry-run.json");
+    const UPDATE_LABEL: &str = include_str!("../../tests/fixtures/admission-review/update-label-changed.json");
+    const UPDATE_STATUS: &str = include_str!("../../tests/fixtures/admission-review/update-status-subresource.json");
+    const DELETE: &str = include_str!("../../tests/fixtures/admission-review/delete.json");
+
+    fn policy() -> Policy {
+        Policy { scope: ClaimScope::Orchestration, grace: Duration::from_secs(120), lookup_enabled: true }
+    }
+
+    fn parse(body: &str, edit: impl FnOnce(&mut Value)) -> Request {
+        let mut v: Value = serde_json::from_str(body).unwrap_or_default();
+        edit(&mut v);
+        match review::parse(v.to_string().as_bytes()) {
+            Ok(r) => r,
+            Err(e) => panic!("fixture does not parse: {e}"),
+        }
+    }
+
+    fn claim_plan(body: &str, edit: impl FnOnce(&mut Value)) -> ClaimPlan {
+        match plan(&parse(body, edit), &policy()) {
+            Plan::Claim(p) => p,
+            other => panic!("expected a claim plan, got {other:?}"),
+        }
+    }
+
+    fn answer(p: Plan) -> Verdict {
+        match p {
+            Plan::Answer(v) => v,
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    fn claim_by(name: &str, state: ClaimState, idle_secs: i64) -> Claim {
+        let at = Utc.with_ymd_and_hms(2026, 11, 27, 9, 0, 0).single().unwrap_or_default();
+        Claim {
+            holder: RunRef { namespace: "jangar".into(), name: name.into(), uid: format!("uid-{name}") },
+            state,
+            claimed_at: at,
+            updated_at: at,
+            admissions: 0,
+            takeovers: 0,
+            observed_at: at + chrono::Duration::seconds(idle_secs),
+        }
+    }
+
+    fn after(p: &ClaimPlan, outcome: ClaimOutcome, policy: &Policy) -> AfterClaim {
+        after_claim(p, Found::Outcome(outcome), policy)
+    }
+
+    #[test]
+    fn create_with_label_plans_a_claim_for_the_named_run() {
+        let p = claim_plan(CREATE, |_| {});
+        assert_eq!(p.key.delivery_id, "0466d0d5-31e3-4a8a-8d3f-d031fa39b1e7");
+        assert_eq!((p.key.namespace.as_str(), p.key.orchestration.as_str()), ("jangar", "demo-orchestration"));
+        assert_eq!(p.run.to_string(), "jangar/run-bxm4w");
+        assert_eq!(p.run.uid, "599aef04-af48-4dfe-9e63-c02ffc7d621d");
+        assert!(!p.dry_run);
+    }
+
+    #[test]
+    fn new_claim_is_allowed_as_claimed() {
+        let p = claim_plan(CREATE, |_| {});
+        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::Claimed(claim_by("run-bxm4w", ClaimState::Pending, 0)), &policy())
+        else {
+            panic!("expected an answer")
+        };
+        assert!(v.allowed);
+        assert_eq!(v.decision, Decision::Claimed);
+    }
+
+    #[test]
+    fn retried_create_of_same_pending_run_is_allowed_as_retry() {
+        let p = claim_plan(CREATE, |_| {});
+        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::SameRun(claim_by("run-bxm4w", ClaimState::Pending, 3)), &policy())
+        else {
+            panic!("expected an answer")
+        };
+        assert!(v.allowed);
+        assert_eq!(v.decision, Decision::Retry);
+    }
+
+    #[test]
+    fn claim_held_by_another_run_is_a_409_naming_it() {
+        let p = claim_plan(CREATE, |_| {});
+        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::HeldBy(claim_by("run-first", ClaimState::Pending, 5)), &policy())
+        else {
+            panic!("expected an answer")
+        };
+        assert!(!v.allowed);
+        assert_eq!((v.code, v.reason, v.decision), (409, "AlreadyExists", Decision::Duplicate));
+        for part in ["0466d0d5-31e3-4a8a-8d3f-d031fa39b1e7", "jangar/run-first", "uid-run-first", "2026-11-27T09:00:00Z", "idempotently"] {
+            assert!(v.message.contains(part), "{part} missing from {}", v.message);
+        }
+        assert_eq!(v.existing_run.as_deref(), Some("jangar/run-first"));
+    }
+
+    #[test]
+    fn confirmed_claim_for_the_same_name_is_a_409_the_run_existed() {
+        let p = claim_plan(CREATE, |_| {});
+        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::HeldBy(claim_by("run-bxm4w", ClaimState::Confirmed, 5)), &policy())
+        else {
+            panic!("expected an answer")
+        };
+        assert_eq!((v.allowed, v.code), (false, 409));
+        assert!(v.message.contains("existed and was deleted"), "{}", v.message);
+    }
+
+    #[test]
+    fn stale_pending_claim_asks_the_api_server() {
+        let p = claim_plan(CREATE, |_| {});
+        let stale = claim_by("run-ghost", ClaimState::Pending, 121);
+        assert_eq!(after(&p, ClaimOutcome::HeldBy(stale.clone()), &policy()), AfterClaim::LookUpHolder(stale));
+        // Inside the grace period: plain duplicate, with the time a take-over becomes possible.
+        let young = claim_by("run-ghost", ClaimState::Pending, 119);
+        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::HeldBy(young), &policy()) else { panic!("answer") };
+        assert_eq!(v.decision, Decision::Duplicate);
+        assert!(v.message.contains("2026-11-27T09:02:00Z"), "{}", v.message);
+    }
+
+    #[test]
+    fn stale_confirmed_claim_never_asks() {
+        let p = claim_plan(CREATE, |_| {});
+        let old = claim_by("run-first", ClaimState::Confirmed, 86_400);
+        assert!(matches!(after(&p, ClaimOutcome::HeldBy(old), &policy()), AfterClaim::Answer(v) if v.code == 409));
+    }
+
+    #[test]
+    fn with_lookup_off_a_stale_claim_holds_and_the_denial_says_so() {
+        let p = claim_plan(CREATE, |_| {});
+        let off = Policy { lookup_enabled: false, ..policy() };
+        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::HeldBy(claim_by("run-ghost", ClaimState::Pending, 9_999)), &off)
+        else {
+            panic!("expected an answer")
+        };
+        assert_eq!(v.code, 409);
+        assert!(v.message.contains("lookup is off") && v.message.contains("retention"), "{}", v.message);
+    }
+
+    #[test]
+    fn lookup_results_decide_take_over_or_confirmed_duplicate() {
+        let p = claim_plan(CREATE, |_| {});
+        let stale = claim_by("run-ghost", ClaimState::Pending, 500);
+        assert_eq!(after_lookup(&p, stale.clone(), Holder::Gone), AfterLookup::TakeOver(stale.clone()));
+        match after_lookup(&p, stale.clone(), Holder::Exists) {
+            AfterLookup::ConfirmThen(v) => assert_eq!((v.code, v.decision), (409, Decision::Duplicate)),
+            other => panic!("{other:?}"),
+        }
+        match after_lookup(&p, stale.clone(), Holder::Unknown("forbidden".into())) {
+            AfterLookup::Answer(v) => {
+                assert_eq!(v.code, 409);
+                assert!(v.message.contains("forbidden"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let v = taken_over(&p, &stale);
+        assert_eq!((v.allowed, v.decision), (true, Decision::Takeover));
+        assert!(v.warnings.iter().any(|w| w.contains("jangar/run-ghost")));
+    }
+
+    #[test]
+    fn dry_run_reads_and_never_writes() {
+        let req = parse(CREATE_DRY, |_| {});
+        let p = match plan(&req, &policy()) {
+            Plan::Claim(p) => p,
+            other => panic!("{other:?}"),
+        };
+        assert!(p.dry_run);
+        let AfterClaim::Answer(v) = after_claim(&p, found_for_dry_run(&p.run, None), &policy()) else { panic!() };
+        assert_eq!((v.allowed, v.decision), (true, Decision::DryRun));
+        // Held by another: the same 409 a real create gets.
+        let held = found_for_dry_run(&p.run, Some(claim_by("run-first", ClaimState::Confirmed, 1)));
+        let AfterClaim::Answer(v) = after_claim(&p, held, &policy()) else { panic!() };
+        assert_eq!((v.allowed, v.code), (false, 409));
+        assert!(v.message.starts_with("dry run:"));
+        // Same pending run: allowed as dry-run.
+        let same = found_for_dry_run(&p.run, Some(claim_by("run-j7r8g", ClaimState::Pending, 1)));
+        let AfterClaim::Answer(v) = after_claim(&p, same, &policy()) else { panic!() };
+        assert_eq!((v.allowed, v.decision), (true, Decision::DryRun));
+        // Stale holder gone: allowed, no take-over; holder exists: deny without confirming.
+        let stale = claim_by("run-ghost", ClaimState::Pending, 500);
+        assert!(matches!(after_lookup(&p, stale.clone(), Holder::Gone), AfterLookup::Answer(v) if v.allowed));
+        assert!(matches!(after_lookup(&p, stale, Holder::Exists), AfterLookup::Answer(v) if v.code == 409));
+    }
+
+    #[test]
+    fn empty_label_is_invalid() {
+        let v = answer(plan(
+            &parse(CREATE, |v| v["request"]["object"]["metadata"]["labels"][DELIVERY_ID_LABEL] = "".into()),
+            &policy(),
+        ));
+        assert_eq!((v.allowed, v.code, v.reason, v.decision), (false, 422, "Invalid", Decision::Invalid));
+        assert!(v.message.contains(DELIVERY_ID_LABEL) && v.message.contains("empty"), "{}", v.message);
+    }
+
+    #[test]
+    fn spec_delivery_id_differing_from_label_is_invalid_and_named() {
+        let v = answer(plan(&parse(CREATE, |v| v["request"]["object"]["spec"]["deliveryId"] = "other".into()), &policy()));
+        assert_eq!((v.code, v.decision), (422, Decision::Invalid));
+        assert!(v.message.contains("spec.deliveryId"), "{}", v.message);
+    }
+
+    #[test]
+    fn spec_delivery_id_absent_is_fine() {
+        let req = parse(CREATE, |v| {
+            if let Some(spec) = v["request"]["object"]["spec"].as_object_mut() {
+                spec.remove("deliveryId");
+            }
+        });
+        assert!(matches!(plan(&req, &policy()), Plan::Claim(_)));
+    }
+
+    #[test]
+    fn overlong_or_malformed_label_is_invalid_not_a_store_error() {
+        let v = answer(plan(
+            &parse(CREATE, |v| {
+                v["request"]["object"]["metadata"]["labels"][DELIVERY_ID_LABEL] = "x".repeat(64).into();
+                v["request"]["object"]["spec"]["deliveryId"] = "x".repeat(64).into();
+            }),
+            &policy(),
+        ));
+        assert_eq!(v.code, 422);
+    }
+
+    #[test]
+    fn missing_orchestration_ref_is_invalid_only_where_the_key_needs_it() {
+        let req = parse(CREATE, |v| v["request"]["object"]["spec"]["orchestrationRef"] = Value::Null);
+        assert_eq!(answer(plan(&req, &policy())).code, 422);
+        let ns = Policy { scope: ClaimScope::Namespace, ..policy() };
+        assert!(matches!(plan(&req, &ns), Plan::Claim(_)));
+    }
+
+    #[test]
+    fn wrongly_typed_spec_is_invalid() {
+        let v = answer(plan(&parse(CREATE, |v| v["request"]["object"]["spec"]["deliveryId"] = 42.into()), &policy()));
+        assert_eq!((v.code, v.decision), (422, Decision::Invalid));
+    }
+
+    #[test]
+    fn create_without_label_is_ignored_and_warns_if_spec_names_a_delivery() {
+        let req = parse(CREATE_FIXED, |v| v["request"]["object"]["metadata"]["labels"] = Value::Null);
+        let v = answer(plan(&req, &policy()));
+        assert_eq!((v.allowed, v.decision), (true, Decision::Ignored));
+        assert!(v.warnings.iter().any(|w| w.contains("not deduplicated")));
+    }
+
+    #[test]
+    fn label_change_on_update_is_immutable() {
+        let v = answer(plan(&parse(UPDATE_LABEL, |_| {}), &policy()));
+        assert_eq!((v.allowed, v.code, v.decision), (false, 422, Decision::Immutable));
+        assert!(v.message.contains("cab75a61-62fe-44c9-aca9-be29f735114a"), "{}", v.message);
+    }
+
+    #[test]
+    fn label_added_or_removed_on_update_is_immutable() {
+        let added = parse(UPDATE_LABEL, |v| v["request"]["oldObject"]["metadata"]["labels"] = Value::Null);
+        let v = answer(plan(&added, &policy()));
+        assert_eq!(v.decision, Decision::Immutable);
+        assert!(v.message.contains("cannot be added"));
+        let removed = parse(UPDATE_LABEL, |v| v["request"]["object"]["metadata"]["labels"] = Value::Null);
+        assert!(answer(plan(&removed, &policy())).message.contains("cannot be removed"));
+    }
+
+    /// An update that keeps the key: the fixture's new object with its old labels restored.
+    fn same_key_update(edit: impl FnOnce(&mut Value)) -> Request {
+        parse(UPDATE_LABEL, |v| {
+            v["request"]["object"]["metadata"]["labels"] = v["request"]["oldObject"]["metadata"]["labels"].clone();
+            edit(v)
+        })
+    }
+
+    #[test]
+    fn spec_key_fields_are_immutable_on_update() {
+        let v = answer(plan(&same_key_update(|v| v["request"]["object"]["spec"]["deliveryId"] = "x".into()), &policy()));
+        assert!(v.message.starts_with("spec.deliveryId"), "{}", v.message);
+        let v = answer(plan(
+            &same_key_update(|v| v["request"]["object"]["spec"]["orchestrationRef"]["name"] = "other".into()),
+            &policy(),
+        ));
+        assert!(v.message.starts_with("spec.orchestrationRef.name"), "{}", v.message);
+    }
+
+    #[test]
+    fn other_updates_confirm_the_claim() {
+        let req = same_key_update(|v| v["request"]["object"]["spec"]["parameters"]["issue"] = "43".into());
+        let p = match plan(&req, &policy()) {
+            Plan::Confirm(p) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(p.key.delivery_id, "cab75a61-62fe-44c9-aca9-be29f735114a");
+        assert_eq!(p.run.to_string(), "jangar/run-fixed");
+        assert_eq!(after_confirm(&p, true).decision, Decision::Confirmed);
+        assert_eq!(after_confirm(&p, false).decision, Decision::Allowed);
+    }
+
+    #[test]
+    fn delete_confirms_the_claim_of_the_old_object() {
+        let p = match plan(&parse(DELETE, |_| {}), &policy()) {
+            Plan::Confirm(p) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(p.key.delivery_id, "42591602-7199-4768-99ce-0e6a1df57723");
+        assert_eq!(p.run.to_string(), "jangar/run-fixed");
+    }
+
+    #[test]
+    fn status_subresource_and_other_resources_are_ignored() {
+        let v = answer(plan(&parse(UPDATE_STATUS, |_| {}), &policy()));
+        assert_eq!((v.allowed, v.decision), (true, Decision::Ignored));
+        let other = parse(CREATE, |v| v["request"]["resource"]["resource"] = "pods".into());
+        assert_eq!(answer(plan(&other, &policy())).decision, Decision::Ignored);
+    }
+
+    #[test]
+    fn every_decision_has_a_distinct_name() {
+        let names: std::collections::HashSet<_> = Decision::ALL.iter().map(|d| d.as_str()).collect();
+        assert_eq!(names.len(), Decision::ALL.len());
+    }
+}

@@ -1,0 +1,247 @@
+//! The request path: `POST /validate` → check the HTTP envelope (415/413/400) → parse the
+//! AdmissionReview → run the decision (`decision.rs`) against the claim store and, for a
+//! stale pending claim, the API server → answer. A store failure is a 503, never a deny.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use dedupe_shared::{ClaimStore, StoreError};
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::decision::{self, AfterClaim, AfterLookup, ClaimPlan, Found, Holder, Plan, Policy, Verdict};
+use crate::lookup::RunLookup;
+use crate::metrics::{Metrics, OperationLabels, RequestLabels};
+use crate::review;
+
+/// How many times a create re-reads the claim after losing a take-over race before giving
+/// up with a 503 (the API server, or the submitter, retries).
+const CREATE_ATTEMPTS: usize = 3;
+
+/// Everything a request needs; built once in `main`.
+pub struct App {
+    pub store: ClaimStore,
+    pub lookup: Option<Arc<dyn RunLookup>>,
+    pub policy: Policy,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+}
+
+/// Why no decision could be made (HTTP 503, so the API server applies its failurePolicy).
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the claim kept changing under concurrent take-overs; retry")]
+    Contention,
+}
+
+/// `POST /validate`.
+pub async fn validate(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    app.metrics.in_flight.inc();
+    let response = validate_inner(&app, &headers, body, started).await;
+    app.metrics.in_flight.dec();
+    response
+}
+
+async fn validate_inner(app: &App, headers: &HeaderMap, body: Body, started: Instant) -> Response {
+    if let Err(content_type) = check_content_type(headers) {
+        return http_error(
+            &app.metrics,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type must be application/json, got {content_type:?}"),
+        );
+    }
+    let too_large = || {
+        http_error(
+            &app.metrics,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {} bytes", app.max_body_bytes),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > app.max_body_bytes as u64) {
+        return too_large();
+    }
+    let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) if is_length_limit(&e) => return too_large(),
+        Err(e) => {
+            return http_error(&app.metrics, StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"))
+        }
+    };
+    let req = match review::parse(&bytes) {
+        Ok(req) => req,
+        Err(e) => return http_error(&app.metrics, StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let span = tracing::info_span!(
+        "admission",
+        uid = %req.uid,
+        operation = req.operation.as_str(),
+        namespace = %req.namespace,
+        name = %req.name,
+        dryRun = req.dry_run,
+    );
+    async move {
+        let plan = decision::plan(&req, &app.policy);
+        let key = plan.key().cloned();
+        let outcome = admit(app, plan).await;
+        let latency = started.elapsed();
+        let operation = req.operation.as_str().to_owned();
+        app.metrics.latency.get_or_create(&OperationLabels { operation: operation.clone() }).observe(latency.as_secs_f64());
+        let latency_ms = latency.as_secs_f64() * 1000.0;
+        let delivery = key.as_ref().map(|k| k.delivery_id.as_str()).unwrap_or_default();
+        let claim_key = key.as_ref().map(|k| k.to_string()).unwrap_or_default();
+        match outcome {
+            Ok(verdict) => {
+                let decision = verdict.decision.as_str();
+                app.metrics.requests.get_or_create(&RequestLabels { operation, decision: decision.to_owned() }).inc();
+                log_decision(&verdict, delivery, &claim_key, latency_ms);
+                Json(review::respond(&req.uid, &verdict)).into_response()
+            }
+            Err(e) => {
+                app.metrics.store_errors.inc();
+                tracing::error!(
+                    deliveryId = delivery,
+                    claimKey = %claim_key,
+                    latency_ms,
+                    error = %e,
+                    "no decision: claim store unavailable, answering 503 so the failurePolicy applies"
+                );
+                http_error(&app.metrics, StatusCode::SERVICE_UNAVAILABLE, format!("no decision could be made: {e}"))
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs the store and API-server steps the decision asks for.
+pub async fn admit(app: &App, plan: Plan) -> Result<Verdict, AdmitError> {
+    match plan {
+        Plan::Answer(verdict) => Ok(verdict),
+        // A dry-run writes nothing; the run's claim stays as it is.
+        Plan::Confirm(p) if p.dry_run => Ok(decision::after_confirm(&p, false)),
+        Plan::Confirm(p) => {
+            let changed = app.store.confirm(&p.key, &p.run).await?;
+            Ok(decision::after_confirm(&p, changed))
+        }
+        Plan::Claim(p) => create(app, &p).await,
+    }
+}
+
+async fn create(app: &App, plan: &ClaimPlan) -> Result<Verdict, AdmitError> {
+    for _ in 0..CREATE_ATTEMPTS {
+        let found = if plan.dry_run {
+            decision::found_for_dry_run(&plan.run, app.store.lookup(&plan.key).await?)
+        } else {
+            Found::Outcome(app.store.claim(&plan.key, &plan.run).await?)
+        };
+        let claim = match decision::after_claim(plan, found, &app.policy) {
+            AfterClaim::Answer(verdict) => return Ok(verdict),
+            AfterClaim::LookUpHolder(claim) => claim,
+        };
+        let holder = match &app.lookup {
+            Some(lookup) => match lookup.run_exists(&claim.holder).await {
+                Ok(true) => Holder::Exists,
+                Ok(false) => Holder::Gone,
+                Err(e) => {
+                    app.metrics.lookup_errors.inc();
+                    tracing::warn!(error = %e, "API-server lookup failed; keeping the claim");
+                    Holder::Unknown(e.to_string())
+                }
+            },
+            None => Holder::Unknown("the API-server lookup is off".into()),
+        };
+        let holder_ref = claim.holder.clone();
+        match decision::after_lookup(plan, claim, holder) {
+            AfterLookup::Answer(verdict) => return Ok(verdict),
+            AfterLookup::ConfirmThen(verdict) => {
+                app.store.confirm_holder(&plan.key, &holder_ref).await?;
+                return Ok(verdict);
+            }
+            AfterLookup::TakeOver(previous) => {
+                if app.store.take_over(&plan.key, &previous, app.policy.grace, &plan.run).await?.is_some() {
+                    app.metrics.takeovers.inc();
+                    return Ok(decision::taken_over(plan, &previous));
+                }
+                // Someone changed the claim since it was read: decide again on what is there now.
+            }
+        }
+    }
+    Err(AdmitError::Contention)
+}
+
+fn log_decision(verdict: &Verdict, delivery: &str, claim_key: &str, latency_ms: f64) {
+    let decision = verdict.decision.as_str();
+    let existing = verdict.existing_run.as_deref().unwrap_or_default();
+    if verdict.decision == decision::Decision::Duplicate {
+        tracing::info!(
+            deliveryId = delivery,
+            claimKey = claim_key,
+            decision,
+            existingRun = existing,
+            allowed = verdict.allowed,
+            latency_ms,
+            "duplicate delivery {delivery}: submission answered idempotently with existing run {existing}"
+        );
+    } else {
+        tracing::info!(
+            deliveryId = delivery,
+            claimKey = claim_key,
+            decision,
+            existingRun = existing,
+            allowed = verdict.allowed,
+            latency_ms,
+            "{}",
+            verdict.message
+        );
+    }
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+fn check_content_type(headers: &HeaderMap) -> Result<(), String> {
+    let value = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("<not text>")).unwrap_or("");
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(value.to_owned())
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// A JSON error body for requests that get no AdmissionReview answer.
+pub fn http_error(metrics: &Metrics, status: StatusCode, message: String) -> Response {
+    metrics.http_error(status.as_u16());
+    if status.is_server_error() {
+        tracing::warn!(status = status.as_u16(), "{message}");
+    } else {
+        tracing::info!(status = status.as_u16(), "rejected request: {message}");
+    }
+    let body = json!({
+        "status": status.as_u16(),
+        "error": status.canonical_reason().unwrap_or_default(),
+        "message": message,
+    });
+    (status, Json(body)).into_response()
+}

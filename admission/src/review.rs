@@ -1,0 +1,165 @@
+//! Reading an AdmissionReview body into the typed request the decision works on, and
+//! writing the answer back. Anything that is not a usable AdmissionReview `admission.k8s.io/v1`
+//! is a [`ReviewError`] (HTTP 400), never a panic.
+
+use std::collections::HashMap;
+
+use dedupe_shared::run::{GROUP, RESOURCE};
+use dedupe_shared::RunView;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::{DynamicObject, Status};
+
+use crate::decision::Verdict;
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+pub const KIND: &str = "AdmissionReview";
+
+/// Why a body is not a usable AdmissionReview.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("body is not a JSON AdmissionReview: {0}")]
+    Json(String),
+    #[error("expected apiVersion {API_VERSION} and kind {KIND}, got apiVersion `{api_version}` and kind `{kind}`")]
+    WrongType { api_version: String, kind: String },
+    #[error("AdmissionReview has no request")]
+    MissingRequest,
+    #[error("AdmissionReview request has an empty uid")]
+    MissingUid,
+    #[error("{operation} request for {resource} has no {field}")]
+    MissingObject { operation: &'static str, resource: String, field: &'static str },
+}
+
+/// The operations the webhook distinguishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    Connect,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "CREATE",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+            Op::Connect => "CONNECT",
+        }
+    }
+}
+
+/// One admission request, reduced to what the decision needs.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub uid: String,
+    pub operation: Op,
+    /// True for `orchestrationruns` of group `orchestration.proompteng.ai` (any version:
+    /// the webhook is registered with `matchPolicy: Equivalent`).
+    pub is_orchestration_run: bool,
+    pub sub_resource: Option<String>,
+    pub dry_run: bool,
+    /// `request.namespace` / `request.name` (the API server fills the generated name in).
+    pub namespace: String,
+    pub name: String,
+    pub object: Option<RunView>,
+    pub old_object: Option<RunView>,
+}
+
+/// Parses and checks one AdmissionReview body.
+pub fn parse(body: &[u8]) -> Result<Request, ReviewError> {
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(|e| ReviewError::Json(e.to_string()))?;
+    if review.types.api_version != API_VERSION || review.types.kind != KIND {
+        return Err(ReviewError::WrongType {
+            api_version: review.types.api_version,
+            kind: review.types.kind,
+        });
+    }
+    let req: AdmissionRequest<DynamicObject> = review.request.ok_or(ReviewError::MissingRequest)?;
+    if req.uid.is_empty() {
+        return Err(ReviewError::MissingUid);
+    }
+    let operation = match req.operation {
+        Operation::Create => Op::Create,
+        Operation::Update => Op::Update,
+        Operation::Delete => Op::Delete,
+        Operation::Connect => Op::Connect,
+    };
+    let is_orchestration_run = req.resource.group == GROUP && req.resource.resource == RESOURCE;
+    let namespace = req.namespace.clone().unwrap_or_default();
+    let view = |o: &DynamicObject| {
+        RunView::new(
+            o.metadata.namespace.clone().unwrap_or_else(|| namespace.clone()),
+            o.metadata.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| req.name.clone()),
+            o.metadata.uid.clone().unwrap_or_default(),
+            o.metadata.labels.as_ref(),
+            o.data.get("spec"),
+        )
+    };
+    let object = req.object.as_ref().map(view);
+    let old_object = req.old_object.as_ref().map(view);
+    // The objects this webhook acts on must be there; for anything else it just allows.
+    if is_orchestration_run && req.sub_resource.is_none() {
+        let resource = format!("{}/{}", req.resource.resource, req.name);
+        let missing = |operation, field| ReviewError::MissingObject { operation, resource: resource.clone(), field };
+        match operation {
+            Op::Create if object.is_none() => return Err(missing("CREATE", "object")),
+            Op::Update if object.is_none() => return Err(missing("UPDATE", "object")),
+            Op::Update if old_object.is_none() => return Err(missing("UPDATE", "oldObject")),
+            _ => {}
+        }
+    }
+    Ok(Request {
+        uid: req.uid,
+        operation,
+        is_orchestration_run,
+        sub_resource: req.sub_resource,
+        dry_run: req.dry_run,
+        namespace,
+        name: req.name,
+        object,
+        old_object,
+    })
+}
+
+/// The AdmissionReview answer for `verdict`, echoing the request uid.
+pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
+    let mut status = Status::default();
+    if !verdict.allowed {
+        status = Status::failure(&verdict.message, verdict.reason);
+        // Set explicitly: the API server turns a deny without a code (or below 400) into 400.
+        status.code = verdict.code;
+    }
+    let mut response = AdmissionResponse::invalid("");
+    response.uid = uid.to_owned();
+    response.allowed = verdict.allowed;
+    response.result = status;
+    response.audit_annotations = HashMap::from([("decision".to_owned(), verdict.decision.as_str().to_owned())]);
+    response.warnings = (!verdict.warnings.is_empty()).then(|| verdict.warnings.clone());
+    response.into_review()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_api_version_is_named() {
+        let body = br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":null}"#;
+        let err = parse(body).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("admission.k8s.io/v1beta1"), "{err}");
+    }
+
+    #[test]
+    fn missing_request_is_an_error() {
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
+        assert!(matches!(parse(body), Err(ReviewError::MissingRequest)));
+    }
+
+    #[test]
+    fn not_json_is_an_error() {
+        assert!(matches!(parse(b"\xff\x00not json"), Err(ReviewError::Json(_))));
+        assert!(matches!(parse(b"[]"), Err(ReviewError::Json(_))));
+    }
+}

@@ -1,0 +1,139 @@
+//! A typed view of an `OrchestrationRun` (group `orchestration.proompteng.ai`, `v1alpha1`):
+//! just the parts that make up its claim — the delivery-id label, `spec.deliveryId` and
+//! `spec.orchestrationRef.name` — read leniently, so an odd object is reported as a
+//! field-level problem instead of failing to parse.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The label the submitter puts on every run; its value is the provider's delivery id.
+pub const DELIVERY_ID_LABEL: &str = "jangar.proompteng.ai/delivery-id";
+/// API group of OrchestrationRun.
+pub const GROUP: &str = "orchestration.proompteng.ai";
+/// Resource (plural) of OrchestrationRun.
+pub const RESOURCE: &str = "orchestrationruns";
+/// Version this webhook reads.
+pub const VERSION: &str = "v1alpha1";
+/// Kind of OrchestrationRun.
+pub const KIND: &str = "OrchestrationRun";
+
+/// `spec` as far as the claim is concerned. Unknown fields are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrchestrationRunSpec {
+    #[serde(default)]
+    pub orchestration_ref: Option<OrchestrationRef>,
+    #[serde(default)]
+    pub delivery_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct OrchestrationRef {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The claim-relevant view of one OrchestrationRun object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunView {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The delivery-id label: `None` when absent, `Some("")` when present but empty.
+    pub delivery_label: Option<String>,
+    pub spec: OrchestrationRunSpec,
+    /// Set when `spec` could not be read as an OrchestrationRun spec (wrong field types).
+    pub spec_error: Option<String>,
+}
+
+impl RunView {
+    /// Builds the view from an object's metadata and its raw `spec`.
+    pub fn new(
+        namespace: String,
+        name: String,
+        uid: String,
+        labels: Option<&BTreeMap<String, String>>,
+        spec: Option<&serde_json::Value>,
+    ) -> Self {
+        let delivery_label = labels.and_then(|l| l.get(DELIVERY_ID_LABEL)).cloned();
+        let (spec, spec_error) = match spec {
+            None | Some(serde_json::Value::Null) => (OrchestrationRunSpec::default(), None),
+            Some(value) => match OrchestrationRunSpec::deserialize(value) {
+                Ok(spec) => (spec, None),
+                Err(e) => (OrchestrationRunSpec::default(), Some(e.to_string())),
+            },
+        };
+        Self { namespace, name, uid, delivery_label, spec, spec_error }
+    }
+
+    /// `spec.orchestrationRef.name`, if set.
+    pub fn orchestration(&self) -> Option<&str> {
+        self.spec.orchestration_ref.as_ref().and_then(|r| r.name.as_deref())
+    }
+
+    /// `spec.deliveryId`, if set.
+    pub fn spec_delivery_id(&self) -> Option<&str> {
+        self.spec.delivery_id.as_deref()
+    }
+}
+
+/// Checks a delivery id is a valid Kubernetes label value: at most 63 characters,
+/// alphanumerics plus `-`, `_`, `.`, starting and ending alphanumeric. Returns what is wrong.
+pub fn label_value_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some("is empty".into());
+    }
+    if value.len() > crate::claim::MAX_DELIVERY_ID_LEN {
+        return Some(format!("is {} characters long; label values are at most 63", value.len()));
+    }
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !value.chars().all(ok_char) {
+        return Some("may contain only letters, digits, '-', '_' and '.'".into());
+    }
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !edge_ok(value.chars().next()) || !edge_ok(value.chars().last()) {
+        return Some("must start and end with a letter or digit".into());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labels(v: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([(DELIVERY_ID_LABEL.to_owned(), v.to_owned())])
+    }
+
+    #[test]
+    fn reads_label_and_spec() {
+        let spec = json!({"orchestrationRef": {"name": "codex"}, "deliveryId": "d1", "parameters": {"a": "b"}});
+        let v = RunView::new("ns".into(), "r".into(), "u".into(), Some(&labels("d1")), Some(&spec));
+        assert_eq!(v.delivery_label.as_deref(), Some("d1"));
+        assert_eq!(v.orchestration(), Some("codex"));
+        assert_eq!(v.spec_delivery_id(), Some("d1"));
+        assert_eq!(v.spec_error, None);
+    }
+
+    #[test]
+    fn wrong_spec_types_are_reported_not_fatal() {
+        let spec = json!({"deliveryId": 42});
+        let v = RunView::new("ns".into(), "r".into(), "u".into(), None, Some(&spec));
+        assert!(v.spec_error.is_some());
+        assert_eq!(v.delivery_label, None);
+    }
+
+    #[test]
+    fn label_values() {
+        assert_eq!(label_value_problem("7f0c2b9e-4c1d-4b8a-9a57-0b5b1f3f2e11"), None);
+        assert_eq!(label_value_problem("A.b_c-9"), None);
+        assert!(label_value_problem("").is_some());
+        assert!(label_value_problem(&"x".repeat(64)).is_some());
+        assert_eq!(label_value_problem(&"x".repeat(63)), None);
+        assert!(label_value_problem("-leading").is_some());
+        assert!(label_value_problem("has space").is_some());
+        assert!(label_value_problem("ünicode").is_some());
+    }
+}
