@@ -13,10 +13,6 @@
 //! Each new TLS handshake should take [`TlsReloader::current`]; connections already
 //! established keep the configuration they were made with.
 
-// The server wiring (main) lands separately; until then parts of this module are only used
-// by its tests.
-#![allow(dead_code)]
-
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -111,6 +107,7 @@ pub enum TlsError {
 
 impl TlsError {
     /// The file the error is about (the key file for a mismatch), if any.
+    #[allow(dead_code)] // API for callers and tests; main only displays the error.
     pub fn path(&self) -> Option<&Path> {
         match self {
             TlsError::Read { path, .. } | TlsError::Invalid { path, .. } => Some(path),
@@ -219,14 +216,11 @@ impl TlsReloader {
         self.inner.not_after.load(Ordering::Relaxed)
     }
 
-    pub fn settings(&self) -> &TlsSettings {
-        &self.inner.settings
-    }
-
     /// Re-reads the files. `Ok(true)`: something changed and the new configuration is in use;
     /// `Ok(false)`: nothing changed; `Err`: the files could not be used and the previous
     /// configuration stays. Blocking (file reads; may pause briefly while files are being
     /// replaced): from async code call it through `spawn_blocking`.
+    #[allow(dead_code)] // API (e.g. a SIGHUP handler); main relies on `spawn_watcher`.
     pub fn reload(&self) -> Result<bool, TlsError> {
         match self.reload_outcome() {
             Outcome::Unchanged => Ok(false),
