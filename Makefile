@@ -15,7 +15,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
+# The end-to-end tests run the real binaries from target/debug, so build them first
+# (the same dev profile the tests use: one build for both).
 unit:
+	$(CARGO) build --locked --workspace
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(WITH_PG) $(CARGO) nextest run --locked --workspace --no-fail-fast; \
 	else \

@@ -62,21 +62,23 @@ async fn validate_inner(app: &App, headers: &HeaderMap, body: Body, started: Ins
         http_error(
             &app.metrics,
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than the limit of {} bytes", app.max_body_bytes),
+            format!(
+                "request body is larger than the limit of {} bytes",
+                app.max_body_bytes
+            ),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > app.max_body_bytes as u64) {
-        return too_large();
-    }
+    // No early answer on a large Content-Length: a client still writing its body would see
+    // a reset instead of the 413. Reading stops at the limit either way, so memory is bounded.
     let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(e) if is_length_limit(&e) => return too_large(),
         Err(e) => {
-            return http_error(&app.metrics, StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"))
+            return http_error(
+                &app.metrics,
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            )
         }
     };
     let req = match review::parse(&bytes) {
@@ -97,14 +99,25 @@ async fn validate_inner(app: &App, headers: &HeaderMap, body: Body, started: Ins
         let outcome = admit(app, plan).await;
         let latency = started.elapsed();
         let operation = req.operation.as_str().to_owned();
-        app.metrics.latency.get_or_create(&OperationLabels { operation: operation.clone() }).observe(latency.as_secs_f64());
+        app.metrics
+            .latency
+            .get_or_create(&OperationLabels {
+                operation: operation.clone(),
+            })
+            .observe(latency.as_secs_f64());
         let latency_ms = latency.as_secs_f64() * 1000.0;
         let delivery = key.as_ref().map(|k| k.delivery_id.as_str()).unwrap_or_default();
         let claim_key = key.as_ref().map(|k| k.to_string()).unwrap_or_default();
         match outcome {
             Ok(verdict) => {
                 let decision = verdict.decision.as_str();
-                app.metrics.requests.get_or_create(&RequestLabels { operation, decision: decision.to_owned() }).inc();
+                app.metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        operation,
+                        decision: decision.to_owned(),
+                    })
+                    .inc();
                 log_decision(&verdict, delivery, &claim_key, latency_ms);
                 Json(review::respond(&req.uid, &verdict)).into_response()
             }
@@ -117,7 +130,11 @@ async fn validate_inner(app: &App, headers: &HeaderMap, body: Body, started: Ins
                     error = %e,
                     "no decision: claim store unavailable, answering 503 so the failurePolicy applies"
                 );
-                http_error(&app.metrics, StatusCode::SERVICE_UNAVAILABLE, format!("no decision could be made: {e}"))
+                http_error(
+                    &app.metrics,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no decision could be made: {e}"),
+                )
             }
         }
     }
@@ -170,7 +187,12 @@ async fn create(app: &App, plan: &ClaimPlan) -> Result<Verdict, AdmitError> {
                 return Ok(verdict);
             }
             AfterLookup::TakeOver(previous) => {
-                if app.store.take_over(&plan.key, &previous, app.policy.grace, &plan.run).await?.is_some() {
+                if app
+                    .store
+                    .take_over(&plan.key, &previous, app.policy.grace, &plan.run)
+                    .await?
+                    .is_some()
+                {
                     app.metrics.takeovers.inc();
                     return Ok(decision::taken_over(plan, &previous));
                 }
@@ -210,7 +232,10 @@ fn log_decision(verdict: &Verdict, delivery: &str, claim_key: &str, latency_ms: 
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).
 fn check_content_type(headers: &HeaderMap) -> Result<(), String> {
-    let value = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("<not text>")).unwrap_or("");
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("<not text>"))
+        .unwrap_or("");
     let essence = value.split(';').next().unwrap_or_default().trim();
     if essence.eq_ignore_ascii_case("application/json") {
         Ok(())

@@ -1,8 +1,17 @@
 //! Test support for the end-to-end tests in `tests/tests/`: a private PostgreSQL, a schema
-//! per test, and (later) helpers to run the real binaries.
+//! per test, the real webhook binary over TLS, fixtures-based AdmissionReview bodies, and a
+//! fake API server (the only mock).
 
+pub mod fake_apiserver;
+pub mod fixtures;
+pub mod https;
 pub mod postgres;
 pub mod testdb;
+pub mod webhook;
 
+pub use fake_apiserver::FakeApiServer;
+pub use fixtures::{Answer, Review};
+pub use https::HttpsClient;
 pub use postgres::TempPostgres;
 pub use testdb::TestDb;
+pub use webhook::{TestCerts, Webhook};

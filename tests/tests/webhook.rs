@@ -1,0 +1,780 @@
+//! End-to-end: the real `dedupe-admission` binary over real TLS against real PostgreSQL
+//! (a schema per test), fed AdmissionReview bodies derived from the recorded fixtures.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use dedupe_tests::{Answer, FakeApiServer, Review, TestCerts, TestDb, Webhook};
+use serde_json::Value;
+
+fn delivery() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+async fn answer(webhook: &Webhook, review: &Review) -> Result<Answer> {
+    let answer = Answer::from_reply(&webhook.review(review.json()).await?)?;
+    anyhow::ensure!(
+        answer.uid() == review.request_uid(),
+        "answer uid {} != request uid",
+        answer.uid()
+    );
+    Ok(answer)
+}
+
+async fn claim_rows(db: &TestDb, delivery: &str) -> Result<Vec<(String, String, String)>> {
+    let client = db.client().await?;
+    Ok(client
+        .query(
+            "SELECT run_name, run_uid, state FROM orchestration_dedupe_claims WHERE delivery_id = $1",
+            &[&delivery],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Moves a claim's timestamps into the past, as if it were made `secs` ago.
+async fn age_claim(db: &TestDb, delivery: &str, secs: f64) -> Result<()> {
+    db.client()
+        .await?
+        .execute(
+            "UPDATE orchestration_dedupe_claims SET claimed_at = claimed_at - make_interval(secs => $2), \
+             updated_at = updated_at - make_interval(secs => $2) WHERE delivery_id = $1",
+            &[&delivery, &secs],
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn first_create_is_claimed_and_the_duplicate_is_denied_naming_it() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let d = delivery();
+
+    let first = Review::create(&d, "run-first")?;
+    let a = answer(&webhook, &first).await?;
+    assert!(a.allowed(), "{:?}", a.0);
+    assert_eq!(a.decision(), "claimed");
+    assert_eq!(
+        claim_rows(&db, &d).await?,
+        vec![("run-first".into(), first.object_uid(), "pending".into())]
+    );
+
+    let second = Review::create(&d, "run-second")?;
+    let a = answer(&webhook, &second).await?;
+    assert!(!a.allowed());
+    assert_eq!(
+        (a.code(), a.reason(), a.decision()),
+        (409, "AlreadyExists", "duplicate")
+    );
+    for part in [
+        d.as_str(),
+        "jangar/run-first",
+        first.object_uid().as_str(),
+        "claimed at",
+        "idempotently",
+    ] {
+        assert!(
+            a.message().contains(part),
+            "{part:?} missing from {:?}",
+            a.message()
+        );
+    }
+    assert_eq!(claim_rows(&db, &d).await?.len(), 1, "the duplicate wrote nothing");
+
+    // The log has one decision event per request, findable with rg 'deliveryId|idempotent'.
+    let logs = webhook.logs();
+    let decisions: Vec<Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["deliveryId"] == d.as_str())
+        .collect();
+    assert_eq!(decisions.len(), 2, "{logs:#?}");
+    assert_eq!(decisions[0]["decision"], "claimed");
+    assert_eq!(decisions[1]["decision"], "duplicate");
+    assert_eq!(decisions[1]["existingRun"], "jangar/run-first");
+    assert!(decisions[1]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("idempotently"));
+    assert!(decisions[1]["claimKey"].as_str().unwrap_or_default().contains(&d));
+    Ok(())
+}
+
+#[tokio::test]
+async fn retried_create_of_the_same_name_is_a_retry_and_records_the_new_uid() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let d = delivery();
+    let first = Review::load("create-fixed-name")?.delivery(&d).new_uids();
+    assert_eq!(answer(&webhook, &first).await?.decision(), "claimed");
+    let retry = first.clone().new_uids();
+    assert_ne!(retry.object_uid(), first.object_uid());
+    let a = answer(&webhook, &retry).await?;
+    assert!(a.allowed());
+    assert_eq!(a.decision(), "retry");
+    assert_eq!(
+        claim_rows(&db, &d).await?,
+        vec![("run-fixed".into(), retry.object_uid(), "pending".into())]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn updates_and_deletes_confirm_and_a_deleted_run_keeps_its_delivery() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let d = delivery();
+    let create = Review::load("create-fixed-name")?.delivery(&d).new_uids();
+    assert_eq!(answer(&webhook, &create).await?.decision(), "claimed");
+
+    // An UPDATE that keeps the key (the recorded label change, with the label left alone).
+    let update = Review::load("update-label-changed")?.delivery(&d).new_uids();
+    let a = answer(&webhook, &update).await?;
+    assert_eq!((a.allowed(), a.decision()), (true, "confirmed"));
+    assert_eq!(claim_rows(&db, &d).await?[0].2, "confirmed");
+    let a = answer(&webhook, &update.clone().new_uids()).await?;
+    assert_eq!(
+        (a.allowed(), a.decision()),
+        (true, "allowed"),
+        "nothing left to confirm"
+    );
+
+    let delete = Review::load("delete")?.delivery(&d).new_uids();
+    let a = answer(&webhook, &delete).await?;
+    assert_eq!((a.allowed(), a.decision()), (true, "allowed"));
+    assert_eq!(
+        claim_rows(&db, &d).await?.len(),
+        1,
+        "deleting a run does not free its delivery"
+    );
+
+    // The same name again: the run existed and was deleted → denied.
+    let again = create.clone().new_uids();
+    let a = answer(&webhook, &again).await?;
+    assert_eq!((a.allowed(), a.code()), (false, 409));
+    assert!(a.message().contains("existed and was deleted"), "{}", a.message());
+    Ok(())
+}
+
+#[tokio::test]
+async fn delete_of_a_pending_run_confirms_it() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let d = delivery();
+    assert_eq!(
+        answer(
+            &webhook,
+            &Review::load("create-fixed-name")?.delivery(&d).new_uids()
+        )
+        .await?
+        .decision(),
+        "claimed"
+    );
+    let a = answer(&webhook, &Review::load("delete")?.delivery(&d).new_uids()).await?;
+    assert_eq!((a.allowed(), a.decision()), (true, "confirmed"));
+    assert_eq!(claim_rows(&db, &d).await?[0].2, "confirmed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn dry_run_answers_the_same_and_never_writes() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let d = delivery();
+    let dry = Review::load("create-dry-run")?.delivery(&d).new_uids();
+    let a = answer(&webhook, &dry).await?;
+    assert_eq!((a.allowed(), a.decision()), (true, "dry-run"));
+    assert!(claim_rows(&db, &d).await?.is_empty(), "a dry run must not claim");
+
+    assert_eq!(
+        answer(&webhook, &Review::create(&d, "run-real")?)
+            .await?
+            .decision(),
+        "claimed"
+    );
+    let a = answer(&webhook, &dry.clone().new_uids()).await?;
+    assert_eq!((a.allowed(), a.code(), a.decision()), (false, 409, "duplicate"));
+    assert!(a.message().contains("jangar/run-real"));
+    // A dry-run UPDATE/DELETE does not confirm either.
+    let del = Review::load("delete")?
+        .delivery(&d)
+        .name("run-real")
+        .new_uids()
+        .dry_run(true);
+    assert!(answer(&webhook, &del).await?.allowed());
+    assert_eq!(claim_rows(&db, &d).await?[0].2, "pending");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_keys_are_422_and_key_changes_on_update_are_immutable() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let empty = Review::create("x", "run-a")?.edit(|v| {
+        v["request"]["object"]["metadata"]["labels"]["jangar.proompteng.ai/delivery-id"] = "".into();
+        v["request"]["object"]["spec"]["deliveryId"] = Value::Null;
+    });
+    let a = answer(&webhook, &empty).await?;
+    assert_eq!(
+        (a.allowed(), a.code(), a.reason(), a.decision()),
+        (false, 422, "Invalid", "invalid")
+    );
+    assert!(
+        a.message().contains("jangar.proompteng.ai/delivery-id"),
+        "{}",
+        a.message()
+    );
+
+    let d = delivery();
+    let mismatch =
+        Review::create(&d, "run-b")?.edit(|v| v["request"]["object"]["spec"]["deliveryId"] = "other".into());
+    let a = answer(&webhook, &mismatch).await?;
+    assert_eq!((a.code(), a.decision()), (422, "invalid"));
+    assert!(a.message().contains("spec.deliveryId"));
+    assert!(claim_rows(&db, &d).await?.is_empty());
+
+    // The recorded `kubectl label --overwrite` of the delivery-id label.
+    let relabel = Review::load("update-label-changed")?.new_uids();
+    let a = answer(&webhook, &relabel).await?;
+    assert_eq!(
+        (a.allowed(), a.code(), a.reason(), a.decision()),
+        (false, 422, "Invalid", "immutable")
+    );
+    assert!(a.message().contains("immutable"), "{}", a.message());
+    Ok(())
+}
+
+#[tokio::test]
+async fn requests_that_are_not_ours_are_allowed_and_write_nothing() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let status = Review::load("update-status-subresource")?.new_uids();
+    let a = answer(&webhook, &status).await?;
+    assert_eq!((a.allowed(), a.decision()), (true, "ignored"));
+
+    let d = delivery();
+    let unlabelled =
+        Review::create(&d, "run-u")?.edit(|v| v["request"]["object"]["metadata"]["labels"] = Value::Null);
+    let a = answer(&webhook, &unlabelled).await?;
+    assert_eq!((a.allowed(), a.decision()), (true, "ignored"));
+    assert!(
+        a.warnings().iter().any(|w| w.contains("not deduplicated")),
+        "{:?}",
+        a.warnings()
+    );
+
+    let pod = Review::create(&d, "run-p")?.edit(|v| v["request"]["resource"]["resource"] = "pods".into());
+    assert_eq!(answer(&webhook, &pod).await?.decision(), "ignored");
+    assert!(claim_rows(&db, &d).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn stale_pending_claim_of_a_run_that_never_appeared_is_taken_over() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let api = FakeApiServer::start().await?;
+    let kubeconfig = api.kubeconfig();
+    let kubeconfig = kubeconfig.to_string_lossy();
+    let webhook = Webhook::start(
+        db.url(),
+        &certs,
+        &["--kube-lookup", "on", "--pending-grace-seconds", "120"],
+        &[("KUBECONFIG", &kubeconfig)],
+    )
+    .await?;
+    let d = delivery();
+    assert_eq!(
+        answer(&webhook, &Review::create(&d, "run-ghost")?)
+            .await?
+            .decision(),
+        "claimed"
+    );
+
+    // Inside the grace period: a plain duplicate, and the API server is not asked.
+    let a = answer(&webhook, &Review::create(&d, "run-new")?).await?;
+    assert_eq!((a.allowed(), a.decision()), (false, "duplicate"));
+    assert!(api.requests().is_empty());
+
+    // Past the grace period, and run-ghost does not exist: taken over.
+    age_claim(&db, &d, 600.0).await?;
+    let takeover = Review::create(&d, "run-new")?;
+    let a = answer(&webhook, &takeover).await?;
+    assert_eq!((a.allowed(), a.decision()), (true, "takeover"), "{:?}", a.0);
+    assert!(a.warnings().iter().any(|w| w.contains("jangar/run-ghost")));
+    assert_eq!(
+        claim_rows(&db, &d).await?,
+        vec![("run-new".into(), takeover.object_uid(), "pending".into())]
+    );
+    // Looked up by namespace/name, never by uid.
+    assert_eq!(
+        api.requests(),
+        vec![
+            "/apis/orchestration.proompteng.ai/v1alpha1/namespaces/jangar/orchestrationruns/run-ghost"
+                .to_owned()
+        ]
+    );
+    let metrics = String::from_utf8_lossy(&webhook.ops("/metrics").await?.body).into_owned();
+    assert!(
+        metrics.contains("orchestration_dedupe_takeovers_total 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn stale_pending_claim_whose_run_exists_is_confirmed_and_denied() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let api = FakeApiServer::start().await?;
+    let kubeconfig = api.kubeconfig();
+    let kubeconfig = kubeconfig.to_string_lossy();
+    let webhook = Webhook::start(
+        db.url(),
+        &certs,
+        &["--kube-lookup", "on"],
+        &[("KUBECONFIG", &kubeconfig)],
+    )
+    .await?;
+    let d = delivery();
+    assert_eq!(
+        answer(&webhook, &Review::create(&d, "run-alive")?)
+            .await?
+            .decision(),
+        "claimed"
+    );
+    api.add_run("jangar", "run-alive");
+    age_claim(&db, &d, 600.0).await?;
+    let a = answer(&webhook, &Review::create(&d, "run-new")?).await?;
+    assert_eq!((a.allowed(), a.code(), a.decision()), (false, 409, "duplicate"));
+    assert!(a.message().contains("jangar/run-alive"));
+    assert_eq!(
+        claim_rows(&db, &d).await?[0],
+        (
+            "run-alive".into(),
+            claim_rows(&db, &d).await?[0].1.clone(),
+            "confirmed".into()
+        )
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_lookup_off_a_stale_claim_holds_and_says_so() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let d = delivery();
+    assert_eq!(
+        answer(&webhook, &Review::create(&d, "run-ghost")?)
+            .await?
+            .decision(),
+        "claimed"
+    );
+    age_claim(&db, &d, 6_000.0).await?;
+    let a = answer(&webhook, &Review::create(&d, "run-new")?).await?;
+    assert_eq!((a.allowed(), a.code()), (false, 409));
+    assert!(a.message().contains("lookup is off"), "{}", a.message());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_of_one_delivery_over_https_have_exactly_one_winner() -> Result<()> {
+    const CLIENTS: usize = 64;
+    const ROUNDS: usize = 10;
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(
+        db.url(),
+        &certs,
+        &["--kube-lookup", "off", "--pool-size", "32"],
+        &[],
+    )
+    .await?;
+    let client = webhook.client()?;
+    for round in 0..ROUNDS {
+        let d = delivery();
+        // Connect first, then fire all requests together.
+        let mut connections = Vec::with_capacity(CLIENTS);
+        for _ in 0..CLIENTS {
+            connections.push(client.connect().await?);
+        }
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS));
+        let mut tasks = Vec::new();
+        for (i, mut conn) in connections.into_iter().enumerate() {
+            let review = Review::create(&d, &format!("run-{round}-{i}"))?;
+            let barrier = barrier.clone();
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let reply = conn.review(review.json()).await?;
+                anyhow::Ok((format!("run-{round}-{i}"), Answer::from_reply(&reply)?))
+            }));
+        }
+        let mut winners = Vec::new();
+        let mut denied = Vec::new();
+        for task in tasks {
+            let (name, a) = task.await??;
+            if a.allowed() {
+                winners.push(name);
+            } else {
+                assert_eq!(a.code(), 409, "{:?}", a.0);
+                denied.push(a.message().to_owned());
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        assert_eq!(denied.len(), CLIENTS - 1);
+        let winner = format!("jangar/{}", winners[0]);
+        assert!(
+            denied.iter().all(|m| m.contains(&winner)),
+            "round {round}: a denial names another run"
+        );
+        assert_eq!(claim_rows(&db, &d).await?.len(), 1);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_webhook_restarts_and_still_denies_the_duplicate() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let mut webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let d = delivery();
+    assert_eq!(
+        answer(&webhook, &Review::create(&d, "run-before")?)
+            .await?
+            .decision(),
+        "claimed"
+    );
+    webhook.kill9().await?;
+    assert!(
+        webhook.review(Review::create(&d, "run-x")?.json()).await.is_err(),
+        "the old process is gone"
+    );
+
+    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let a = answer(&webhook, &Review::create(&d, "run-after")?).await?;
+    assert_eq!((a.allowed(), a.code()), (false, 409));
+    assert!(a.message().contains("jangar/run-before"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_requests_get_json_errors_and_the_server_keeps_serving() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(
+        db.url(),
+        &certs,
+        &["--kube-lookup", "off", "--max-body-bytes", "65536"],
+        &[],
+    )
+    .await?;
+    let client = webhook.client()?;
+    let mut conn = client.connect().await?;
+    let valid = Review::create(&delivery(), "run-ok")?;
+    let mut wrong_version = valid.json().clone();
+    wrong_version["apiVersion"] = "admission.k8s.io/v1beta1".into();
+    let mut wrong_kind = valid.json().clone();
+    wrong_kind["kind"] = "Pod".into();
+    let mut no_request = valid.json().clone();
+    no_request["request"] = Value::Null;
+    let mut no_object = valid.json().clone();
+    no_object["request"]["object"] = Value::Null;
+    let oversize = serde_json::to_vec(&valid.json().clone().as_object().map(|o| {
+        let mut o = o.clone();
+        o.insert("padding".into(), "x".repeat(70_000).into());
+        o
+    }))?;
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "not JSON",
+            "application/json",
+            b"{not json".to_vec(),
+            400,
+            "not a JSON AdmissionReview",
+        ),
+        (
+            "binary",
+            "application/json",
+            vec![0xff, 0x00, 0x13],
+            400,
+            "not a JSON AdmissionReview",
+        ),
+        (
+            "wrong apiVersion",
+            "application/json",
+            serde_json::to_vec(&wrong_version)?,
+            400,
+            "admission.k8s.io/v1beta1",
+        ),
+        (
+            "wrong kind",
+            "application/json",
+            serde_json::to_vec(&wrong_kind)?,
+            400,
+            "kind `Pod`",
+        ),
+        (
+            "no request",
+            "application/json",
+            serde_json::to_vec(&no_request)?,
+            400,
+            "no request",
+        ),
+        (
+            "no object",
+            "application/json",
+            serde_json::to_vec(&no_object)?,
+            400,
+            "no object",
+        ),
+        (
+            "wrong content type",
+            "text/plain",
+            serde_json::to_vec(valid.json())?,
+            415,
+            "application/json",
+        ),
+        (
+            "no content type",
+            "",
+            serde_json::to_vec(valid.json())?,
+            415,
+            "application/json",
+        ),
+        ("oversize", "application/json", oversize, 413, "limit"),
+    ];
+    for (what, content_type, body, status, needle) in cases {
+        let reply = conn.post("/validate", content_type, body).await?;
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{what}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let json = reply.json()?;
+        assert_eq!(json["status"], status, "{what}");
+        let message = json["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{what}: {message:?} lacks {needle:?}");
+    }
+    // Unknown path: JSON 404. Then a valid request is still answered.
+    let reply = client.post("/mutate", "application/json", "{}").await?;
+    assert_eq!(reply.status.as_u16(), 404);
+    assert!(answer(&webhook, &valid).await?.allowed());
+    let metrics = String::from_utf8_lossy(&webhook.ops("/metrics").await?.body).into_owned();
+    assert!(
+        metrics.contains("orchestration_dedupe_http_errors_total{status=\"400\"} 6"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn ops_endpoints_report_health_and_metrics() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    assert_eq!(webhook.ops("/healthz").await?.status.as_u16(), 200);
+    let ready = webhook.ops("/readyz").await?;
+    assert_eq!(ready.status.as_u16(), 200);
+    assert_eq!(ready.json()?["ready"], true);
+    let d = delivery();
+    answer(&webhook, &Review::create(&d, "run-1")?).await?;
+    answer(&webhook, &Review::create(&d, "run-2")?).await?;
+    let metrics = webhook.ops("/metrics").await?;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for needle in [
+        "orchestration_dedupe_requests_total{operation=\"CREATE\",decision=\"claimed\"} 1",
+        "orchestration_dedupe_requests_total{operation=\"CREATE\",decision=\"duplicate\"} 1",
+        "orchestration_dedupe_request_duration_seconds_bucket",
+        "orchestration_dedupe_in_flight_requests 0",
+        "orchestration_dedupe_store_errors_total 0",
+        "orchestration_dedupe_serving_certificate_expiry_timestamp_seconds",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    let expiry_line = text
+        .lines()
+        .find(|l| l.starts_with("orchestration_dedupe_serving_certificate_expiry_timestamp_seconds "))
+        .unwrap_or_default();
+    let expiry: i64 = expiry_line
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_default();
+    assert_eq!(expiry, certs.certs.not_after);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_stops_accepting_and_exits_zero() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let mut webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let mut open = webhook.client()?.connect().await?;
+    assert!(Answer::from_reply(&open.review(Review::create(&delivery(), "run-a")?.json()).await?)?.allowed());
+    let addr = webhook.addr;
+    let status = webhook.terminate().await?;
+    assert_eq!(status.code(), Some(0), "{:#?}", webhook.logs());
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_2_naming_the_flag() -> Result<()> {
+    let bin = dedupe_tests::webhook::binary("dedupe-admission")?;
+    let out = tokio::process::Command::new(&bin)
+        .args(["--claim-scope", "galaxy"])
+        .env("DATABASE_URL", "postgres://127.0.0.1:1/x")
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--claim-scope"));
+    let out = tokio::process::Command::new(&bin)
+        .env("DATABASE_URL", "postgres://127.0.0.1:notaport/x")
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(2));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("DATABASE_URL"), "{all}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_certificate_fails_at_start_naming_the_file() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let missing = certs.dir.path().join("nope.crt");
+    let result = Webhook::start_with(
+        db.url(),
+        &missing,
+        &certs.key(),
+        certs.ca_pem(),
+        &["--kube-lookup", "off"],
+        &[],
+    )
+    .await;
+    let error = result.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(error.contains("nope.crt"), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_clients_with_a_certificate_get_in() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let ca = certs.dir.path().join("ca.crt");
+    let ca = ca.to_string_lossy();
+    let webhook = Webhook::start(
+        db.url(),
+        &certs,
+        &["--kube-lookup", "off", "--tls-client-ca", &ca],
+        &[],
+    )
+    .await?;
+    let review = Review::create(&delivery(), "run-mtls")?;
+    assert!(
+        webhook.review(review.json()).await.is_err(),
+        "no client certificate: refused"
+    );
+    let client_cert = certs
+        .certs
+        .client
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no client cert"))?;
+    let mtls = dedupe_tests::HttpsClient::with_client_cert(
+        webhook.addr,
+        certs.ca_pem(),
+        dedupe_tests::webhook::SERVER_NAME,
+        &client_cert.cert_pem,
+        &client_cert.key_pem,
+    )?;
+    let a = Answer::from_reply(&mtls.connect().await?.review(review.json()).await?)?;
+    assert!(a.allowed());
+    Ok(())
+}
+
+#[tokio::test]
+async fn replaced_certificate_files_are_served_to_new_handshakes_without_a_restart() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    // The kubelet's layout: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>/, swapped atomically.
+    let mount = tempfile::tempdir()?;
+    let write_generation = |name: &str, c: &certs_dev::DevCerts| -> Result<()> {
+        let dir = mount.path().join(name);
+        std::fs::create_dir(&dir)?;
+        std::fs::write(dir.join("tls.crt"), &c.server_cert_pem)?;
+        std::fs::write(dir.join("tls.key"), &c.server_key_pem)?;
+        Ok(())
+    };
+    write_generation("..gen1", &certs.certs)?;
+    std::os::unix::fs::symlink("..gen1", mount.path().join("..data"))?;
+    std::os::unix::fs::symlink("..data/tls.crt", mount.path().join("tls.crt"))?;
+    std::os::unix::fs::symlink("..data/tls.key", mount.path().join("tls.key"))?;
+    let webhook = Webhook::start_with(
+        db.url(),
+        &mount.path().join("tls.crt"),
+        &mount.path().join("tls.key"),
+        certs.ca_pem(),
+        &["--kube-lookup", "off", "--tls-reload-poll-seconds", "1"],
+        &[],
+    )
+    .await?;
+    let client = webhook.client()?;
+    let mut before = client.connect().await?;
+    let first_cert = before.peer_certificate.clone();
+
+    let renewed = certs.certs.reissue(&certs_dev::CertRequest::new(
+        vec![dedupe_tests::webhook::SERVER_NAME.into()],
+        vec!["127.0.0.1".parse()?],
+    ))?;
+    write_generation("..gen2", &renewed)?;
+    std::os::unix::fs::symlink("..gen2", mount.path().join("..data_tmp"))?;
+    std::fs::rename(mount.path().join("..data_tmp"), mount.path().join("..data"))?;
+
+    let mut seen_new = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let conn = client.connect().await?;
+        if conn.peer_certificate != first_cert {
+            seen_new = true;
+            break;
+        }
+    }
+    assert!(
+        seen_new,
+        "new handshakes still see the old certificate: {:#?}",
+        webhook.logs()
+    );
+    // The connection opened before the swap keeps working.
+    assert!(Answer::from_reply(
+        &before
+            .review(Review::create(&delivery(), "run-old-conn")?.json())
+            .await?
+    )?
+    .allowed());
+    let metrics = String::from_utf8_lossy(&webhook.ops("/metrics").await?.body).into_owned();
+    assert!(
+        metrics.contains("orchestration_dedupe_tls_reloads_total{result=\"success\"}"),
+        "{metrics}"
+    );
+    Ok(())
+}

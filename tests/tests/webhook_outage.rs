@@ -1,0 +1,112 @@
+//! The store goes away or gets slow: the webhook answers 503 (so the API server applies its
+//! failurePolicy), turns unready, and recovers without a restart.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use dedupe_tests::{Answer, Review, TempPostgres, TestCerts, TestDb, Webhook};
+
+#[tokio::test]
+async fn a_stopped_store_gives_503_and_unready_then_decisions_resume() -> Result<()> {
+    let mut pg = tokio::task::spawn_blocking(TempPostgres::start).await??;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(
+        &pg.url(),
+        &certs,
+        &["--kube-lookup", "off", "--store-timeout-ms", "500"],
+        &[],
+    )
+    .await?;
+    let d = uuid::Uuid::new_v4().to_string();
+    assert_eq!(
+        Answer::from_reply(&webhook.review(Review::create(&d, "run-first")?.json()).await?)?.decision(),
+        "claimed"
+    );
+
+    pg.stop_server()?;
+    let started = Instant::now();
+    let reply = webhook.review(Review::create(&d, "run-during")?.json()).await?;
+    assert_eq!(
+        reply.status.as_u16(),
+        503,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(reply.json()?["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("no decision"));
+    let ready = webhook.ops("/readyz").await?;
+    assert_eq!(ready.status.as_u16(), 503);
+    assert_eq!(ready.json()?["ready"], false);
+
+    pg.start_server()?;
+    let mut ready_again = false;
+    for _ in 0..100 {
+        if webhook.ops("/readyz").await?.status.as_u16() == 200 {
+            ready_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready_again, "/readyz did not recover: {:#?}", webhook.logs());
+    let a = Answer::from_reply(&webhook.review(Review::create(&d, "run-after")?.json()).await?)?;
+    assert_eq!((a.allowed(), a.code()), (false, 409));
+    assert!(a.message().contains("jangar/run-first"), "{}", a.message());
+    let fresh = Answer::from_reply(
+        &webhook
+            .review(Review::create(&uuid::Uuid::new_v4().to_string(), "run-new")?.json())
+            .await?,
+    )?;
+    assert_eq!(fresh.decision(), "claimed");
+    let metrics = String::from_utf8_lossy(&webhook.ops("/metrics").await?.body).into_owned();
+    assert!(
+        !metrics.contains("orchestration_dedupe_store_errors_total 0"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_store_slower_than_the_timeout_gives_503_not_a_deny() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(
+        db.url(),
+        &certs,
+        &["--kube-lookup", "off", "--store-timeout-ms", "300"],
+        &[],
+    )
+    .await?;
+    let d = uuid::Uuid::new_v4().to_string();
+    assert_eq!(
+        Answer::from_reply(&webhook.review(Review::create(&d, "run-first")?.json()).await?)?.decision(),
+        "claimed"
+    );
+    // Hold the claim row locked, so the next claim statement waits past the timeout.
+    let mut blocker = db.client().await?;
+    let tx = blocker.transaction().await?;
+    tx.execute(
+        "SELECT 1 FROM orchestration_dedupe_claims WHERE delivery_id = $1 FOR UPDATE",
+        &[&d],
+    )
+    .await?;
+    let started = Instant::now();
+    let reply = webhook.review(Review::create(&d, "run-second")?.json()).await?;
+    assert_eq!(
+        reply.status.as_u16(),
+        503,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    tx.rollback().await?;
+    let a = Answer::from_reply(&webhook.review(Review::create(&d, "run-third")?.json()).await?)?;
+    assert_eq!(a.code(), 409, "decisions resume once the lock is gone");
+    Ok(())
+}
