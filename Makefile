@@ -6,10 +6,10 @@ CARGO ?= cargo
 # One build profile for everything (dev): CI builds once and the tests reuse it.
 WITH_PG = $(CARGO) run --quiet --locked -p dedupe-tests --bin with-postgres --
 
-.PHONY: test demo lint unit build
+.PHONY: test demo lint unit build chart-test
 
 ## test: formatting, clippy, then every test (unit, store, end-to-end, chart) against PostgreSQL
-test: lint unit
+test: lint unit chart-test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -32,3 +32,21 @@ build:
 ## demo: starts the webhook over TLS against PostgreSQL, replays a duplicate delivery, runs the pruner
 demo:
 	@echo "make demo: coming with the webhook (issue: admission webhook)"
+
+## chart-test: the Helm chart, offline (no helm binary, no cluster): lint, render, schema,
+## Kubernetes 1.33 validation, and the flags/env it passes checked against the binaries' --help.
+## Python >= 3.10 with pip; the pinned tools go into a project-local venv, installed once.
+PYTHON ?= python3
+VENV ?= .venv
+CHART_TEST_DEPS = $(VENV)/.chart-test-deps
+
+chart-test: $(CHART_TEST_DEPS)
+	$(CARGO) build --locked -p dedupe-admission -p dedupe-pruner
+	PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m pytest -c tests/chart/pytest.ini tests/chart
+
+$(CHART_TEST_DEPS): tests/chart/requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "chart-test needs Python >= 3.10 with pip and venv (set PYTHON=...)"; exit 1; }
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/chart/requirements.txt
+	@touch $@

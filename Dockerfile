@@ -1,0 +1,25 @@
+# syntax=docker/dockerfile:1
+# One image, both binaries: dedupe-admission (the webhook Deployment) and dedupe-pruner (the
+# CronJob). The Helm chart runs each by its path under /usr/local/bin.
+#
+#   docker build -t ghcr.io/proompteng/orchestration-dedupe:0.1.0 .
+
+# Build: Debian bookworm, the same glibc as the runtime image below.
+FROM rust:1.89-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p dedupe-admission -p dedupe-pruner \
+ && install -D -m 0755 target/release/dedupe-admission /out/dedupe-admission \
+ && install -D -m 0755 target/release/dedupe-pruner /out/dedupe-pruner
+
+# Run: distroless (glibc, libgcc, CA certificates; no shell, no package manager), non-root.
+# The binaries use rustls with ring: no OpenSSL needed.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/dedupe-admission /usr/local/bin/dedupe-admission
+COPY --from=build /out/dedupe-pruner /usr/local/bin/dedupe-pruner
+# Numeric, so the kubelet can check runAsNonRoot; the chart runs as the same 65532.
+USER 65532:65532
+EXPOSE 10250 9090
+ENTRYPOINT ["/usr/local/bin/dedupe-admission"]

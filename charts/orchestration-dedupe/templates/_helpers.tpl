@@ -1,0 +1,157 @@
+{{/*
+Names. The full name is capped at 40 characters so that "<fullname>-pruner" stays within the
+52 characters a CronJob name may have, and every other suffixed name within 63.
+*/}}
+{{- define "od.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "od.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "od.admission.fullname" -}}{{ include "od.fullname" . }}-admission{{- end -}}
+{{- define "od.pruner.fullname" -}}{{ include "od.fullname" . }}-pruner{{- end -}}
+{{- define "od.tlsSecretName" -}}
+{{- if eq .Values.admission.tls.mode "secret" -}}
+{{- required "admission.tls.secret.name is required when admission.tls.mode is secret" .Values.admission.tls.secret.name -}}
+{{- else -}}
+{{- include "od.fullname" . }}-tls
+{{- end -}}
+{{- end -}}
+{{- define "od.certManager.servingCertificate" -}}{{ include "od.fullname" . }}-serving{{- end -}}
+
+{{/* The webhook's DNS names, as the API server reaches it through the Service. */}}
+{{- define "od.admission.dnsNames" -}}
+{{- $svc := include "od.admission.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) | toJson -}}
+{{- end -}}
+
+{{/* Labels. Selector labels never include anything that changes between chart versions. */}}
+{{- define "od.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "od.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: orchestration-dedupe
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "od.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "od.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Call with (dict "ctx" $ "component" "admission"). */}}
+{{- define "od.componentLabels" -}}
+{{ include "od.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "od.componentSelectorLabels" -}}
+{{ include "od.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "od.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The container environment: DATABASE_URL from the Secret, then the variables derived from
+values (.derived), overlaid by env.vars and then by the component's env.vars (.overlay).
+Names are unique and sorted, so the list is stable for server-side apply and diffs.
+Call with (dict "ctx" $ "derived" (dict ...) "overlay" .Values.<part>.env.vars).
+*/}}
+{{- define "od.env" -}}
+{{- $vars := dict -}}
+{{- range $k, $v := .derived }}{{ $_ := set $vars $k $v }}{{ end -}}
+{{- range $k, $v := .ctx.Values.env.vars }}{{ $_ := set $vars $k $v }}{{ end -}}
+{{- range $k, $v := .overlay }}{{ $_ := set $vars $k $v }}{{ end -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "database.secretRef.name is required" .ctx.Values.database.secretRef.name }}
+      key: {{ required "database.secretRef.key is required" .ctx.Values.database.secretRef.key }}
+{{- range $k := keys $vars | sortAlpha }}
+- name: {{ $k }}
+  value: {{ index $vars $k | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The restricted pod and container security contexts (Pod Security Standards "restricted"). */}}
+{{- define "od.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "od.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Cross-field checks the schema cannot express. */}}
+{{- define "od.validate" -}}
+{{- if .Values.admission.enabled -}}
+{{- if ge (int64 .Values.admission.storeTimeoutMs) (mul (int64 .Values.admission.timeoutSeconds) 1000) -}}
+{{- fail (printf "admission.storeTimeoutMs (%d) must be below admission.timeoutSeconds (%d s): a slow store must turn into a 503 the API server sees, not a timed-out call" (int64 .Values.admission.storeTimeoutMs) (int64 .Values.admission.timeoutSeconds)) -}}
+{{- end -}}
+{{- if and (eq .Values.admission.tls.mode "secret") (not .Values.admission.tls.secret.caBundle) -}}
+{{- fail "admission.tls.secret.caBundle is required when admission.tls.mode is secret (base64 of the PEM CA that signed the Secret's certificate)" -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.pruner.enabled -}}
+{{- if ge (int64 .Values.pruner.maxRuntimeSeconds) (int64 .Values.pruner.activeDeadlineSeconds) -}}
+{{- fail (printf "pruner.maxRuntimeSeconds (%d) must be below pruner.activeDeadlineSeconds (%d), so the pruner stops and reports before Kubernetes kills it" (int64 .Values.pruner.maxRuntimeSeconds) (int64 .Values.pruner.activeDeadlineSeconds)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Egress both parts need: DNS and PostgreSQL. */}}
+{{- define "od.networkPolicy.egress" -}}
+{{- $np := .Values.networkPolicy -}}
+# DNS, to resolve the database host.
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+# PostgreSQL.
+- ports:
+    - port: {{ $np.database.port }}
+      protocol: TCP
+  {{- with $np.database.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}

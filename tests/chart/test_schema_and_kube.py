@@ -1,0 +1,106 @@
+"""values.schema.json rejects bad values; rendered core objects are valid Kubernetes 1.33."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
+
+from conftest import CRD_KINDS, KUBE_VERSION, render
+from test_render import EVERYTHING_ON
+
+BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
+    "unknown-failure-policy": ({"admission": {"failurePolicy": "Sometimes"}}, "/admission/failurePolicy"),
+    "lowercase-failure-policy": ({"admission": {"failurePolicy": "fail"}}, "/admission/failurePolicy"),
+    "non-string-schedule": ({"pruner": {"schedule": 17}}, "/pruner/schedule"),
+    "non-boolean-admission-toggle": ({"admission": {"enabled": "true"}}, "/admission/enabled"),
+    "non-boolean-pruner-toggle": ({"pruner": {"enabled": "yes"}}, "/pruner/enabled"),
+    "unknown-top-level-key": ({"replicas": 3}, "replicas"),
+    "misspelt-nested-key": ({"admission": {"replica": 3}}, "replica"),
+    "unknown-tls-mode": ({"admission": {"tls": {"mode": "vault"}}}, "/admission/tls/mode"),
+    "kube-lookup-as-yaml-boolean": ({"admission": {"kubeLookup": True}}, "/admission/kubeLookup"),
+    "unknown-claim-scope": ({"claimScope": "global"}, "/claimScope"),
+    "retention-zero": ({"retentionDays": 0}, "/retentionDays"),
+    "timeout-above-30": ({"admission": {"timeoutSeconds": 31}}, "/admission/timeoutSeconds"),
+    "database-url-in-env": ({"env": {"vars": {"DATABASE_URL": "postgres://x"}}}, "DATABASE_URL"),
+    "non-string-env-value": ({"admission": {"env": {"vars": {"JANGAR_ORCHESTRATION_DEDUPE_POOL_SIZE": 8}}}}, "/admission/env/vars"),
+    "bad-env-name": ({"pruner": {"env": {"vars": {"1BAD": "x"}}}}, "1BAD"),
+    "empty-secret-ref": ({"database": {"secretRef": {"name": ""}}}, "/database/secretRef/name"),
+    "bad-namespace-name": ({"admission": {"namespaces": ["Agents"]}}, "/admission/namespaces"),
+    "bad-duration": ({"admission": {"tls": {"certManager": {"duration": "90d"}}}}, "/admission/tls/certManager/duration"),
+    "unknown-concurrency-policy": ({"pruner": {"concurrencyPolicy": "Never"}}, "/pruner/concurrencyPolicy"),
+    "bad-pdb": ({"admission": {"pdb": {"maxUnavailable": "half"}}}, "/admission/pdb/maxUnavailable"),
+}
+
+
+@pytest.mark.parametrize(("values", "where"), BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as schema_error:
+        chart.validate_schema(chart.merge_values(values))
+    assert where in str(schema_error.value)
+    # And an install/template with them fails the same way, before anything renders.
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, values)
+
+
+GOOD_VALUES: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "everything-on": EVERYTHING_ON,
+    "ignore-policy": {"admission": {"failurePolicy": "Ignore"}},
+    "min-available-percent": {"admission": {"pdb": {"minAvailable": "50%"}}},
+    "cron-macro": {"pruner": {"schedule": "@daily"}},
+    "global-from-a-parent-chart": {"global": {"imageRegistry": "example"}},
+    "existing-issuer": {"admission": {"tls": {"certManager": {"issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}}},
+}
+
+
+@pytest.mark.parametrize("values", GOOD_VALUES.values(), ids=GOOD_VALUES.keys())
+def test_schema_accepts_good_values(chart: helm.Chart, values: dict[str, Any]) -> None:
+    chart.validate_schema(chart.merge_values(values))
+    assert render(chart, values).objects
+
+
+KUBE_CASES: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "everything-on": EVERYTHING_ON,
+    "tls-secret": {"admission": {"tls": {"mode": "secret", "secret": {"name": "webhook-tls", "caBundle": "Q0E="}}}},
+    "tls-helm": {"admission": {"tls": {"mode": "helm"}}},
+    "tuned": {
+        "admission": {"replicas": 3, "pdb": {"minAvailable": "50%"}, "preStopSleepSeconds": 0, "podAnnotations": {"a": "b"}, "podLabels": {"team": "x"}},
+        "pruner": {"podFailurePolicy": {"rules": []}, "podLabels": {"team": "x"}},
+        "commonLabels": {"team": "x"},
+    },
+}
+
+
+@pytest.mark.parametrize("values", KUBE_CASES.values(), ids=KUBE_CASES.keys())
+def test_core_objects_validate_for_kubernetes_1_33_strict(chart: helm.Chart, values: dict[str, Any]) -> None:
+    out = render(chart, values)
+    skipped = set()
+    failures = []
+    for obj in out.objects:
+        try:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        except SchemaNotFoundError:
+            skipped.add(obj["kind"])
+        except ValidationError as e:
+            failures.append(f"{obj['kind']}/{obj['metadata']['name']}: {'.'.join(map(str, e.path))}: {e.message}")
+    assert not failures, "\n".join(failures)
+    # Only CRD kinds (cert-manager, prometheus-operator) may lack a schema.
+    assert skipped <= CRD_KINDS, skipped
+
+
+def test_crd_objects_have_the_fields_their_crds_require(chart: helm.Chart) -> None:
+    """No schema ships for cert-manager or prometheus-operator objects; check the essentials."""
+    out = render(chart, {"serviceMonitor": {"enabled": True}})
+    for obj in out.objects:
+        if obj["kind"] in ("Issuer", "Certificate"):
+            assert obj["apiVersion"] == "cert-manager.io/v1"
+        if obj["kind"] == "Certificate":
+            assert obj["spec"]["secretName"] and obj["spec"]["issuerRef"]["name"]
+        if obj["kind"] == "ServiceMonitor":
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+            assert obj["spec"]["endpoints"] and obj["spec"]["selector"]["matchLabels"]
