@@ -1,26 +1,49 @@
-//! The pruner's command line (flags with environment fallbacks), parsed once in `main`.
+//! The pruner's command line (flags with environment fallbacks), parsed once in `main` and
+//! validated into [`Settings`], which is passed down. Nothing below `main` reads the
+//! environment.
 
 use std::time::Duration;
 
 use clap::Parser;
 use dedupe_shared::config::DEFAULT_RETENTION_DAYS;
-use dedupe_shared::CommonArgs;
+use dedupe_shared::{CommonArgs, ConfigError, LogFormat, MigrationMode, StoreConfig};
 
-/// Rows deleted per batch transaction (see docs/BENCHMARKS.md for how it was chosen).
+use crate::policy::PolicyConfig;
+use crate::retry::RetryConfig;
+
+/// Rows deleted per batch transaction (see docs/BENCHMARKS.md, "Pruner", for how it was
+/// chosen: the largest size whose longest batch stays well under 250 ms on the benchmark).
 pub const DEFAULT_BATCH_SIZE: u32 = 5_000;
-/// Pause between batches, so admission traffic and replication keep up.
+/// Pause between batches, so admission traffic, autovacuum and replication keep up
+/// (jittered by ±20 %; see docs/BENCHMARKS.md).
 pub const DEFAULT_BATCH_PAUSE_MS: u64 = 50;
 /// Stop starting new batches after this long; the next night carries on.
 pub const DEFAULT_MAX_RUNTIME_SECONDS: u64 = 1_800;
+/// Server-side `statement_timeout` and `lock_timeout` of one batch transaction. Repeated
+/// timeouts shrink the batch 10x. Well under Kubernetes' default 30 s termination grace
+/// period, so a batch in flight at SIGTERM always gets to commit.
+pub const DEFAULT_BATCH_TIMEOUT_MS: u64 = 5_000;
+/// Bound on every other store call (connect, lock, cutoff, count).
+pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 10_000;
+/// Tries to reach the store at start (and after a lost connection) before giving up.
+pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 5;
+
+/// Connections the pruner needs: one session holding the advisory lock, one for batches.
+const POOL_SIZE: usize = 2;
+/// First wait between connection attempts; doubles up to [`RETRY_MAX_DELAY`].
+const RETRY_BASE_DELAY: Duration = Duration::from_millis(500);
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(8);
 
 /// What each exit code means; the chart's podFailurePolicy relies on these.
-pub const EXIT_CODES: &str = "Exit codes:\n  0  done (also: nothing to do, or another pruner holds the lock)\n  \
-1  runtime failure (store unreachable after retries, a batch failed)\n  2  configuration error (bad flag or environment value)";
+pub const EXIT_CODES: &str = "Exit codes:\n  \
+0  done: also nothing to do, another pruner holds the lock, the maximum runtime was reached,\n     \
+or SIGTERM/SIGINT arrived (the batch in flight is committed and the summary printed)\n  \
+1  runtime failure (store unreachable after retries, a batch failed)\n  \
+2  configuration error (bad flag or environment value)";
 
 /// dedupe-pruner: deletes dedupe claims older than the retention window, in batches.
 ///
-/// Exit codes: 0 done (also: nothing to do, or another pruner holds the lock), 1 runtime
-/// failure (store unreachable, a batch failed), 2 configuration error.
+/// Each batch is its own short transaction; at most one pruner runs per claims table.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "dedupe-pruner", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Args {
@@ -32,17 +55,30 @@ pub struct Args {
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_BATCH_SIZE", default_value_t = DEFAULT_BATCH_SIZE, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch_size: u32,
 
-    /// Milliseconds to pause between batches.
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_BATCH_PAUSE_MS", default_value_t = DEFAULT_BATCH_PAUSE_MS)]
+    /// Milliseconds to pause between batches (jittered by ±20 %).
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_BATCH_PAUSE_MS", default_value_t = DEFAULT_BATCH_PAUSE_MS, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub batch_pause_ms: u64,
 
     /// Stop starting new batches after this many seconds.
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_MAX_RUNTIME_SECONDS", default_value_t = DEFAULT_MAX_RUNTIME_SECONDS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_MAX_RUNTIME_SECONDS", default_value_t = DEFAULT_MAX_RUNTIME_SECONDS, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub max_runtime_seconds: u64,
 
     /// Count what would be deleted (and the oldest claim); delete nothing.
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_DRY_RUN", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub dry_run: bool,
+
+    /// statement_timeout and lock_timeout of each batch transaction, in milliseconds; after 3
+    /// timeouts in a row the batch size shrinks 10x.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_BATCH_TIMEOUT_MS", default_value_t = DEFAULT_BATCH_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub batch_timeout_ms: u64,
+
+    /// Bound on every other store call (connect, lock, cutoff, count), in milliseconds.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_STORE_TIMEOUT_MS", default_value_t = DEFAULT_STORE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub store_timeout_ms: u64,
+
+    /// Attempts to reach the store (backing off 0.5 s, 1 s, 2 s, ... up to 8 s) before exiting 1.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_CONNECT_ATTEMPTS", default_value_t = DEFAULT_CONNECT_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub connect_attempts: u32,
 
     #[command(flatten)]
     pub common: CommonArgs,
@@ -51,5 +87,150 @@ pub struct Args {
 impl Args {
     pub fn max_runtime(&self) -> Duration {
         Duration::from_secs(self.max_runtime_seconds)
+    }
+}
+
+/// Everything the pruner needs, validated once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub store: StoreConfig,
+    pub migrations: MigrationMode,
+    pub log_format: LogFormat,
+    pub retention_days: u32,
+    pub dry_run: bool,
+    pub policy: PolicyConfig,
+    pub batch_timeout: Duration,
+    pub connect: RetryConfig,
+}
+
+impl Settings {
+    /// Validates what clap cannot (the connection string), naming the offending flag.
+    pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
+        let store = StoreConfig::new(
+            &args.common.database_url,
+            POOL_SIZE,
+            Duration::from_millis(args.store_timeout_ms),
+        )?;
+        let connect = RetryConfig {
+            attempts: args.connect_attempts,
+            base_delay: RETRY_BASE_DELAY,
+            max_delay: RETRY_MAX_DELAY,
+        };
+        Ok(Self {
+            store,
+            migrations: args.common.migrations,
+            log_format: args.common.log_format,
+            retention_days: args.retention_days,
+            dry_run: args.dry_run,
+            policy: PolicyConfig::new(
+                args.batch_size,
+                Duration::from_millis(args.batch_pause_ms),
+                args.max_runtime(),
+                connect.clone(),
+            ),
+            batch_timeout: Duration::from_millis(args.batch_timeout_ms),
+            connect,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec!["dedupe-pruner", "--database-url", "postgres://u@127.0.0.1/db"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() -> Result<(), clap::Error> {
+        let a = parse(&[])?;
+        assert_eq!(a.retention_days, 7);
+        assert_eq!(a.batch_size, DEFAULT_BATCH_SIZE);
+        assert_eq!(a.batch_pause_ms, DEFAULT_BATCH_PAUSE_MS);
+        assert_eq!(a.max_runtime_seconds, 1_800);
+        assert!(!a.dry_run);
+        assert_eq!(a.common.migrations, MigrationMode::Apply);
+        assert_eq!(a.common.log_format, LogFormat::Text);
+        Ok(())
+    }
+
+    #[test]
+    fn dry_run_takes_a_bare_flag_or_a_value() -> Result<(), clap::Error> {
+        assert!(parse(&["--dry-run"])?.dry_run);
+        assert!(parse(&["--dry-run", "true"])?.dry_run);
+        assert!(!parse(&["--dry-run=false"])?.dry_run);
+        Ok(())
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected_by_clap_naming_the_flag() {
+        for (flag, value) in [
+            ("--retention-days", "0"),
+            ("--batch-size", "0"),
+            ("--batch-size", "many"),
+            ("--max-runtime-seconds", "0"),
+            ("--batch-timeout-ms", "0"),
+            ("--connect-attempts", "0"),
+            ("--log-format", "yaml"),
+        ] {
+            let err = parse(&[flag, value]).err();
+            let kind = err.as_ref().map(|e| e.kind());
+            assert!(
+                matches!(kind, Some(ErrorKind::ValueValidation | ErrorKind::InvalidValue)),
+                "{flag} {value}: {kind:?}"
+            );
+            let text = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(text.contains(flag), "{flag}: {text}");
+            // clap exits 2 for every usage error; main relies on that.
+        }
+    }
+
+    #[test]
+    fn an_unknown_flag_is_a_usage_error_that_names_it() {
+        let err = parse(&["--batch-sise", "10"]).err();
+        assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::UnknownArgument));
+        assert_eq!(err.map(|e| e.exit_code()), Some(2));
+    }
+
+    #[test]
+    fn settings_carry_the_flags_and_validate_the_url() -> Result<(), Box<dyn std::error::Error>> {
+        let s = Settings::from_args(&parse(&[
+            "--batch-size",
+            "250",
+            "--batch-pause-ms",
+            "0",
+            "--batch-timeout-ms",
+            "1500",
+        ])?)?;
+        assert_eq!(s.policy.batch_size, 250);
+        assert_eq!(s.policy.pause, Duration::ZERO);
+        assert_eq!(s.batch_timeout, Duration::from_millis(1500));
+        assert_eq!(s.connect.attempts, DEFAULT_CONNECT_ATTEMPTS);
+
+        let bad = Args::try_parse_from(["dedupe-pruner", "--database-url", "postgres://h:notaport/db"])?;
+        let err = Settings::from_args(&bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("--database-url"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn help_documents_every_exit_code_and_the_signal_behaviour() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        for needle in [
+            "0  done",
+            "1  runtime failure",
+            "2  configuration error",
+            "SIGTERM",
+        ] {
+            assert!(help.contains(needle), "missing {needle:?} in\n{help}");
+        }
     }
 }

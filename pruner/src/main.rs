@@ -1,16 +1,54 @@
 //! dedupe-pruner: deletes expired dedupe claims in batches (run by a Kubernetes CronJob).
+//!
+//! Exit codes (see `config::EXIT_CODES`): 0 done (also nothing to do, lock held elsewhere,
+//! runtime limit reached, or stopped by SIGTERM/SIGINT after committing the batch in
+//! flight), 1 runtime failure, 2 configuration error.
 
+mod app;
 mod config;
+mod error;
+mod policy;
+mod prune;
+mod report;
+mod retry;
+mod signal;
 
+use std::process::ExitCode;
+
+use anyhow::Context;
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+const EXIT_RUNTIME_FAILURE: u8 = 1;
+const EXIT_CONFIG_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    // Usage errors (unknown flag, bad value, also from the environment) exit 2 naming the
+    // flag; --help and --version exit 0. That is clap's own behaviour.
     let args = config::Args::parse();
-    dedupe_shared::telemetry::init(args.common.log_format);
-    tracing::info!(
-        retention_days = args.retention_days,
-        max_runtime = ?args.max_runtime(),
-        "dedupe-pruner: flags parsed; pruning comes with the pruner issue"
-    );
-    Ok(())
+    let settings = match config::Settings::from_args(&args) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG_ERROR);
+        }
+    };
+    dedupe_shared::telemetry::init(settings.log_format);
+    match run(&settings) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "prune failed");
+            ExitCode::from(EXIT_RUNTIME_FAILURE)
+        }
+    }
+}
+
+fn run(settings: &config::Settings) -> anyhow::Result<app::Ended> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let mut shutdown = signal::Shutdown::install().context("installing the SIGTERM/SIGINT handlers")?;
+        Ok(app::run(settings, &mut shutdown).await?)
+    })
 }

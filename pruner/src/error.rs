@@ -1,0 +1,174 @@
+//! The pruner's failures, and how a store error is classed (retry, shrink, or give up).
+
+use std::time::Duration;
+
+use dedupe_shared::StoreError;
+
+/// A failure that ends the run with exit code 1.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error("claim store unreachable after {attempts} attempt(s) over {:.1}s: {last}", elapsed.as_secs_f64())]
+    Unreachable {
+        attempts: u32,
+        elapsed: Duration,
+        last: StoreError,
+    },
+    #[error("connecting to the claim store failed: {0}")]
+    Connect(StoreError),
+    #[error("applying the schema migrations failed: {0}")]
+    Migrate(StoreError),
+    #[error("taking the pruner advisory lock failed: {0}")]
+    Lock(StoreError),
+    #[error("reading the cutoff from the database clock failed: {0}")]
+    Cutoff(StoreError),
+    #[error("counting expired claims failed: {0}")]
+    Count(StoreError),
+    #[error("batch {batch} failed: {error}")]
+    Batch { batch: u64, error: StoreError },
+    #[error(
+        "batches kept timing out ({in_a_row} in a row at the smallest size, {batch_size}); last error: {last}"
+    )]
+    Timeouts {
+        batch_size: u32,
+        in_a_row: u32,
+        last: StoreError,
+    },
+    #[error("claim store unreachable during batch {batch} after {attempts} attempt(s): {last}")]
+    LostStore {
+        batch: u64,
+        attempts: u32,
+        last: StoreError,
+    },
+}
+
+/// How the pruner treats a store error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A statement or lock timeout (server side) or the client-side bound: nothing was
+    /// committed; retry, and shrink the batch if it keeps happening.
+    TimedOut,
+    /// The store could not be reached: retry with back-off, within the attempt budget.
+    Unavailable,
+    /// Anything else (a rejected query, an unexpected row): give up.
+    Other,
+}
+
+/// SQLSTATEs meaning "too slow": query_canceled (statement_timeout) and
+/// lock_not_available (lock_timeout).
+const TIMEOUT_CODES: &[&str] = &["57014", "55P03"];
+/// SQLSTATEs meaning "not reachable right now": server shutting down or starting up,
+/// too many connections.
+const UNAVAILABLE_CODES: &[&str] = &["57P01", "57P02", "57P03", "53300"];
+/// tokio-postgres' wording for errors with no SQLSTATE that mean the connection is gone.
+const CONNECTION_WORDING: &[&str] = &[
+    "connection closed",
+    "error communicating with the server",
+    "error connecting to server",
+    "timeout waiting for server",
+];
+
+/// Classes a store error. The shared crate reports database errors as
+/// `"<severity>: <message> (<SQLSTATE>)"`, so the SQLSTATE is read from that suffix.
+pub fn classify(error: &StoreError) -> ErrorClass {
+    match error {
+        StoreError::Timeout(_) => ErrorClass::TimedOut,
+        StoreError::Pool(_) => ErrorClass::Unavailable,
+        StoreError::Query(message) => match sqlstate(message) {
+            Some(code) if TIMEOUT_CODES.contains(&code) => ErrorClass::TimedOut,
+            Some(code) if UNAVAILABLE_CODES.contains(&code) || code.starts_with("08") => {
+                ErrorClass::Unavailable
+            }
+            Some(_) => ErrorClass::Other,
+            None if CONNECTION_WORDING.iter().any(|w| message.starts_with(w)) => ErrorClass::Unavailable,
+            None => ErrorClass::Other,
+        },
+        StoreError::UnexpectedRow(_) | StoreError::Migration { .. } => ErrorClass::Other,
+    }
+}
+
+/// The five-character SQLSTATE at the end of `"... (XXXXX)"`, if there is one.
+fn sqlstate(message: &str) -> Option<&str> {
+    let inner = message.strip_suffix(')')?;
+    let code = inner.get(inner.len().checked_sub(5)?..)?;
+    let open = inner.get(..inner.len() - 5)?;
+    (open.ends_with('(') && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
+        .then_some(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> StoreError {
+        StoreError::Query(s.into())
+    }
+
+    #[test]
+    fn timeouts_are_recognised_from_either_side() {
+        assert_eq!(
+            classify(&StoreError::Timeout(Duration::from_secs(1))),
+            ErrorClass::TimedOut
+        );
+        assert_eq!(
+            classify(&q("ERROR: canceling statement due to statement timeout (57014)")),
+            ErrorClass::TimedOut
+        );
+        assert_eq!(
+            classify(&q("ERROR: canceling statement due to lock timeout (55P03)")),
+            ErrorClass::TimedOut
+        );
+    }
+
+    #[test]
+    fn lost_connections_are_unavailable() {
+        assert_eq!(
+            classify(&StoreError::Pool(
+                "error connecting to server: Connection refused".into()
+            )),
+            ErrorClass::Unavailable
+        );
+        assert_eq!(
+            classify(&q(
+                "FATAL: terminating connection due to administrator command (57P01)"
+            )),
+            ErrorClass::Unavailable
+        );
+        assert_eq!(
+            classify(&q("FATAL: connection failure (08006)")),
+            ErrorClass::Unavailable
+        );
+        assert_eq!(classify(&q("connection closed")), ErrorClass::Unavailable);
+        assert_eq!(
+            classify(&q(
+                "error communicating with the server: Broken pipe (os error 32)"
+            )),
+            ErrorClass::Unavailable
+        );
+    }
+
+    #[test]
+    fn everything_else_is_fatal() {
+        assert_eq!(
+            classify(&q(
+                "ERROR: relation \"orchestration_dedupe_claims\" does not exist (42P01)"
+            )),
+            ErrorClass::Other
+        );
+        assert_eq!(
+            classify(&StoreError::UnexpectedRow("x".into())),
+            ErrorClass::Other
+        );
+        assert_eq!(classify(&q("something odd (not a code)")), ErrorClass::Other);
+        assert_eq!(classify(&q("")), ErrorClass::Other);
+    }
+
+    #[test]
+    fn sqlstate_is_read_only_from_a_well_formed_suffix() {
+        assert_eq!(sqlstate("ERROR: x (57014)"), Some("57014"));
+        assert_eq!(sqlstate("(57014)"), Some("57014"));
+        assert_eq!(sqlstate("57014)"), None);
+        assert_eq!(sqlstate("x (5701)"), None);
+        assert_eq!(sqlstate("x (abcde)"), None);
+        assert_eq!(sqlstate("é)"), None);
+    }
+}

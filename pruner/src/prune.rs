@@ -1,0 +1,411 @@
+//! The batch loop: drives the store one short transaction at a time, as the policy says.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dedupe_shared::{ClaimStore, DeletedBatch, StoreError};
+use tokio::time::Instant;
+
+use crate::error::{classify, ErrorClass, PruneError};
+use crate::policy::{Decision, GiveUp, Outcome, Policy, StopReason};
+use crate::report::{self, Progress, Summary};
+use crate::signal::Shutdown;
+
+/// The one store operation the loop needs (a trait so the loop is tested without a database).
+pub trait BatchStore {
+    /// Deletes up to `limit` claims with `from <= claimed_at < cutoff` in one transaction
+    /// bounded by `timeout`.
+    fn delete_batch(
+        &self,
+        from: DateTime<Utc>,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<DeletedBatch, StoreError>>;
+}
+
+impl BatchStore for ClaimStore {
+    fn delete_batch(
+        &self,
+        from: DateTime<Utc>,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<DeletedBatch, StoreError>> {
+        self.delete_expired_batch(from, cutoff, i64::from(limit), timeout)
+    }
+}
+
+/// What to prune.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Claims with `claimed_at` strictly before this go (database clock − retention).
+    pub cutoff: DateTime<Utc>,
+    /// statement_timeout and lock_timeout of each batch.
+    pub batch_timeout: Duration,
+    /// Expired claims counted at start, for the remaining estimate.
+    pub expired_at_start: Option<u64>,
+}
+
+/// How the loop ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub summary: Summary,
+    pub result: Result<StopReason, PruneError>,
+}
+
+/// The lower bound of the first batch: earlier than any `claimed_at` the database clock
+/// can have written, and still inside PostgreSQL's timestamp range.
+fn floor() -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(-62_135_596_800, 0) // 0001-01-01T00:00:00Z
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+/// Runs batches until a short batch, the runtime limit, a signal (the batch in flight is
+/// always finished and committed first) or a failure. `jitter` yields uniform samples in
+/// `[0, 1)` for the pauses.
+pub async fn prune<S: BatchStore>(
+    store: &S,
+    plan: &Plan,
+    mut policy: Policy,
+    shutdown: &mut Shutdown,
+    mut jitter: impl FnMut() -> f64,
+) -> Finished {
+    let started = Instant::now();
+    // Each batch starts at the newest claimed_at the previous one deleted, so it does not
+    // walk the dead index entries the earlier batches left behind.
+    let mut from = floor();
+    let mut deleted = 0u64;
+    let mut batches = 0u64;
+    let mut longest = Duration::ZERO;
+    let result = loop {
+        if let Some(stop) = policy.before_batch(started.elapsed(), shutdown.requested().is_some()) {
+            break Ok(stop);
+        }
+        let size = policy.batch_size();
+        let batch_started = Instant::now();
+        // Never raced against the signal: a batch in flight runs to its commit (or its
+        // timeout), so nothing is left half-done.
+        let result = store
+            .delete_batch(from, plan.cutoff, size, plan.batch_timeout)
+            .await;
+        let took = batch_started.elapsed();
+        let (outcome, error) = match result {
+            Ok(batch) => {
+                batches += 1;
+                deleted += batch.deleted;
+                longest = longest.max(took);
+                if let Some(newest) = batch.newest {
+                    from = newest;
+                }
+                report::progress(&Progress {
+                    batch: batches,
+                    deleted: batch.deleted,
+                    batch_size: size,
+                    batch_elapsed: took,
+                    total_deleted: deleted,
+                    elapsed: started.elapsed(),
+                });
+                (Outcome::Deleted(batch.deleted), None)
+            }
+            Err(e) => match classify(&e) {
+                ErrorClass::TimedOut => {
+                    report::batch_timed_out(size, took, &e);
+                    (Outcome::TimedOut, Some(e))
+                }
+                ErrorClass::Unavailable => (Outcome::Unavailable, Some(e)),
+                ErrorClass::Other => {
+                    break Err(PruneError::Batch {
+                        batch: batches + 1,
+                        error: e,
+                    })
+                }
+            },
+        };
+        let pause = match policy.after_batch(outcome, started.elapsed(), jitter()) {
+            Decision::Continue { pause } => {
+                if let (Outcome::Unavailable, Some(e)) = (outcome, &error) {
+                    report::store_lost(pause, e);
+                }
+                pause
+            }
+            Decision::Shrink { from, to, pause } => {
+                report::shrunk(from, to);
+                pause
+            }
+            Decision::Stop(stop) => break Ok(stop),
+            Decision::GiveUp(give_up) => {
+                let last = error.unwrap_or_else(|| StoreError::Query("no error recorded".into()));
+                break Err(match give_up {
+                    GiveUp::Timeouts { batch_size, in_a_row } => PruneError::Timeouts {
+                        batch_size,
+                        in_a_row,
+                        last,
+                    },
+                    GiveUp::Unavailable { attempts } => PruneError::LostStore {
+                        batch: batches + 1,
+                        attempts,
+                        last,
+                    },
+                });
+            }
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = shutdown.wait() => {}
+            }
+        }
+    };
+    Finished {
+        summary: Summary {
+            deleted,
+            batches,
+            elapsed: started.elapsed(),
+            expired_at_start: plan.expired_at_start,
+            stopped: match &result {
+                Ok(stop) => stop.as_str(),
+                Err(_) => "failed",
+            },
+            longest_batch: longest,
+        },
+        result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::policy::PolicyConfig;
+    use crate::retry::RetryConfig;
+
+    type Script = Box<dyn FnMut(&Call) -> Result<DeletedBatch, StoreError> + Send>;
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Call {
+        from: DateTime<Utc>,
+        limit: u32,
+    }
+
+    /// A store that answers from a script and records what it was asked.
+    struct FakeStore {
+        script: Mutex<VecDeque<Script>>,
+        calls: Mutex<Vec<Call>>,
+    }
+
+    impl FakeStore {
+        fn new(script: Vec<Script>) -> Self {
+            Self {
+                script: Mutex::new(script.into()),
+                calls: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn calls(&self) -> Vec<Call> {
+            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+    }
+
+    impl BatchStore for FakeStore {
+        async fn delete_batch(
+            &self,
+            from: DateTime<Utc>,
+            _cutoff: DateTime<Utc>,
+            limit: u32,
+            _timeout: Duration,
+        ) -> Result<DeletedBatch, StoreError> {
+            let call = Call { from, limit };
+            if let Ok(mut calls) = self.calls.lock() {
+                calls.push(call.clone());
+            }
+            let next = self.script.lock().ok().and_then(|mut s| s.pop_front());
+            match next {
+                Some(mut answer) => answer(&call),
+                None => Err(StoreError::UnexpectedRow("script ran out".into())),
+            }
+        }
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_700_000_000 + secs, 0).unwrap_or_default()
+    }
+
+    fn deleted(n: u64, newest: i64) -> Script {
+        Box::new(move |_| {
+            Ok(DeletedBatch {
+                deleted: n,
+                newest: (n > 0).then(|| at(newest)),
+            })
+        })
+    }
+
+    fn failing(e: fn() -> StoreError) -> Script {
+        Box::new(move |_| Err(e()))
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            cutoff: at(1_000),
+            batch_timeout: Duration::from_secs(1),
+            expired_at_start: Some(250),
+        }
+    }
+
+    fn policy(batch_size: u32, max_runtime: Duration) -> Policy {
+        Policy::new(PolicyConfig::new(
+            batch_size,
+            Duration::ZERO,
+            max_runtime,
+            RetryConfig {
+                attempts: 3,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(2),
+            },
+        ))
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[tokio::test]
+    async fn deletes_until_a_short_batch_carrying_the_lower_bound_forward() {
+        let store = FakeStore::new(vec![deleted(100, 10), deleted(100, 20), deleted(50, 30)]);
+        let (_tx, mut shutdown) = Shutdown::manual();
+        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        assert_eq!(f.result.ok(), Some(StopReason::Done));
+        assert_eq!((f.summary.deleted, f.summary.batches), (250, 3));
+        assert_eq!(f.summary.remaining_estimate(), Some(0));
+        assert_eq!(f.summary.stopped, "done");
+        let froms: Vec<DateTime<Utc>> = store.calls().iter().map(|c| c.from).collect();
+        assert_eq!(froms, vec![floor(), at(10), at(20)]);
+        assert!(store.calls().iter().all(|c| c.limit == 100));
+    }
+
+    #[tokio::test]
+    async fn a_signal_during_a_batch_lets_it_commit_then_stops() {
+        let (tx, mut shutdown) = Shutdown::manual();
+        let signal_mid_batch: Script = Box::new(move |_| {
+            let _ = tx.send(Some("SIGTERM"));
+            Ok(DeletedBatch {
+                deleted: 100,
+                newest: Some(at(20)),
+            })
+        });
+        let store = FakeStore::new(vec![deleted(100, 10), signal_mid_batch, deleted(100, 30)]);
+        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        assert_eq!(f.result.ok(), Some(StopReason::Signal));
+        assert_eq!(
+            (f.summary.deleted, f.summary.batches),
+            (200, 2),
+            "the batch in flight counts, no batch after it"
+        );
+        assert_eq!(store.calls().len(), 2);
+        assert_eq!(f.summary.stopped, "signal");
+    }
+
+    #[tokio::test]
+    async fn a_signal_during_a_long_pause_stops_without_waiting_it_out() {
+        let (tx, mut shutdown) = Shutdown::manual();
+        let store = FakeStore::new(vec![deleted(100, 10), deleted(100, 20)]);
+        let slow = Policy::new(PolicyConfig::new(
+            100,
+            HOUR,
+            HOUR * 24,
+            RetryConfig {
+                attempts: 1,
+                base_delay: Duration::ZERO,
+                max_delay: Duration::ZERO,
+            },
+        ));
+        let started = std::time::Instant::now();
+        let plan = plan();
+        let run = prune(&store, &plan, slow, &mut shutdown, || 0.5);
+        let signal = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(Some("SIGINT"));
+        };
+        let (f, ()) = tokio::join!(run, signal);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(f.result.ok(), Some(StopReason::Signal));
+        assert_eq!(f.summary.batches, 1);
+    }
+
+    #[tokio::test]
+    async fn repeated_timeouts_shrink_the_batch_and_the_prune_goes_on() {
+        let timeout =
+            || StoreError::Query("ERROR: canceling statement due to statement timeout (57014)".into());
+        let store = FakeStore::new(vec![
+            failing(timeout),
+            failing(timeout),
+            failing(timeout),
+            deleted(10, 10),
+            deleted(3, 11),
+        ]);
+        let (_tx, mut shutdown) = Shutdown::manual();
+        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        assert_eq!(f.result.ok(), Some(StopReason::Done));
+        let limits: Vec<u32> = store.calls().iter().map(|c| c.limit).collect();
+        assert_eq!(limits, vec![100, 100, 100, 10, 10]);
+        assert_eq!((f.summary.deleted, f.summary.batches), (13, 2));
+    }
+
+    #[tokio::test]
+    async fn a_failing_batch_ends_the_run_with_what_was_done_so_far() {
+        let store = FakeStore::new(vec![
+            deleted(100, 10),
+            failing(|| StoreError::Query("ERROR: permission denied (42501)".into())),
+        ]);
+        let (_tx, mut shutdown) = Shutdown::manual();
+        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        match f.result {
+            Err(PruneError::Batch { batch, .. }) => assert_eq!(batch, 2),
+            other => panic!("expected a batch failure, got {other:?}"),
+        }
+        assert_eq!((f.summary.deleted, f.summary.stopped), (100, "failed"));
+    }
+
+    #[tokio::test]
+    async fn a_store_that_stays_away_is_given_up_on_and_a_brief_loss_is_not() {
+        let lost = || StoreError::Query("connection closed".into());
+        let store = FakeStore::new(vec![failing(lost), deleted(100, 10), deleted(0, 0)]);
+        let (_tx, mut shutdown) = Shutdown::manual();
+        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        assert_eq!(f.result.ok(), Some(StopReason::Done));
+        assert_eq!(f.summary.deleted, 100);
+
+        let store = FakeStore::new(vec![failing(lost), failing(lost), failing(lost)]);
+        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        assert!(
+            matches!(f.result, Err(PruneError::LostStore { attempts: 3, .. })),
+            "{:?}",
+            f.result
+        );
+    }
+
+    #[tokio::test]
+    async fn the_runtime_limit_stops_between_batches() {
+        let slow_batch: Script = Box::new(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(DeletedBatch {
+                deleted: 100,
+                newest: Some(at(1)),
+            })
+        });
+        let store = FakeStore::new(vec![slow_batch, deleted(100, 2)]);
+        let (_tx, mut shutdown) = Shutdown::manual();
+        let f = prune(
+            &store,
+            &plan(),
+            policy(100, Duration::from_millis(10)),
+            &mut shutdown,
+            || 0.5,
+        )
+        .await;
+        assert_eq!(f.result.ok(), Some(StopReason::MaxRuntime));
+        assert_eq!(f.summary.batches, 1);
+        assert_eq!(f.summary.remaining_estimate(), Some(150));
+    }
+}

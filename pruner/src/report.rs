@@ -1,0 +1,199 @@
+//! What the pruner tells the operator: one event per batch, one summary, and the few
+//! events in between. `tracing` events, text or JSON per `--log-format`; field names are
+//! stable (the benchmark and the tests read them).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dedupe_shared::ExpiredCount;
+
+/// One committed batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// 1-based number of the committed batch.
+    pub batch: u64,
+    pub deleted: u64,
+    pub batch_size: u32,
+    /// Wall time of the batch transaction (begin .. commit acknowledged).
+    pub batch_elapsed: Duration,
+    pub total_deleted: u64,
+    /// Time since the loop started.
+    pub elapsed: Duration,
+}
+
+/// The run as a whole.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    pub deleted: u64,
+    pub batches: u64,
+    pub elapsed: Duration,
+    /// Expired claims counted at start, when the count finished in time.
+    pub expired_at_start: Option<u64>,
+    /// `done`, `max-runtime`, `signal` or `failed`.
+    pub stopped: &'static str,
+    /// The longest batch transaction.
+    pub longest_batch: Duration,
+}
+
+impl Summary {
+    pub fn rows_per_second(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.deleted as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Expired claims still there: counted at start minus deleted since. An estimate,
+    /// since a take-over may also have renewed an expired claim meanwhile.
+    pub fn remaining_estimate(&self) -> Option<u64> {
+        self.expired_at_start.map(|n| n.saturating_sub(self.deleted))
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000.0).round() / 1_000.0
+}
+
+/// The plan, once the cutoff is known.
+pub fn starting(
+    cutoff: DateTime<Utc>,
+    retention_days: u32,
+    batch_size: u32,
+    pause: Duration,
+    count: Option<ExpiredCount>,
+) {
+    tracing::info!(
+        cutoff = %cutoff.to_rfc3339(),
+        retention_days,
+        batch_size,
+        batch_pause_ms = ms(pause),
+        expired = count.map(|c| c.expired),
+        oldest = count.and_then(|c| c.oldest).map(|t| t.to_rfc3339()),
+        "prune starting: deleting claims older than the cutoff"
+    );
+}
+
+pub fn progress(p: &Progress) {
+    tracing::info!(
+        batch = p.batch,
+        deleted = p.deleted,
+        batch_size = p.batch_size,
+        batch_ms = ms(p.batch_elapsed),
+        total_deleted = p.total_deleted,
+        elapsed_s = secs(p.elapsed),
+        "batch committed"
+    );
+}
+
+pub fn summary(s: &Summary) {
+    tracing::info!(
+        deleted = s.deleted,
+        batches = s.batches,
+        seconds = secs(s.elapsed),
+        rows_per_second = s.rows_per_second().round(),
+        remaining_expired_estimate = s.remaining_estimate(),
+        longest_batch_ms = ms(s.longest_batch),
+        stopped = s.stopped,
+        "prune finished"
+    );
+}
+
+pub fn batch_timed_out(batch_size: u32, elapsed: Duration, error: &dyn std::fmt::Display) {
+    tracing::warn!(
+        batch_size,
+        batch_ms = ms(elapsed),
+        error = %error,
+        "batch timed out and was rolled back; retrying"
+    );
+}
+
+pub fn shrunk(from: u32, to: u32) {
+    tracing::warn!(
+        from,
+        to,
+        "batches keep timing out: shrinking the batch size tenfold"
+    );
+}
+
+pub fn store_lost(retry_in: Duration, error: &dyn std::fmt::Display) {
+    tracing::warn!(
+        retry_in_ms = ms(retry_in),
+        error = %error,
+        "claim store not reachable during the prune; retrying the batch"
+    );
+}
+
+/// `--dry-run`'s whole output.
+pub fn dry_run(cutoff: DateTime<Utc>, retention_days: u32, count: ExpiredCount) {
+    let now = cutoff + chrono::Duration::days(i64::from(retention_days));
+    let oldest_age_days = count
+        .oldest
+        .map(|t| ((now - t).num_seconds() as f64 / 86_400.0 * 100.0).round() / 100.0);
+    tracing::info!(
+        would_delete = count.expired,
+        oldest = count.oldest.map(|t| t.to_rfc3339()),
+        oldest_age_days,
+        cutoff = %cutoff.to_rfc3339(),
+        retention_days,
+        "dry run: counted the claims a prune would delete; deleted nothing"
+    );
+}
+
+pub fn lock_held() {
+    tracing::info!("another prune holds the lock; nothing to do");
+}
+
+pub fn count_skipped(error: &dyn std::fmt::Display) {
+    tracing::warn!(
+        error = %error,
+        "counting expired claims did not finish in time; pruning without an estimate"
+    );
+}
+
+pub fn interrupted_before_start(signal: &str) {
+    tracing::info!(
+        signal,
+        "stopped by a signal before pruning started; deleted nothing"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(deleted: u64, elapsed_ms: u64, at_start: Option<u64>) -> Summary {
+        Summary {
+            deleted,
+            batches: 1,
+            elapsed: Duration::from_millis(elapsed_ms),
+            expired_at_start: at_start,
+            stopped: "done",
+            longest_batch: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn rows_per_second_is_deleted_over_elapsed() {
+        assert_eq!(summary(1_000, 500, None).rows_per_second(), 2_000.0);
+        assert_eq!(summary(1_000, 0, None).rows_per_second(), 0.0);
+    }
+
+    #[test]
+    fn remaining_is_counted_minus_deleted_never_negative() {
+        assert_eq!(summary(300, 1, Some(1_000)).remaining_estimate(), Some(700));
+        assert_eq!(summary(1_200, 1, Some(1_000)).remaining_estimate(), Some(0));
+        assert_eq!(summary(1, 1, None).remaining_estimate(), None);
+    }
+
+    #[test]
+    fn durations_are_rounded_for_reading() {
+        assert_eq!(ms(Duration::from_micros(12_345)), 12.3);
+        assert_eq!(secs(Duration::from_micros(1_234_567)), 1.235);
+    }
+}

@@ -1,0 +1,932 @@
+//! The real `dedupe-pruner` binary against a real PostgreSQL (one schema per test): what it
+//! deletes, its exit codes, its lock, its signals, and claims made while it runs.
+//!
+//! The binary is `target/<profile>/dedupe-pruner`; integration tests of this package do not
+//! build other packages' binaries, so build it first (`cargo build --workspace`; `make test`
+//! does). Nothing here asserts on speed except generous "not stuck" bounds.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use chrono::{DateTime, Utc};
+use dedupe_shared::{ClaimKey, ClaimOutcome, ClaimScope, RunRef};
+use dedupe_tests::TestDb;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_postgres::GenericClient;
+
+/// Generous bound for a run that should take seconds: a stuck pruner fails the test instead
+/// of hanging it.
+const RUN_BOUND: Duration = Duration::from_secs(90);
+
+// ---------------------------------------------------------------------------------------
+// Running the binary
+// ---------------------------------------------------------------------------------------
+
+/// `target/<profile>/dedupe-pruner`, next to this test binary (`target/<profile>/deps/…`).
+/// `DEDUPE_PRUNER_BIN` overrides it.
+fn pruner_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("DEDUPE_PRUNER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("unexpected test binary path {}", exe.display()))?;
+    let path = dir.join("dedupe-pruner");
+    if !path.exists() {
+        bail!(
+            "{} not found: build it first with `cargo build -p dedupe-pruner` (`make test` builds the workspace)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The binary with a clean environment (flags only), JSON logs at info.
+fn pruner(args: &[&str]) -> Result<Command> {
+    let mut cmd = Command::new(pruner_bin()?);
+    cmd.env_clear()
+        .env("RUST_LOG", "info")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
+/// A connection string for the binary: the test's schema, and an application_name so the
+/// test can find the pruner's sessions in pg_stat_activity.
+fn pruner_url(db: &TestDb) -> String {
+    format!("{}&application_name={}", db.url(), app_name(db))
+}
+
+fn app_name(db: &TestDb) -> String {
+    format!("pruner_{}", db.schema())
+}
+
+/// What a finished run printed.
+#[derive(Debug)]
+struct Finished {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    events: Vec<Value>,
+}
+
+impl Finished {
+    fn with_message(&self, message: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with(message)))
+            .collect()
+    }
+
+    fn one(&self, message: &str) -> Result<&Value> {
+        match self.with_message(message).as_slice() {
+            [one] => Ok(one),
+            other => bail!(
+                "expected one `{message}` event, found {}:\n{}",
+                other.len(),
+                self.stdout
+            ),
+        }
+    }
+
+    fn summary(&self) -> Result<&Value> {
+        self.one("prune finished")
+    }
+
+    fn levels(&self, level: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["level"] == level).collect()
+    }
+}
+
+fn parse_events(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+/// Runs to the end (bounded by [`RUN_BOUND`]).
+async fn run(args: &[&str]) -> Result<Finished> {
+    run_with_env(args, &[]).await
+}
+
+async fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Finished> {
+    let mut cmd = pruner(args)?;
+    cmd.envs(env.iter().copied());
+    let child = cmd.spawn().context("starting dedupe-pruner")?;
+    let out = tokio::time::timeout(RUN_BOUND, child.wait_with_output())
+        .await
+        .map_err(|_| anyhow!("dedupe-pruner did not finish within {RUN_BOUND:?}"))??;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(Finished {
+        code: out.status.code(),
+        events: parse_events(&stdout),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// A pruner still running: its stdout arrives line by line.
+struct Live {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Live {
+    fn spawn(args: &[&str]) -> Result<Self> {
+        let mut child = pruner(args)?.spawn().context("starting dedupe-pruner")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s).await;
+            s
+        });
+        Ok(Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        })
+    }
+
+    /// Waits for an event whose message starts with `message`; returns it.
+    async fn wait_for(&mut self, message: &str) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + RUN_BOUND;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "no `{message}` event within {RUN_BOUND:?}:\n{}",
+                        self.seen.join("\n")
+                    )
+                })?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "pruner output ended before `{message}`:\n{}",
+                        self.seen.join("\n")
+                    )
+                })?;
+            self.seen.push(line.clone());
+            if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                if event["message"].as_str().is_some_and(|m| m.starts_with(message)) {
+                    return Ok(event);
+                }
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) -> Result<()> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| anyhow!("the pruner already exited"))?;
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        ensure!(status.success(), "kill -{name} {pid} failed");
+        Ok(())
+    }
+
+    fn still_running(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
+    }
+
+    async fn finish(mut self) -> Result<Finished> {
+        let status = tokio::time::timeout(RUN_BOUND, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("dedupe-pruner did not exit within {RUN_BOUND:?}"))??;
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        let stdout = self.seen.join("\n");
+        Ok(Finished {
+            code: status.code(),
+            events: parse_events(&stdout),
+            stdout,
+            stderr: self.stderr.await.unwrap_or_default(),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Seeding and inspecting
+// ---------------------------------------------------------------------------------------
+
+/// Inserts `n` claims `prefix-1..n`; claim i is `age` old minus i seconds (so they are in
+/// claimed_at order and the oldest is `prefix-1`).
+async fn seed(client: &impl GenericClient, prefix: &str, n: i64, age: &str) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO orchestration_dedupe_claims
+                 (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state, claimed_at)
+             SELECT $1 || '-' || i, 'cluster', '', '', 'agents', 'run-' || i, 'uid-' || i, 'confirmed',
+                    now() - $3::text::interval + make_interval(secs => i)
+               FROM generate_series(1, $2::bigint) i",
+            &[&prefix, &n, &age],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Inserts one claim at an exact `claimed_at`.
+async fn seed_at(client: &impl GenericClient, delivery: &str, at: DateTime<Utc>) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO orchestration_dedupe_claims
+                 (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state, claimed_at)
+             VALUES ($1, 'cluster', '', '', 'agents', $1, 'uid', 'confirmed', $2)",
+            &[&delivery, &at],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn count(client: &tokio_postgres::Client, filter: &str) -> Result<i64> {
+    Ok(client
+        .query_one(
+            &format!("SELECT count(*) FROM orchestration_dedupe_claims WHERE {filter}"),
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+async fn delivery_ids(client: &tokio_postgres::Client) -> Result<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT delivery_id FROM orchestration_dedupe_claims ORDER BY claimed_at",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+fn u64_field(event: &Value, field: &str) -> Result<u64> {
+    event[field]
+        .as_u64()
+        .ok_or_else(|| anyhow!("event has no numeric `{field}`: {event}"))
+}
+
+fn str_field<'a>(event: &'a Value, field: &str) -> Result<&'a str> {
+    event[field]
+        .as_str()
+        .ok_or_else(|| anyhow!("event has no string `{field}`: {event}"))
+}
+
+/// A trigger that makes the pruner's DELETE wait, inside its transaction, when it reaches
+/// `delivery`, for as long as some session holds the advisory lock `gate`.
+async fn install_gate(client: &tokio_postgres::Client, delivery: &str, gate: i64) -> Result<()> {
+    client
+        .batch_execute(&format!(
+            "CREATE FUNCTION prune_gate() RETURNS trigger LANGUAGE plpgsql AS $fn$
+             BEGIN
+                 IF OLD.delivery_id = '{delivery}' THEN
+                     PERFORM pg_advisory_lock_shared({gate});
+                     PERFORM pg_advisory_unlock_shared({gate});
+                 END IF;
+                 RETURN OLD;
+             END $fn$;
+             CREATE TRIGGER prune_gate BEFORE DELETE ON orchestration_dedupe_claims
+                 FOR EACH ROW EXECUTE FUNCTION prune_gate();"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Waits until one of the pruner's sessions is waiting for an advisory lock (the gate).
+async fn wait_until_gated(client: &tokio_postgres::Client, app: &str) -> Result<()> {
+    let deadline = Instant::now() + RUN_BOUND;
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name = $1 AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                &[&app],
+            )
+            .await?
+            .get(0);
+        if waiting > 0 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the pruner's batch never reached the gate"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------
+
+/// Rows one second and one day either side of the cutoff the pruner took from the database
+/// clock: exactly the older ones go. To seed around the pruner's own cutoff, the test holds
+/// the table in EXCLUSIVE mode (reads pass, the pruner's DELETE waits), reads the cutoff
+/// from the pruner's start event, inserts the rows and lets the pruner go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_claims_older_than_the_cutoff_go_to_the_second_and_the_day() -> Result<()> {
+    let db = TestDb::new().await?;
+    db.migrated_store().await?;
+    let mut holder = db.client().await?;
+    let tx = holder.transaction().await?;
+    tx.batch_execute("LOCK TABLE orchestration_dedupe_claims IN EXCLUSIVE MODE")
+        .await?;
+
+    let url = pruner_url(&db);
+    let mut live = Live::spawn(&[
+        "--database-url",
+        &url,
+        "--log-format",
+        "json",
+        "--retention-days",
+        "7",
+        "--batch-size",
+        "2",
+        "--batch-pause-ms",
+        "0",
+        "--batch-timeout-ms",
+        "60000",
+    ])?;
+    let start = live.wait_for("prune starting").await?;
+    let cutoff: DateTime<Utc> = DateTime::parse_from_rfc3339(str_field(&start, "cutoff")?)?.to_utc();
+    let now: DateTime<Utc> = tx.query_one("SELECT clock_timestamp()", &[]).await?.get(0);
+    let age = now - cutoff;
+    ensure!(
+        age >= chrono::Duration::days(7) && age < chrono::Duration::days(7) + chrono::Duration::minutes(1),
+        "the cutoff is the database clock minus 7 days, got {cutoff} at {now}"
+    );
+    let second = chrono::Duration::seconds(1);
+    let day = chrono::Duration::days(1);
+    for (delivery, at) in [
+        ("older-by-a-day", cutoff - day),
+        ("older-by-a-second", cutoff - second),
+        (
+            "older-by-a-microsecond",
+            cutoff - chrono::Duration::microseconds(1),
+        ),
+        ("at-the-cutoff", cutoff),
+        ("younger-by-a-second", cutoff + second),
+        ("younger-by-a-day", cutoff + day),
+    ] {
+        seed_at(&tx, delivery, at).await?;
+    }
+    seed(&tx, "fresh", 3, "1 hour").await?;
+    tx.commit().await?;
+
+    let done = live.finish().await?;
+    assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
+    let summary = done.summary()?;
+    assert_eq!(u64_field(summary, "deleted")?, 3, "{summary}");
+    assert_eq!(str_field(summary, "stopped")?, "done");
+    assert_eq!(
+        delivery_ids(&holder).await?,
+        vec![
+            "at-the-cutoff",
+            "younger-by-a-second",
+            "younger-by-a-day",
+            "fresh-1",
+            "fresh-2",
+            "fresh-3"
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn dry_run_reports_the_count_and_the_oldest_and_deletes_nothing() -> Result<()> {
+    let db = TestDb::new().await?;
+    db.migrated_store().await?;
+    let client = db.client().await?;
+    seed(&client, "old", 37, "40 days").await?; // 40 days .. 40 days − 37 s old
+    seed(&client, "young", 5, "6 days").await?;
+    seed(&client, "new", 4, "1 minute").await?;
+
+    let url = pruner_url(&db);
+    let done = run(&["--database-url", &url, "--log-format", "json", "--dry-run"]).await?;
+    assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
+    let report = done.one("dry run")?;
+    assert_eq!(u64_field(report, "would_delete")?, 37, "{report}");
+    let age = report["oldest_age_days"].as_f64().unwrap_or_default();
+    assert!((39.99..=40.01).contains(&age), "oldest is 40 days old: {report}");
+    assert!(done.with_message("batch committed").is_empty());
+    assert!(done.with_message("prune finished").is_empty());
+    assert_eq!(count(&client, "true").await?, 46, "dry run deleted something");
+
+    // And JANGAR_ORCHESTRATION_DEDUPE_PRUNE_DRY_RUN=true means the same.
+    let done = run_with_env(
+        &["--database-url", &url, "--log-format", "json"],
+        &[("JANGAR_ORCHESTRATION_DEDUPE_PRUNE_DRY_RUN", "true")],
+    )
+    .await?;
+    assert_eq!(done.code, Some(0));
+    assert_eq!(u64_field(done.one("dry run")?, "would_delete")?, 37);
+    assert_eq!(count(&client, "true").await?, 46);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pruners_at_once_one_prunes_the_other_exits_0_saying_the_lock_is_held() -> Result<()> {
+    let db = TestDb::new().await?;
+    db.migrated_store().await?;
+    let client = db.client().await?;
+    seed(&client, "old", 3_000, "30 days").await?;
+    seed(&client, "young", 10, "1 day").await?;
+
+    // 30 batches with 100 ms pauses: the winner holds the lock for seconds.
+    let url = pruner_url(&db);
+    let args = [
+        "--database-url",
+        &url,
+        "--log-format",
+        "json",
+        "--batch-size",
+        "100",
+        "--batch-pause-ms",
+        "100",
+    ];
+    let (a, b) = tokio::join!(run(&args), run(&args));
+    let (a, b) = (a?, b?);
+    assert_eq!((a.code, b.code), (Some(0), Some(0)), "{a:?}\n{b:?}");
+    let (winner, loser) = if a.with_message("prune finished").is_empty() {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    assert_eq!(
+        loser.with_message("another prune holds the lock").len(),
+        1,
+        "{}",
+        loser.stdout
+    );
+    assert!(loser.with_message("batch committed").is_empty());
+    assert_eq!(u64_field(winner.summary()?, "deleted")?, 3_000);
+    assert_eq!(count(&client, "delivery_id LIKE 'old-%'").await?, 0);
+    assert_eq!(count(&client, "delivery_id LIKE 'young-%'").await?, 10);
+
+    // The lock went with the winner: a third run finds nothing to do and says so.
+    let again = run(&args).await?;
+    assert_eq!(again.code, Some(0));
+    assert_eq!(u64_field(again.summary()?, "deleted")?, 0);
+    Ok(())
+}
+
+/// SIGTERM while a batch is in flight: the batch commits (whole), the summary is printed,
+/// exit 0. The test holds the 4th batch inside its transaction with a gate, so the signal
+/// provably lands mid-batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_batch_commits_that_batch_prints_the_summary_and_exits_0() -> Result<()> {
+    const BATCH: u64 = 50;
+    let db = TestDb::new().await?;
+    db.migrated_store().await?;
+    let client = db.client().await?;
+    seed(&client, "old", 1_000, "30 days").await?;
+    let gate: i64 = rand::random();
+    // old-151 is the first row of the 4th batch of 50 (oldest first).
+    install_gate(&client, "old-151", gate).await?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&gate]).await?;
+
+    let url = pruner_url(&db);
+    let mut live = Live::spawn(&[
+        "--database-url",
+        &url,
+        "--log-format",
+        "json",
+        "--batch-size",
+        &BATCH.to_string(),
+        "--batch-pause-ms",
+        "0",
+        "--batch-timeout-ms",
+        "60000",
+    ])?;
+    wait_until_gated(&client, &app_name(&db)).await?;
+    assert_eq!(
+        count(&client, "true").await?,
+        1_000 - 3 * BATCH as i64,
+        "three batches committed before the gate"
+    );
+    live.signal("TERM")?;
+    // The batch in flight cannot finish while the gate is shut, so neither may the pruner.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(live.still_running()?, "the pruner exited with a batch in flight");
+    client.execute("SELECT pg_advisory_unlock($1)", &[&gate]).await?;
+
+    let done = live.finish().await?;
+    assert_eq!(done.code, Some(0), "documented: SIGTERM exits 0\n{}", done.stdout);
+    let summary = done.summary()?;
+    assert_eq!(str_field(summary, "stopped")?, "signal");
+    assert_eq!(u64_field(summary, "batches")?, 4, "{summary}");
+    assert_eq!(
+        u64_field(summary, "deleted")?,
+        4 * BATCH,
+        "the gated batch committed whole"
+    );
+    assert_eq!(done.with_message("batch committed").len(), 4);
+    assert_eq!(
+        u64_field(summary, "remaining_expired_estimate")?,
+        1_000 - 4 * BATCH
+    );
+    assert_eq!(count(&client, "true").await?, 1_000 - 4 * BATCH as i64);
+    assert_eq!(
+        count(&client, "delivery_id = 'old-151'").await?,
+        0,
+        "the gated row went with its batch"
+    );
+    Ok(())
+}
+
+/// SIGINT during a long pause: the pause is cut short, no new batch starts.
+#[tokio::test]
+async fn sigint_during_a_long_pause_stops_at_once_with_whole_batches() -> Result<()> {
+    let db = TestDb::new().await?;
+    db.migrated_store().await?;
+    let client = db.client().await?;
+    seed(&client, "old", 500, "30 days").await?;
+    let url = pruner_url(&db);
+    let mut live = Live::spawn(&[
+        "--database-url",
+        &url,
+        "--log-format",
+        "json",
+        "--batch-size",
+        "40",
+        "--batch-pause-ms",
+        "600000",
+    ])?;
+    live.wait_for("batch committed").await?;
+    let signalled = Instant::now();
+    live.signal("INT")?;
+    let done = live.finish().await?;
+    assert!(
+        signalled.elapsed() < Duration::from_secs(30),
+        "waited out the 10-minute pause"
+    );
+    assert_eq!(done.code, Some(0), "{}", done.stdout);
+    let summary = done.summary()?;
+    assert_eq!(str_field(summary, "stopped")?, "signal");
+    assert_eq!(u64_field(summary, "deleted")?, 40);
+    assert_eq!(count(&client, "true").await?, 460);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_store_exits_1_with_one_clear_error() -> Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener); // nothing listens there now
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let started = Instant::now();
+    let done = run(&[
+        "--database-url",
+        &url,
+        "--log-format",
+        "json",
+        "--connect-attempts",
+        "3",
+    ])
+    .await?;
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert_eq!(done.code, Some(1), "{}\n{}", done.stdout, done.stderr);
+    let errors = done.levels("ERROR");
+    assert_eq!(errors.len(), 1, "one error line:\n{}", done.stdout);
+    let message = str_field(errors[0], "error")?;
+    assert!(
+        message.contains("claim store unreachable after 3 attempt(s)") && message.contains("refused"),
+        "{message}"
+    );
+    assert_eq!(done.levels("WARN").len(), 2, "one warning per retry");
+    assert!(!done.stderr.contains("panicked"), "{}", done.stderr);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_flags_and_values_exit_2_naming_the_flag() -> Result<()> {
+    let url = "postgres://postgres@127.0.0.1:1/postgres";
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--database-url", url, "--batch-size", "0"],
+            vec![],
+            "--batch-size",
+        ),
+        (
+            vec!["--database-url", url, "--batch-sise", "10"],
+            vec![],
+            "--batch-sise",
+        ),
+        (
+            vec!["--database-url", url, "--retention-days", "0"],
+            vec![],
+            "--retention-days",
+        ),
+        (
+            vec!["--database-url", url, "--log-format", "yaml"],
+            vec![],
+            "--log-format",
+        ),
+        (
+            vec!["--database-url", url, "--dry-run", "maybe"],
+            vec![],
+            "--dry-run",
+        ),
+        (
+            vec!["--database-url", url, "--max-runtime-seconds=-5"],
+            vec![],
+            "--max-runtime-seconds",
+        ),
+        (
+            vec!["--database-url", url],
+            vec![("JANGAR_ORCHESTRATION_DEDUPE_PRUNE_BATCH_SIZE", "lots")],
+            "--batch-size",
+        ),
+        (
+            vec!["--database-url", url],
+            vec![("JANGAR_ORCHESTRATION_DEDUPE_RETENTION_DAYS", "0")],
+            "--retention-days",
+        ),
+        (vec![], vec![], "--database-url"),
+        (
+            vec![],
+            vec![("DATABASE_URL", "postgres://h:notaport/db")],
+            "--database-url",
+        ),
+        (
+            vec!["--database-url", "host=/x port=ninety"],
+            vec![],
+            "--database-url",
+        ),
+    ];
+    for (args, env, flag) in cases {
+        let done = run_with_env(&args, &env).await?;
+        assert_eq!(
+            done.code,
+            Some(2),
+            "{args:?} {env:?}: {}{}",
+            done.stdout,
+            done.stderr
+        );
+        assert!(
+            done.stderr.contains(flag),
+            "{args:?} {env:?} should name {flag}: {}",
+            done.stderr
+        );
+        assert!(!done.stderr.contains("panicked"), "{}", done.stderr);
+    }
+    // Flags win over the environment.
+    let done = run_with_env(
+        &["--database-url", url, "--batch-size", "0"],
+        &[("JANGAR_ORCHESTRATION_DEDUPE_PRUNE_BATCH_SIZE", "10")],
+    )
+    .await?;
+    assert_eq!(done.code, Some(2));
+    // --help documents the exit codes and exits 0.
+    let help = run(&["--help"]).await?;
+    assert_eq!(help.code, Some(0));
+    for needle in [
+        "Exit codes",
+        "0  done",
+        "SIGTERM",
+        "1  runtime failure",
+        "2  configuration error",
+    ] {
+        assert!(help.stdout.contains(needle), "--help lacks {needle:?}");
+    }
+    Ok(())
+}
+
+/// Claims made while the pruner runs: none waits long, and none that is young is deleted
+/// (also not a fresh claim of a delivery whose expired claim the pruner just removed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_made_during_a_prune_are_never_blocked_long_and_young_ones_survive() -> Result<()> {
+    const EXPIRED: i64 = 40_000;
+    let db = TestDb::new().await?;
+    let store = db.migrated_store().await?;
+    let client = db.client().await?;
+    seed(&client, "exp", EXPIRED, "30 days").await?;
+    client
+        .batch_execute("ANALYZE orchestration_dedupe_claims")
+        .await?;
+
+    let url = pruner_url(&db);
+    let live = Live::spawn(&[
+        "--database-url",
+        &url,
+        "--log-format",
+        "json",
+        "--batch-size",
+        "500",
+        "--batch-pause-ms",
+        "10",
+    ])?;
+
+    let running = Arc::new(AtomicBool::new(true));
+    let mut claimants = Vec::new();
+    for worker in 0..4u32 {
+        let (store, running) = (store.clone(), running.clone());
+        claimants.push(tokio::spawn(async move {
+            let mut young: Vec<String> = Vec::new();
+            let mut slowest = Duration::ZERO;
+            let mut made = 0u64;
+            let mut i = 0u64;
+            while running.load(Ordering::Relaxed) {
+                i += 1;
+                // Half brand-new deliveries, half deliveries whose expired claim the pruner
+                // is deleting around now (worker-spread so they hit rows across the table).
+                let delivery = if i.is_multiple_of(2) {
+                    format!("new-{worker}-{i}")
+                } else {
+                    format!(
+                        "exp-{}",
+                        (i * 997 + u64::from(worker) * 7_919) % EXPIRED as u64 + 1
+                    )
+                };
+                let key = ClaimKey::new(ClaimScope::Cluster, "agents", "o", &delivery);
+                let run = RunRef {
+                    namespace: "agents".into(),
+                    name: format!("live-{worker}-{i}"),
+                    uid: format!("uid-{worker}-{i}"),
+                };
+                let t = Instant::now();
+                let outcome = store.claim(&key, &run).await?;
+                slowest = slowest.max(t.elapsed());
+                made += 1;
+                if let ClaimOutcome::Claimed(_) = outcome {
+                    young.push(delivery);
+                }
+            }
+            anyhow::Ok((young, slowest, made))
+        }));
+    }
+
+    let done = live.finish().await?;
+    running.store(false, Ordering::Relaxed);
+    let mut young = HashSet::new();
+    let mut slowest = Duration::ZERO;
+    let mut made = 0;
+    for c in claimants {
+        let (y, s, m) = c.await??;
+        young.extend(y);
+        slowest = slowest.max(s);
+        made += m;
+    }
+    assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
+    let summary = done.summary()?;
+    let batches = u64_field(summary, "batches")?;
+    assert!(batches > 10, "a real multi-batch prune: {summary}");
+    assert!(made > 50, "claims overlapped the prune (only {made})");
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a claim waited {slowest:?} during the prune (longest batch {} ms)",
+        summary["longest_batch_ms"]
+    );
+
+    // Every claim this test won is still there and young.
+    let present: HashSet<String> = client
+        .query(
+            "SELECT delivery_id FROM orchestration_dedupe_claims WHERE claimed_at > now() - interval '1 hour'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<&String> = young.difference(&present).collect();
+    assert!(lost.is_empty(), "young claims deleted: {lost:?}");
+    let reclaimed = young.iter().filter(|d| d.starts_with("exp-")).count();
+    assert!(reclaimed > 0, "some expired deliveries were claimed afresh");
+
+    // Rows a claim held locked at the moment were skipped, never waited for; a second run
+    // with no traffic takes whatever is left and nothing young.
+    let again = run(&["--database-url", &url, "--log-format", "json"]).await?;
+    assert_eq!(again.code, Some(0));
+    assert_eq!(count(&client, "claimed_at < now() - interval '7 days'").await?, 0);
+    assert_eq!(
+        count(&client, "true").await?,
+        young.len() as i64,
+        "exactly the young claims remain"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_runtime_limit_ends_the_run_between_batches_with_exit_0() -> Result<()> {
+    let db = TestDb::new().await?;
+    db.migrated_store().await?;
+    let client = db.client().await?;
+    seed(&client, "old", 500, "30 days").await?;
+    let url = pruner_url(&db);
+    let done = run(&[
+        "--database-url",
+        &url,
+        "--log-format",
+        "json",
+        "--batch-size",
+        "10",
+        "--batch-pause-ms",
+        "5000",
+        "--max-runtime-seconds",
+        "1",
+    ])
+    .await?;
+    assert_eq!(done.code, Some(0), "{}", done.stdout);
+    let summary = done.summary()?;
+    assert_eq!(str_field(summary, "stopped")?, "max-runtime");
+    assert_eq!(u64_field(summary, "deleted")?, 10);
+    assert_eq!(u64_field(summary, "remaining_expired_estimate")?, 490);
+    assert_eq!(count(&client, "true").await?, 490);
+    Ok(())
+}
+
+/// Batches that keep hitting their statement timeout shrink tenfold (and say so); the
+/// timed-out batches roll back whole and the prune completes at the smaller size.
+#[tokio::test]
+async fn repeated_batch_timeouts_shrink_the_batch_and_the_prune_completes() -> Result<()> {
+    let db = TestDb::new().await?;
+    db.migrated_store().await?;
+    let client = db.client().await?;
+    seed(&client, "old", 60, "30 days").await?;
+    // 20 ms per deleted row: 60 rows take 1.2 s (> 600 ms timeout), 10 rows 0.2 s.
+    client
+        .batch_execute(
+            "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $fn$
+             BEGIN PERFORM pg_sleep(0.02); RETURN OLD; END $fn$;
+             CREATE TRIGGER slow_delete BEFORE DELETE ON orchestration_dedupe_claims
+                 FOR EACH ROW EXECUTE FUNCTION slow_delete();",
+        )
+        .await?;
+    let url = pruner_url(&db);
+    let done = run(&[
+        "--database-url",
+        &url,
+        "--log-format",
+        "json",
+        "--batch-size",
+        "100",
+        "--batch-pause-ms",
+        "0",
+        "--batch-timeout-ms",
+        "600",
+    ])
+    .await?;
+    assert_eq!(done.code, Some(0), "{}", done.stdout);
+    assert_eq!(done.with_message("batch timed out").len(), 3, "{}", done.stdout);
+    let shrink = done.one("batches keep timing out")?;
+    assert_eq!((u64_field(shrink, "from")?, u64_field(shrink, "to")?), (100, 10));
+    let summary = done.summary()?;
+    assert_eq!(u64_field(summary, "deleted")?, 60);
+    assert_eq!(count(&client, "true").await?, 0);
+    for batch in done.with_message("batch committed") {
+        assert!(u64_field(batch, "deleted")? <= 10, "{batch}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn nothing_to_do_exits_0_and_text_logs_are_plain_lines() -> Result<()> {
+    let db = TestDb::new().await?;
+    db.migrated_store().await?;
+    let url = pruner_url(&db);
+    let done = run(&["--database-url", &url, "--log-format", "text"]).await?;
+    assert_eq!(done.code, Some(0), "{}", done.stdout);
+    assert!(done.events.is_empty(), "text, not JSON: {}", done.stdout);
+    let line = done
+        .stdout
+        .lines()
+        .find(|l| l.contains("prune finished"))
+        .ok_or_else(|| anyhow!("no summary line:\n{}", done.stdout))?;
+    assert!(line.contains("INFO"), "{line}");
+    assert!(
+        line.contains("deleted") && line.contains("rows_per_second"),
+        "{line}"
+    );
+    Ok(())
+}
