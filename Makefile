@@ -31,7 +31,8 @@ build:
 
 ## demo: starts the webhook over TLS against PostgreSQL, replays a duplicate delivery, runs the pruner
 demo:
-	@echo "make demo: coming with the webhook (issue: admission webhook)"
+	$(CARGO) build --locked --workspace
+	$(WITH_PG) $(CARGO) run --quiet --locked -p dedupe-tests --bin demo
 
 ## chart-test: the Helm chart, offline (no helm binary, no cluster): lint, render, schema,
 ## Kubernetes 1.33 validation, and the flags/env it passes checked against the binaries' --help.

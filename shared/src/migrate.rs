@@ -32,6 +32,9 @@ pub struct MigrationReport {
 pub(crate) async fn apply(client: &mut tokio_postgres::Client) -> Result<MigrationReport, StoreError> {
     let tx = client.transaction().await?;
     tx.execute(sql::MIGRATION_LOCK, &[&MIGRATION_LOCK_CLASS]).await?;
+    // `CREATE TABLE IF NOT EXISTS` on an existing table raises a NOTICE on every start; it
+    // says nothing an operator needs.
+    tx.batch_execute(sql::MIGRATION_QUIET_NOTICES).await?;
     tx.batch_execute(sql::MIGRATION_HISTORY_CREATE).await?;
     let done: Vec<i32> = tx
         .query(sql::MIGRATION_HISTORY_LIST, &[])

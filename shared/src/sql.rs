@@ -140,6 +140,9 @@ pub const PING: &str = "SELECT 1";
 pub const MIGRATION_LOCK: &str =
     "SELECT pg_advisory_xact_lock($1, hashtext(current_database() || '.' || current_schema()))";
 
+/// Keeps the migration transaction's NOTICEs out of the logs.
+pub const MIGRATION_QUIET_NOTICES: &str = "SET LOCAL client_min_messages = warning";
+
 /// The migration history table; created under the migration lock.
 pub const MIGRATION_HISTORY_CREATE: &str = "CREATE TABLE IF NOT EXISTS orchestration_dedupe_migrations (
         version    integer PRIMARY KEY,

@@ -18,13 +18,18 @@ use crate::https::{http_get, HttpsClient, Reply};
 /// The DNS name the dev serving certificate is issued for.
 pub const SERVER_NAME: &str = "orchestration-dedupe.test.svc";
 
-/// `target/<profile>/<name>`, next to the running test binary (`target/<profile>/deps/…`).
+/// `target/<profile>/<name>`, next to the running binary: a test runs from
+/// `target/<profile>/deps/`, the demo from `target/<profile>/`.
 pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
+    let mut dir = exe
         .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("unexpected test binary path"))?;
+        .ok_or_else(|| anyhow!("unexpected binary path {}", exe.display()))?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir
+            .parent()
+            .ok_or_else(|| anyhow!("unexpected test binary path {}", exe.display()))?;
+    }
     let path = dir.join(name);
     if !path.exists() {
         bail!(

@@ -1,0 +1,208 @@
+//! `make demo`: the main job, locally. Makes dev certificates, starts the real webhook over
+//! TLS against PostgreSQL (a schema of its own in `DATABASE_URL`, dropped at the end),
+//! replays the recorded AdmissionReviews — a first delivery, its redelivery, a dry run, a
+//! label change, a status patch, a delete — prints what the API server (and so kubectl)
+//! would get back, shows the claims table, runs the pruner in dry-run mode, and stops
+//! everything it started.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use dedupe_tests::webhook::binary;
+use dedupe_tests::{Answer, Review, TestCerts, TestDb, Webhook};
+
+const WEBHOOK_NAME: &str = "dedupe.orchestration.proompteng.ai";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Step {
+    what: &'static str,
+    review: Review,
+}
+
+async fn run() -> Result<()> {
+    let db = TestDb::new().await.context("preparing a schema for the demo")?;
+    let certs = TestCerts::new()?;
+    println!("== orchestration-dedupe demo");
+    println!(
+        "   dev CA and serving certificate: {} (certs-dev)",
+        certs.dir.path().display()
+    );
+    let mut webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    println!(
+        "   webhook: https://{}/validate   ops: http://{}/readyz",
+        webhook.addr, webhook.ops_addr
+    );
+    println!(
+        "   store:   PostgreSQL schema {} (dropped when the demo ends)\n",
+        db.schema()
+    );
+
+    // The recorded requests, with fresh request uids. The redelivery is the same delivery
+    // arriving again: the submitter creates another run (generateName gives it a new name).
+    let first = Review::load("create-generatename")?;
+    let delivery = first.json()["request"]["object"]["metadata"]["labels"]
+        ["jangar.proompteng.ai/delivery-id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let steps = vec![
+        Step {
+            what: "create run-bxm4w (delivery 0466d0d5…)",
+            review: first.clone().new_uids(),
+        },
+        Step {
+            what: "redelivery: create run-q2v7k (same delivery)",
+            review: Review::create(&delivery, "run-q2v7k")?,
+        },
+        Step {
+            what: "retried create of run-bxm4w (new uid)",
+            review: first.clone().new_uids(),
+        },
+        Step {
+            what: "create --dry-run=server (new delivery)",
+            review: Review::load("create-dry-run")?
+                .delivery("5d1c0ad2-demo-dry-run")
+                .new_uids(),
+        },
+        Step {
+            what: "create --dry-run=server (delivery 0466d0d5…)",
+            review: Review::load("create-dry-run")?.delivery(&delivery).new_uids(),
+        },
+        Step {
+            what: "create run-fixed (delivery cab75a61…)",
+            review: Review::load("create-fixed-name")?.new_uids(),
+        },
+        Step {
+            what: "kubectl label --overwrite delivery-id",
+            review: Review::load("update-label-changed")?.new_uids(),
+        },
+        Step {
+            what: "kubectl patch --subresource=status",
+            review: Review::load("update-status-subresource")?.new_uids(),
+        },
+        Step {
+            what: "kubectl delete run-fixed",
+            review: Review::load("delete")?
+                .delivery("cab75a61-62fe-44c9-aca9-be29f735114a")
+                .new_uids(),
+        },
+        Step {
+            what: "create run-fixed again (deleted run)",
+            review: Review::load("create-fixed-name")?.new_uids(),
+        },
+    ];
+
+    println!(
+        "{:<3} {:<46} {:<10} {:<6} {}",
+        "#", "request", "decision", "answer", "message"
+    );
+    println!("{}", "-".repeat(120));
+    let client = webhook.client()?;
+    let mut conn = client.connect().await?;
+    let mut duplicate_message = None;
+    for (i, step) in steps.iter().enumerate() {
+        let reply = conn.review(step.review.json()).await?;
+        let answer = Answer::from_reply(&reply)?;
+        let verdict = if answer.allowed() {
+            "allow".to_owned()
+        } else {
+            answer.code().to_string()
+        };
+        let message = if answer.allowed() {
+            answer.warnings().join("; ")
+        } else {
+            answer.message().to_owned()
+        };
+        if answer.decision() == "duplicate" && duplicate_message.is_none() {
+            duplicate_message = Some(answer.message().to_owned());
+        }
+        println!(
+            "{:<3} {:<46} {:<10} {:<6} {}",
+            i + 1,
+            step.what,
+            answer.decision(),
+            verdict,
+            shorten(&message, 110)
+        );
+    }
+
+    if let Some(message) = duplicate_message {
+        println!("\nWhat the submitter sees for the redelivery (kubectl):");
+        println!(
+            "   Error from server (AlreadyExists): error when creating \"run.yaml\": admission webhook \"{WEBHOOK_NAME}\" \
+             denied the request: {message}"
+        );
+    }
+
+    println!("\nClaims table ({}.orchestration_dedupe_claims):", db.schema());
+    let client = db.client().await?;
+    let rows = client
+        .query(
+            "SELECT delivery_id, run_namespace || '/' || run_name, state, to_char(claimed_at, 'YYYY-MM-DD HH24:MI:SS') \
+             FROM orchestration_dedupe_claims ORDER BY claimed_at",
+            &[],
+        )
+        .await?;
+    println!(
+        "   {:<38} {:<18} {:<10} claimed_at (UTC)",
+        "delivery_id", "run", "state"
+    );
+    for row in rows {
+        let (d, run, state, at): (String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        println!("   {d:<38} {run:<18} {state:<10} {at}");
+    }
+
+    println!("\nDecision events in the webhook's log (`kubectl logs … | rg 'deliveryId|idempotent'`):");
+    for line in webhook
+        .logs()
+        .iter()
+        .filter(|l| l.contains("\"deliveryId\"") && l.contains("idempotent"))
+        .take(2)
+    {
+        println!("   {}", shorten(line, 200));
+    }
+
+    println!("\nPruner, dry run (retention 7 days: nothing is old enough yet):");
+    let pruner = binary("dedupe-pruner")?;
+    let out = tokio::process::Command::new(&pruner)
+        .args(["--dry-run", "--retention-days", "7"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .await
+        .context("running dedupe-pruner")?;
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        println!("   {line}");
+    }
+    println!("   (exit code {})", out.status.code().unwrap_or(-1));
+
+    let status = webhook.terminate().await?;
+    println!(
+        "\nWebhook stopped on SIGTERM (exit code {}). Demo done.",
+        status.code().unwrap_or(-1)
+    );
+    anyhow::ensure!(out.status.success(), "the pruner failed");
+    anyhow::ensure!(status.success(), "the webhook did not exit cleanly");
+    Ok(())
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
