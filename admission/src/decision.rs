@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use dedupe_shared::run::label_value_problem;
-use dedupe_shared::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, RunRef, RunView, DELIVERY_ID_LABEL};
+use dedupe_shared::{
+    Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, RunRef, RunView, DELIVERY_ID_LABEL,
+};
 
 use crate::review::{Op, Request};
 
@@ -87,11 +89,27 @@ pub struct Verdict {
 
 impl Verdict {
     fn allow(decision: Decision, message: String) -> Self {
-        Self { allowed: true, code: 0, reason: "", message, decision, warnings: Vec::new(), existing_run: None }
+        Self {
+            allowed: true,
+            code: 0,
+            reason: "",
+            message,
+            decision,
+            warnings: Vec::new(),
+            existing_run: None,
+        }
     }
 
     fn invalid(decision: Decision, message: String) -> Self {
-        Self { allowed: false, code: 422, reason: "Invalid", message, decision, warnings: Vec::new(), existing_run: None }
+        Self {
+            allowed: false,
+            code: 422,
+            reason: "Invalid",
+            message,
+            decision,
+            warnings: Vec::new(),
+            existing_run: None,
+        }
     }
 
     fn warn(mut self, warning: String) -> Self {
@@ -150,18 +168,30 @@ impl Plan {
 /// First step for every request: decide without the store when possible.
 pub fn plan(req: &Request, policy: &Policy) -> Plan {
     if !req.is_orchestration_run {
-        return Plan::Answer(Verdict::allow(Decision::Ignored, "not an OrchestrationRun".into()));
+        return Plan::Answer(Verdict::allow(
+            Decision::Ignored,
+            "not an OrchestrationRun".into(),
+        ));
     }
     if let Some(sub) = &req.sub_resource {
-        return Plan::Answer(Verdict::allow(Decision::Ignored, format!("the {sub} subresource carries no claim")));
+        return Plan::Answer(Verdict::allow(
+            Decision::Ignored,
+            format!("the {sub} subresource carries no claim"),
+        ));
     }
     match (req.operation, &req.object, &req.old_object) {
         (Op::Create, Some(object), _) => plan_create(object, req.dry_run, policy),
         (Op::Update, Some(object), Some(old)) => plan_update(object, old, req.dry_run, policy),
         (Op::Delete, _, Some(old)) => plan_delete(old, req.dry_run, policy),
-        (Op::Delete, _, None) => Plan::Answer(Verdict::allow(Decision::Ignored, "delete without the old object".into())),
+        (Op::Delete, _, None) => Plan::Answer(Verdict::allow(
+            Decision::Ignored,
+            "delete without the old object".into(),
+        )),
         // CONNECT, or an object missing (review::parse rejects those for our resource).
-        _ => Plan::Answer(Verdict::allow(Decision::Ignored, format!("{} carries no claim", req.operation.as_str()))),
+        _ => Plan::Answer(Verdict::allow(
+            Decision::Ignored,
+            format!("{} carries no claim", req.operation.as_str()),
+        )),
     }
 }
 
@@ -180,10 +210,16 @@ fn plan_create(object: &RunView, dry_run: bool, policy: &Policy) -> Plan {
         });
     };
     if let Some(problem) = label_value_problem(delivery) {
-        return Plan::Answer(Verdict::invalid(Decision::Invalid, format!("{} {problem}", label_field())));
+        return Plan::Answer(Verdict::invalid(
+            Decision::Invalid,
+            format!("{} {problem}", label_field()),
+        ));
     }
     if let Some(error) = &object.spec_error {
-        return Plan::Answer(Verdict::invalid(Decision::Invalid, format!("spec cannot be read: {error}")));
+        return Plan::Answer(Verdict::invalid(
+            Decision::Invalid,
+            format!("spec cannot be read: {error}"),
+        ));
     }
     if let Some(spec_id) = object.spec_delivery_id() {
         if spec_id != delivery {
@@ -237,10 +273,18 @@ fn plan_update(object: &RunView, old: &RunView, dry_run: bool, policy: &Policy) 
         return changed(label_field(), old_label, new_label);
     }
     if old.spec_delivery_id() != object.spec_delivery_id() {
-        return changed("spec.deliveryId".into(), old.spec_delivery_id(), object.spec_delivery_id());
+        return changed(
+            "spec.deliveryId".into(),
+            old.spec_delivery_id(),
+            object.spec_delivery_id(),
+        );
     }
     if old.orchestration() != object.orchestration() {
-        return changed("spec.orchestrationRef.name".into(), old.orchestration(), object.orchestration());
+        return changed(
+            "spec.orchestrationRef.name".into(),
+            old.orchestration(),
+            object.orchestration(),
+        );
     }
     confirm_plan(object, dry_run, policy)
 }
@@ -257,17 +301,29 @@ fn confirm_plan(run: &RunView, dry_run: bool, policy: &Policy) -> Plan {
     let delivery = run.delivery_label.as_deref().unwrap_or_default();
     if label_value_problem(delivery).is_some() {
         // A run labelled before the webhook was installed, with a value no claim can have.
-        return Plan::Answer(Verdict::allow(Decision::Allowed, "delivery-id label is not a valid claim key".into()));
+        return Plan::Answer(Verdict::allow(
+            Decision::Allowed,
+            "delivery-id label is not a valid claim key".into(),
+        ));
     }
     Plan::Confirm(ConfirmPlan {
-        key: ClaimKey::new(policy.scope, &run.namespace, run.orchestration().unwrap_or_default(), delivery),
+        key: ClaimKey::new(
+            policy.scope,
+            &run.namespace,
+            run.orchestration().unwrap_or_default(),
+            delivery,
+        ),
         run: run_ref(run),
         dry_run,
     })
 }
 
 fn run_ref(run: &RunView) -> RunRef {
-    RunRef { namespace: run.namespace.clone(), name: run.name.clone(), uid: run.uid.clone() }
+    RunRef {
+        namespace: run.namespace.clone(),
+        name: run.name.clone(),
+        uid: run.uid.clone(),
+    }
 }
 
 /// What the store holds for a create's key: the claim statement's outcome, or for a
@@ -283,7 +339,9 @@ pub enum Found {
 pub fn found_for_dry_run(run: &RunRef, current: Option<Claim>) -> Found {
     match current {
         None => Found::Vacant,
-        Some(c) if c.state == ClaimState::Pending && c.holder.same_run(run) => Found::Outcome(ClaimOutcome::SameRun(c)),
+        Some(c) if c.state == ClaimState::Pending && c.holder.same_run(run) => {
+            Found::Outcome(ClaimOutcome::SameRun(c))
+        }
         Some(c) => Found::Outcome(ClaimOutcome::HeldBy(c)),
     }
 }
@@ -303,7 +361,10 @@ pub fn after_claim(plan: &ClaimPlan, found: Found, policy: &Policy) -> AfterClai
         Found::Vacant => {
             return AfterClaim::Answer(Verdict::allow(
                 Decision::DryRun,
-                format!("dry run: delivery {delivery} is unclaimed; a real create would claim it for {}", plan.run),
+                format!(
+                    "dry run: delivery {delivery} is unclaimed; a real create would claim it for {}",
+                    plan.run
+                ),
             ))
         }
         Found::Outcome(ClaimOutcome::Claimed(_)) => {
@@ -313,10 +374,17 @@ pub fn after_claim(plan: &ClaimPlan, found: Found, policy: &Policy) -> AfterClai
             ))
         }
         Found::Outcome(ClaimOutcome::SameRun(_)) => {
-            let decision = if plan.dry_run { Decision::DryRun } else { Decision::Retry };
+            let decision = if plan.dry_run {
+                Decision::DryRun
+            } else {
+                Decision::Retry
+            };
             return AfterClaim::Answer(Verdict::allow(
                 decision,
-                format!("delivery {delivery} is already claimed by this run ({}): a retried create", plan.run),
+                format!(
+                    "delivery {delivery} is already claimed by this run ({}): a retried create",
+                    plan.run
+                ),
             ));
         }
         Found::Outcome(ClaimOutcome::HeldBy(claim)) => claim,
@@ -411,9 +479,15 @@ pub fn taken_over(plan: &ClaimPlan, previous: &Claim) -> Verdict {
 /// After `ClaimStore::confirm` (`changed` = a pending claim became confirmed).
 pub fn after_confirm(plan: &ConfirmPlan, changed: bool) -> Verdict {
     if changed {
-        Verdict::allow(Decision::Confirmed, format!("claim for delivery {} confirmed", plan.key.delivery_id))
+        Verdict::allow(
+            Decision::Confirmed,
+            format!("claim for delivery {} confirmed", plan.key.delivery_id),
+        )
     } else {
-        Verdict::allow(Decision::Allowed, format!("delivery {}: nothing to confirm", plan.key.delivery_id))
+        Verdict::allow(
+            Decision::Allowed,
+            format!("delivery {}: nothing to confirm", plan.key.delivery_id),
+        )
     }
 }
 
@@ -431,7 +505,9 @@ fn duplicate(plan: &ClaimPlan, claim: &Claim, note: &str) -> Verdict {
             plan.key.delivery_id,
             claim.holder,
             claim.holder.uid,
-            claim.claimed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            claim
+                .claimed_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             claim.state,
         ),
         decision: Decision::Duplicate,
@@ -454,12 +530,18 @@ mod tests {
     const CREATE: &str = include_str!("../../tests/fixtures/admission-review/create-generatename.json");
     const CREATE_FIXED: &str = include_str!("../../tests/fixtures/admission-review/create-fixed-name.json");
     const CREATE_DRY: &str = include_str!("../../tests/fixtures/admission-review/create-dry-run.json");
-    const UPDATE_LABEL: &str = include_str!("../../tests/fixtures/admission-review/update-label-changed.json");
-    const UPDATE_STATUS: &str = include_str!("../../tests/fixtures/admission-review/update-status-subresource.json");
+    const UPDATE_LABEL: &str =
+        include_str!("../../tests/fixtures/admission-review/update-label-changed.json");
+    const UPDATE_STATUS: &str =
+        include_str!("../../tests/fixtures/admission-review/update-status-subresource.json");
     const DELETE: &str = include_str!("../../tests/fixtures/admission-review/delete.json");
 
     fn policy() -> Policy {
-        Policy { scope: ClaimScope::Orchestration, grace: Duration::from_secs(120), lookup_enabled: true }
+        Policy {
+            scope: ClaimScope::Orchestration,
+            grace: Duration::from_secs(120),
+            lookup_enabled: true,
+        }
     }
 
     fn parse(body: &str, edit: impl FnOnce(&mut Value)) -> Request {
@@ -486,9 +568,16 @@ mod tests {
     }
 
     fn claim_by(name: &str, state: ClaimState, idle_secs: i64) -> Claim {
-        let at = Utc.with_ymd_and_hms(2026, 11, 27, 9, 0, 0).single().unwrap_or_default();
+        let at = Utc
+            .with_ymd_and_hms(2026, 11, 27, 9, 0, 0)
+            .single()
+            .unwrap_or_default();
         Claim {
-            holder: RunRef { namespace: "jangar".into(), name: name.into(), uid: format!("uid-{name}") },
+            holder: RunRef {
+                namespace: "jangar".into(),
+                name: name.into(),
+                uid: format!("uid-{name}"),
+            },
             state,
             claimed_at: at,
             updated_at: at,
@@ -506,7 +595,10 @@ mod tests {
     fn create_with_label_plans_a_claim_for_the_named_run() {
         let p = claim_plan(CREATE, |_| {});
         assert_eq!(p.key.delivery_id, "0466d0d5-31e3-4a8a-8d3f-d031fa39b1e7");
-        assert_eq!((p.key.namespace.as_str(), p.key.orchestration.as_str()), ("jangar", "demo-orchestration"));
+        assert_eq!(
+            (p.key.namespace.as_str(), p.key.orchestration.as_str()),
+            ("jangar", "demo-orchestration")
+        );
         assert_eq!(p.run.to_string(), "jangar/run-bxm4w");
         assert_eq!(p.run.uid, "599aef04-af48-4dfe-9e63-c02ffc7d621d");
         assert!(!p.dry_run);
@@ -515,8 +607,11 @@ mod tests {
     #[test]
     fn new_claim_is_allowed_as_claimed() {
         let p = claim_plan(CREATE, |_| {});
-        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::Claimed(claim_by("run-bxm4w", ClaimState::Pending, 0)), &policy())
-        else {
+        let AfterClaim::Answer(v) = after(
+            &p,
+            ClaimOutcome::Claimed(claim_by("run-bxm4w", ClaimState::Pending, 0)),
+            &policy(),
+        ) else {
             panic!("expected an answer")
         };
         assert!(v.allowed);
@@ -526,8 +621,11 @@ mod tests {
     #[test]
     fn retried_create_of_same_pending_run_is_allowed_as_retry() {
         let p = claim_plan(CREATE, |_| {});
-        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::SameRun(claim_by("run-bxm4w", ClaimState::Pending, 3)), &policy())
-        else {
+        let AfterClaim::Answer(v) = after(
+            &p,
+            ClaimOutcome::SameRun(claim_by("run-bxm4w", ClaimState::Pending, 3)),
+            &policy(),
+        ) else {
             panic!("expected an answer")
         };
         assert!(v.allowed);
@@ -537,13 +635,25 @@ mod tests {
     #[test]
     fn claim_held_by_another_run_is_a_409_naming_it() {
         let p = claim_plan(CREATE, |_| {});
-        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::HeldBy(claim_by("run-first", ClaimState::Pending, 5)), &policy())
-        else {
+        let AfterClaim::Answer(v) = after(
+            &p,
+            ClaimOutcome::HeldBy(claim_by("run-first", ClaimState::Pending, 5)),
+            &policy(),
+        ) else {
             panic!("expected an answer")
         };
         assert!(!v.allowed);
-        assert_eq!((v.code, v.reason, v.decision), (409, "AlreadyExists", Decision::Duplicate));
-        for part in ["0466d0d5-31e3-4a8a-8d3f-d031fa39b1e7", "jangar/run-first", "uid-run-first", "2026-11-27T09:00:00Z", "idempotently"] {
+        assert_eq!(
+            (v.code, v.reason, v.decision),
+            (409, "AlreadyExists", Decision::Duplicate)
+        );
+        for part in [
+            "0466d0d5-31e3-4a8a-8d3f-d031fa39b1e7",
+            "jangar/run-first",
+            "uid-run-first",
+            "2026-11-27T09:00:00Z",
+            "idempotently",
+        ] {
             assert!(v.message.contains(part), "{part} missing from {}", v.message);
         }
         assert_eq!(v.existing_run.as_deref(), Some("jangar/run-first"));
@@ -552,8 +662,11 @@ mod tests {
     #[test]
     fn confirmed_claim_for_the_same_name_is_a_409_the_run_existed() {
         let p = claim_plan(CREATE, |_| {});
-        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::HeldBy(claim_by("run-bxm4w", ClaimState::Confirmed, 5)), &policy())
-        else {
+        let AfterClaim::Answer(v) = after(
+            &p,
+            ClaimOutcome::HeldBy(claim_by("run-bxm4w", ClaimState::Confirmed, 5)),
+            &policy(),
+        ) else {
             panic!("expected an answer")
         };
         assert_eq!((v.allowed, v.code), (false, 409));
@@ -564,10 +677,15 @@ mod tests {
     fn stale_pending_claim_asks_the_api_server() {
         let p = claim_plan(CREATE, |_| {});
         let stale = claim_by("run-ghost", ClaimState::Pending, 121);
-        assert_eq!(after(&p, ClaimOutcome::HeldBy(stale.clone()), &policy()), AfterClaim::LookUpHolder(stale));
+        assert_eq!(
+            after(&p, ClaimOutcome::HeldBy(stale.clone()), &policy()),
+            AfterClaim::LookUpHolder(stale)
+        );
         // Inside the grace period: plain duplicate, with the time a take-over becomes possible.
         let young = claim_by("run-ghost", ClaimState::Pending, 119);
-        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::HeldBy(young), &policy()) else { panic!("answer") };
+        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::HeldBy(young), &policy()) else {
+            panic!("answer")
+        };
         assert_eq!(v.decision, Decision::Duplicate);
         assert!(v.message.contains("2026-11-27T09:02:00Z"), "{}", v.message);
     }
@@ -576,26 +694,41 @@ mod tests {
     fn stale_confirmed_claim_never_asks() {
         let p = claim_plan(CREATE, |_| {});
         let old = claim_by("run-first", ClaimState::Confirmed, 86_400);
-        assert!(matches!(after(&p, ClaimOutcome::HeldBy(old), &policy()), AfterClaim::Answer(v) if v.code == 409));
+        assert!(
+            matches!(after(&p, ClaimOutcome::HeldBy(old), &policy()), AfterClaim::Answer(v) if v.code == 409)
+        );
     }
 
     #[test]
     fn with_lookup_off_a_stale_claim_holds_and_the_denial_says_so() {
         let p = claim_plan(CREATE, |_| {});
-        let off = Policy { lookup_enabled: false, ..policy() };
-        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::HeldBy(claim_by("run-ghost", ClaimState::Pending, 9_999)), &off)
-        else {
+        let off = Policy {
+            lookup_enabled: false,
+            ..policy()
+        };
+        let AfterClaim::Answer(v) = after(
+            &p,
+            ClaimOutcome::HeldBy(claim_by("run-ghost", ClaimState::Pending, 9_999)),
+            &off,
+        ) else {
             panic!("expected an answer")
         };
         assert_eq!(v.code, 409);
-        assert!(v.message.contains("lookup is off") && v.message.contains("retention"), "{}", v.message);
+        assert!(
+            v.message.contains("lookup is off") && v.message.contains("retention"),
+            "{}",
+            v.message
+        );
     }
 
     #[test]
     fn lookup_results_decide_take_over_or_confirmed_duplicate() {
         let p = claim_plan(CREATE, |_| {});
         let stale = claim_by("run-ghost", ClaimState::Pending, 500);
-        assert_eq!(after_lookup(&p, stale.clone(), Holder::Gone), AfterLookup::TakeOver(stale.clone()));
+        assert_eq!(
+            after_lookup(&p, stale.clone(), Holder::Gone),
+            AfterLookup::TakeOver(stale.clone())
+        );
         match after_lookup(&p, stale.clone(), Holder::Exists) {
             AfterLookup::ConfirmThen(v) => assert_eq!((v.code, v.decision), (409, Decision::Duplicate)),
             other => panic!("{other:?}"),
@@ -620,16 +753,22 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(p.dry_run);
-        let AfterClaim::Answer(v) = after_claim(&p, found_for_dry_run(&p.run, None), &policy()) else { panic!() };
+        let AfterClaim::Answer(v) = after_claim(&p, found_for_dry_run(&p.run, None), &policy()) else {
+            panic!()
+        };
         assert_eq!((v.allowed, v.decision), (true, Decision::DryRun));
         // Held by another: the same 409 a real create gets.
         let held = found_for_dry_run(&p.run, Some(claim_by("run-first", ClaimState::Confirmed, 1)));
-        let AfterClaim::Answer(v) = after_claim(&p, held, &policy()) else { panic!() };
+        let AfterClaim::Answer(v) = after_claim(&p, held, &policy()) else {
+            panic!()
+        };
         assert_eq!((v.allowed, v.code), (false, 409));
         assert!(v.message.starts_with("dry run:"));
         // Same pending run: allowed as dry-run.
         let same = found_for_dry_run(&p.run, Some(claim_by("run-j7r8g", ClaimState::Pending, 1)));
-        let AfterClaim::Answer(v) = after_claim(&p, same, &policy()) else { panic!() };
+        let AfterClaim::Answer(v) = after_claim(&p, same, &policy()) else {
+            panic!()
+        };
         assert_eq!((v.allowed, v.decision), (true, Decision::DryRun));
         // Stale holder gone: allowed, no take-over; holder exists: deny without confirming.
         let stale = claim_by("run-ghost", ClaimState::Pending, 500);
@@ -640,16 +779,30 @@ mod tests {
     #[test]
     fn empty_label_is_invalid() {
         let v = answer(plan(
-            &parse(CREATE, |v| v["request"]["object"]["metadata"]["labels"][DELIVERY_ID_LABEL] = "".into()),
+            &parse(CREATE, |v| {
+                v["request"]["object"]["metadata"]["labels"][DELIVERY_ID_LABEL] = "".into()
+            }),
             &policy(),
         ));
-        assert_eq!((v.allowed, v.code, v.reason, v.decision), (false, 422, "Invalid", Decision::Invalid));
-        assert!(v.message.contains(DELIVERY_ID_LABEL) && v.message.contains("empty"), "{}", v.message);
+        assert_eq!(
+            (v.allowed, v.code, v.reason, v.decision),
+            (false, 422, "Invalid", Decision::Invalid)
+        );
+        assert!(
+            v.message.contains(DELIVERY_ID_LABEL) && v.message.contains("empty"),
+            "{}",
+            v.message
+        );
     }
 
     #[test]
     fn spec_delivery_id_differing_from_label_is_invalid_and_named() {
-        let v = answer(plan(&parse(CREATE, |v| v["request"]["object"]["spec"]["deliveryId"] = "other".into()), &policy()));
+        let v = answer(plan(
+            &parse(CREATE, |v| {
+                v["request"]["object"]["spec"]["deliveryId"] = "other".into()
+            }),
+            &policy(),
+        ));
         assert_eq!((v.code, v.decision), (422, Decision::Invalid));
         assert!(v.message.contains("spec.deliveryId"), "{}", v.message);
     }
@@ -678,21 +831,33 @@ mod tests {
 
     #[test]
     fn missing_orchestration_ref_is_invalid_only_where_the_key_needs_it() {
-        let req = parse(CREATE, |v| v["request"]["object"]["spec"]["orchestrationRef"] = Value::Null);
+        let req = parse(CREATE, |v| {
+            v["request"]["object"]["spec"]["orchestrationRef"] = Value::Null
+        });
         assert_eq!(answer(plan(&req, &policy())).code, 422);
-        let ns = Policy { scope: ClaimScope::Namespace, ..policy() };
+        let ns = Policy {
+            scope: ClaimScope::Namespace,
+            ..policy()
+        };
         assert!(matches!(plan(&req, &ns), Plan::Claim(_)));
     }
 
     #[test]
     fn wrongly_typed_spec_is_invalid() {
-        let v = answer(plan(&parse(CREATE, |v| v["request"]["object"]["spec"]["deliveryId"] = 42.into()), &policy()));
+        let v = answer(plan(
+            &parse(CREATE, |v| {
+                v["request"]["object"]["spec"]["deliveryId"] = 42.into()
+            }),
+            &policy(),
+        ));
         assert_eq!((v.code, v.decision), (422, Decision::Invalid));
     }
 
     #[test]
     fn create_without_label_is_ignored_and_warns_if_spec_names_a_delivery() {
-        let req = parse(CREATE_FIXED, |v| v["request"]["object"]["metadata"]["labels"] = Value::Null);
+        let req = parse(CREATE_FIXED, |v| {
+            v["request"]["object"]["metadata"]["labels"] = Value::Null
+        });
         let v = answer(plan(&req, &policy()));
         assert_eq!((v.allowed, v.decision), (true, Decision::Ignored));
         assert!(v.warnings.iter().any(|w| w.contains("not deduplicated")));
@@ -702,36 +867,54 @@ mod tests {
     fn label_change_on_update_is_immutable() {
         let v = answer(plan(&parse(UPDATE_LABEL, |_| {}), &policy()));
         assert_eq!((v.allowed, v.code, v.decision), (false, 422, Decision::Immutable));
-        assert!(v.message.contains("cab75a61-62fe-44c9-aca9-be29f735114a"), "{}", v.message);
+        assert!(
+            v.message.contains("cab75a61-62fe-44c9-aca9-be29f735114a"),
+            "{}",
+            v.message
+        );
     }
 
     #[test]
     fn label_added_or_removed_on_update_is_immutable() {
-        let added = parse(UPDATE_LABEL, |v| v["request"]["oldObject"]["metadata"]["labels"] = Value::Null);
+        let added = parse(UPDATE_LABEL, |v| {
+            v["request"]["oldObject"]["metadata"]["labels"] = Value::Null
+        });
         let v = answer(plan(&added, &policy()));
         assert_eq!(v.decision, Decision::Immutable);
         assert!(v.message.contains("cannot be added"));
-        let removed = parse(UPDATE_LABEL, |v| v["request"]["object"]["metadata"]["labels"] = Value::Null);
-        assert!(answer(plan(&removed, &policy())).message.contains("cannot be removed"));
+        let removed = parse(UPDATE_LABEL, |v| {
+            v["request"]["object"]["metadata"]["labels"] = Value::Null
+        });
+        assert!(answer(plan(&removed, &policy()))
+            .message
+            .contains("cannot be removed"));
     }
 
     /// An update that keeps the key: the fixture's new object with its old labels restored.
     fn same_key_update(edit: impl FnOnce(&mut Value)) -> Request {
         parse(UPDATE_LABEL, |v| {
-            v["request"]["object"]["metadata"]["labels"] = v["request"]["oldObject"]["metadata"]["labels"].clone();
+            v["request"]["object"]["metadata"]["labels"] =
+                v["request"]["oldObject"]["metadata"]["labels"].clone();
             edit(v)
         })
     }
 
     #[test]
     fn spec_key_fields_are_immutable_on_update() {
-        let v = answer(plan(&same_key_update(|v| v["request"]["object"]["spec"]["deliveryId"] = "x".into()), &policy()));
+        let v = answer(plan(
+            &same_key_update(|v| v["request"]["object"]["spec"]["deliveryId"] = "x".into()),
+            &policy(),
+        ));
         assert!(v.message.starts_with("spec.deliveryId"), "{}", v.message);
         let v = answer(plan(
             &same_key_update(|v| v["request"]["object"]["spec"]["orchestrationRef"]["name"] = "other".into()),
             &policy(),
         ));
-        assert!(v.message.starts_with("spec.orchestrationRef.name"), "{}", v.message);
+        assert!(
+            v.message.starts_with("spec.orchestrationRef.name"),
+            "{}",
+            v.message
+        );
     }
 
     #[test]

@@ -43,11 +43,18 @@ pub struct KubeRunLookup {
 #[async_trait]
 impl RunLookup for KubeRunLookup {
     async fn run_exists(&self, run: &RunRef) -> Result<bool, LookupError> {
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &run.namespace, &self.resource);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &run.namespace, &self.resource);
         match tokio::time::timeout(self.timeout, api.get_opt(&run.name)).await {
             Ok(Ok(found)) => Ok(found.is_some()),
-            Ok(Err(e)) => Err(LookupError::Failed { run: run.to_string(), reason: e.to_string() }),
-            Err(_) => Err(LookupError::Timeout { run: run.to_string(), timeout: self.timeout }),
+            Ok(Err(e)) => Err(LookupError::Failed {
+                run: run.to_string(),
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(LookupError::Timeout {
+                run: run.to_string(),
+                timeout: self.timeout,
+            }),
         }
     }
 }
@@ -55,7 +62,10 @@ impl RunLookup for KubeRunLookup {
 /// Builds the lookup per `--kube-lookup`: `off` → none; `on` → required (error if no
 /// cluster configuration); `auto` → used when configuration is found, else none with a
 /// warning. With no lookup there is no take-over: stale pending claims hold until retention.
-pub async fn from_flag(mode: KubeLookup, timeout: Duration) -> Result<Option<KubeRunLookup>, LookupSetupError> {
+pub async fn from_flag(
+    mode: KubeLookup,
+    timeout: Duration,
+) -> Result<Option<KubeRunLookup>, LookupSetupError> {
     if mode == KubeLookup::Off {
         return Ok(None);
     }
@@ -72,5 +82,9 @@ pub async fn from_flag(mode: KubeLookup, timeout: Duration) -> Result<Option<Kub
     };
     let client = kube::Client::try_from(config).map_err(|e| LookupSetupError::NoConfig(e.to_string()))?;
     let gvk = GroupVersionKind::gvk(GROUP, VERSION, KIND);
-    Ok(Some(KubeRunLookup { client, resource: ApiResource::from_gvk_with_plural(&gvk, RESOURCE), timeout }))
+    Ok(Some(KubeRunLookup {
+        client,
+        resource: ApiResource::from_gvk_with_plural(&gvk, RESOURCE),
+        timeout,
+    }))
 }

@@ -54,14 +54,18 @@ pub struct Metrics {
 
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~4 s: a claim is a millisecond or two; the API server gives up at 5 s.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 14,
+    ))
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("orchestration_dedupe");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<OperationLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let latency = Family::<OperationLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let in_flight = Gauge::default();
         let http_errors = Family::<StatusLabels, Counter>::default();
         let store_errors = Counter::default();
@@ -69,14 +73,46 @@ impl Metrics {
         let lookup_errors = Counter::default();
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         let certificate_expiry = Gauge::<i64, AtomicI64>::default();
-        registry.register("requests", "AdmissionReviews answered, by operation and decision", requests.clone());
-        registry.register("request_duration_seconds", "Time to answer an AdmissionReview", latency.clone());
-        registry.register("in_flight_requests", "AdmissionReviews being answered now", in_flight.clone());
-        registry.register("http_errors", "Requests answered with an HTTP error status", http_errors.clone());
-        registry.register("store_errors", "Claim store calls that failed or timed out", store_errors.clone());
-        registry.register("takeovers", "Stale pending claims taken over for a new run", takeovers.clone());
-        registry.register("lookup_errors", "API-server lookups that failed (the claim was kept)", lookup_errors.clone());
-        registry.register("tls_reloads", "Serving certificate reloads, by result", tls_reloads.clone());
+        registry.register(
+            "requests",
+            "AdmissionReviews answered, by operation and decision",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer an AdmissionReview",
+            latency.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "AdmissionReviews being answered now",
+            in_flight.clone(),
+        );
+        registry.register(
+            "http_errors",
+            "Requests answered with an HTTP error status",
+            http_errors.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Claim store calls that failed or timed out",
+            store_errors.clone(),
+        );
+        registry.register(
+            "takeovers",
+            "Stale pending claims taken over for a new run",
+            takeovers.clone(),
+        );
+        registry.register(
+            "lookup_errors",
+            "API-server lookups that failed (the claim was kept)",
+            lookup_errors.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Serving certificate reloads, by result",
+            tls_reloads.clone(),
+        );
         registry.register(
             "serving_certificate_expiry_timestamp_seconds",
             "notAfter of the serving certificate (unix seconds)",
@@ -106,7 +142,11 @@ impl Metrics {
     }
 
     pub fn http_error(&self, status: u16) {
-        self.http_errors.get_or_create(&StatusLabels { status: status.to_string() }).inc();
+        self.http_errors
+            .get_or_create(&StatusLabels {
+                status: status.to_string(),
+            })
+            .inc();
     }
 }
 

@@ -51,7 +51,8 @@ pub fn ops_router(app: Arc<App>) -> Router {
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {
-    let body = json!({"status": 404, "error": "Not Found", "message": format!("no route for {}", uri.path())});
+    let body =
+        json!({"status": 404, "error": "Not Found", "message": format!("no route for {}", uri.path())});
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
@@ -67,14 +68,21 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         Ok(()) => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "not ready: claim store unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": e.to_string()}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"ready": false, "reason": e.to_string()})),
+            )
+                .into_response()
         }
     }
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         app.metrics.encode(),
     )
         .into_response()
@@ -91,7 +99,10 @@ pub async fn serve_https(
     grace: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     if http2 {
         builder
             .http2()

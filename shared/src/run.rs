@@ -64,12 +64,22 @@ impl RunView {
                 Err(e) => (OrchestrationRunSpec::default(), Some(e.to_string())),
             },
         };
-        Self { namespace, name, uid, delivery_label, spec, spec_error }
+        Self {
+            namespace,
+            name,
+            uid,
+            delivery_label,
+            spec,
+            spec_error,
+        }
     }
 
     /// `spec.orchestrationRef.name`, if set.
     pub fn orchestration(&self) -> Option<&str> {
-        self.spec.orchestration_ref.as_ref().and_then(|r| r.name.as_deref())
+        self.spec
+            .orchestration_ref
+            .as_ref()
+            .and_then(|r| r.name.as_deref())
     }
 
     /// `spec.deliveryId`, if set.
@@ -85,7 +95,10 @@ pub fn label_value_problem(value: &str) -> Option<String> {
         return Some("is empty".into());
     }
     if value.len() > crate::claim::MAX_DELIVERY_ID_LEN {
-        return Some(format!("is {} characters long; label values are at most 63", value.len()));
+        return Some(format!(
+            "is {} characters long; label values are at most 63",
+            value.len()
+        ));
     }
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if !value.chars().all(ok_char) {
@@ -109,8 +122,15 @@ mod tests {
 
     #[test]
     fn reads_label_and_spec() {
-        let spec = json!({"orchestrationRef": {"name": "codex"}, "deliveryId": "d1", "parameters": {"a": "b"}});
-        let v = RunView::new("ns".into(), "r".into(), "u".into(), Some(&labels("d1")), Some(&spec));
+        let spec =
+            json!({"orchestrationRef": {"name": "codex"}, "deliveryId": "d1", "parameters": {"a": "b"}});
+        let v = RunView::new(
+            "ns".into(),
+            "r".into(),
+            "u".into(),
+            Some(&labels("d1")),
+            Some(&spec),
+        );
         assert_eq!(v.delivery_label.as_deref(), Some("d1"));
         assert_eq!(v.orchestration(), Some("codex"));
         assert_eq!(v.spec_delivery_id(), Some("d1"));
