@@ -103,8 +103,8 @@ async fn run() -> Result<()> {
     ];
 
     println!(
-        "{:<3} {:<46} {:<10} {:<6} {}",
-        "#", "request", "decision", "answer", "message"
+        "{:<3} {:<46} {:<10} {:<6} message",
+        "#", "request", "decision", "answer"
     );
     println!("{}", "-".repeat(120));
     let client = webhook.client()?;
