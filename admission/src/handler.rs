@@ -44,10 +44,25 @@ pub enum AdmitError {
 /// `POST /validate`.
 pub async fn validate(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    app.metrics.in_flight.inc();
-    let response = validate_inner(&app, &headers, body, started).await;
-    app.metrics.in_flight.dec();
-    response
+    let _in_flight = InFlight::enter(&app.metrics);
+    validate_inner(&app, &headers, body, started).await
+}
+
+/// Counts a request in flight until dropped — also when the API server hangs up and the
+/// request's future is dropped half-way.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
 }
 
 async fn validate_inner(app: &App, headers: &HeaderMap, body: Body, started: Instant) -> Response {
