@@ -32,6 +32,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "bad-namespace-name": ({"admission": {"namespaces": ["Agents"]}}, "/admission/namespaces"),
     "bad-duration": ({"admission": {"tls": {"certManager": {"duration": "90d"}}}}, "/admission/tls/certManager/duration"),
     "unknown-concurrency-policy": ({"pruner": {"concurrencyPolicy": "Never"}}, "/pruner/concurrencyPolicy"),
+    "ca-bundle-not-base64": ({"admission": {"tls": {"mode": "secret", "secret": {"name": "t", "caBundle": "-----BEGIN CERTIFICATE-----"}}}}, "/admission/tls/secret/caBundle"),
+    "ca-bundle-multi-line": ({"admission": {"tls": {"mode": "secret", "secret": {"name": "t", "caBundle": "Q0E=\nQ0E="}}}}, "/admission/tls/secret/caBundle"),
     "bad-pdb": ({"admission": {"pdb": {"maxUnavailable": "half"}}}, "/admission/pdb/maxUnavailable"),
 }
 
