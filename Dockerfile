@@ -4,8 +4,9 @@
 #
 #   docker build -t ghcr.io/proompteng/orchestration-dedupe:0.1.0 .
 
-# Build: Debian bookworm, the same glibc as the runtime image below.
-FROM rust:1.89-bookworm AS build
+# Build: the toolchain the project is built and tested with (workspace MSRV 1.89), on
+# Debian bookworm: the same glibc as the runtime image below.
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
