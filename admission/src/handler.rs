@@ -218,31 +218,25 @@ async fn create(app: &App, plan: &ClaimPlan) -> Result<Verdict, AdmitError> {
     Err(AdmitError::Contention)
 }
 
+/// One event per decision, worded so that `rg 'deliveryId|idempotent'` finds them all.
 fn log_decision(verdict: &Verdict, delivery: &str, claim_key: &str, latency_ms: f64) {
-    let decision = verdict.decision.as_str();
     let existing = verdict.existing_run.as_deref().unwrap_or_default();
-    if verdict.decision == decision::Decision::Duplicate {
-        tracing::info!(
-            deliveryId = delivery,
-            claimKey = claim_key,
-            decision,
-            existingRun = existing,
-            allowed = verdict.allowed,
-            latency_ms,
+    let message = if verdict.decision == decision::Decision::Duplicate {
+        format!(
             "duplicate delivery {delivery}: submission answered idempotently with existing run {existing}"
-        );
+        )
     } else {
-        tracing::info!(
-            deliveryId = delivery,
-            claimKey = claim_key,
-            decision,
-            existingRun = existing,
-            allowed = verdict.allowed,
-            latency_ms,
-            "{}",
-            verdict.message
-        );
-    }
+        verdict.message.clone()
+    };
+    tracing::info!(
+        deliveryId = delivery,
+        claimKey = claim_key,
+        decision = verdict.decision.as_str(),
+        existingRun = existing,
+        allowed = verdict.allowed,
+        latency_ms,
+        "{message}"
+    );
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).

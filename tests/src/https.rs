@@ -143,19 +143,7 @@ impl Connection {
             .header(hyper::header::USER_AGENT, "kube-apiserver-admission")
             .body(Full::new(body.into()))?;
         self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get(hyper::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok(Reply {
-            status,
-            content_type,
-            body,
-        })
+        read_reply(self.sender.send_request(request).await?).await
     }
 
     /// An AdmissionReview POST as the API server sends it.
@@ -179,7 +167,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<Reply> {
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, addr.to_string())
         .body(Full::new(Bytes::new()))?;
-    let response = sender.send_request(request).await?;
+    read_reply(sender.send_request(request).await?).await
+}
+
+async fn read_reply(response: hyper::Response<hyper::body::Incoming>) -> Result<Reply> {
     let status = response.status();
     let content_type = response
         .headers()

@@ -11,6 +11,27 @@ fn delivery() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// A fresh schema, dev certificates and the webhook with `--kube-lookup off` plus `args`.
+async fn start(args: &[&str]) -> Result<(TestDb, TestCerts, Webhook)> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let all: Vec<&str> = ["--kube-lookup", "off"].iter().chain(args).copied().collect();
+    let webhook = Webhook::start(db.url(), &certs, &all, &[]).await?;
+    Ok((db, certs, webhook))
+}
+
+/// The same with the API-server lookup on, against a fake API server.
+async fn start_with_api(args: &[&str]) -> Result<(TestDb, FakeApiServer, Webhook)> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let api = FakeApiServer::start().await?;
+    let kubeconfig = api.kubeconfig();
+    let kubeconfig = kubeconfig.to_string_lossy();
+    let all: Vec<&str> = ["--kube-lookup", "on"].iter().chain(args).copied().collect();
+    let webhook = Webhook::start(db.url(), &certs, &all, &[("KUBECONFIG", &kubeconfig)]).await?;
+    Ok((db, api, webhook))
+}
+
 async fn answer(webhook: &Webhook, review: &Review) -> Result<Answer> {
     let answer = Answer::from_reply(&webhook.review(review.json()).await?)?;
     anyhow::ensure!(
@@ -49,9 +70,7 @@ async fn age_claim(db: &TestDb, delivery: &str, secs: f64) -> Result<()> {
 
 #[tokio::test]
 async fn first_create_is_claimed_and_the_duplicate_is_denied_naming_it() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let (db, _certs, webhook) = start(&[]).await?;
     let d = delivery();
 
     let first = Review::create(&d, "run-first")?;
@@ -106,9 +125,7 @@ async fn first_create_is_claimed_and_the_duplicate_is_denied_naming_it() -> Resu
 
 #[tokio::test]
 async fn retried_create_of_the_same_name_is_a_retry_and_records_the_new_uid() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let (db, _certs, webhook) = start(&[]).await?;
     let d = delivery();
     let first = Review::load("create-fixed-name")?.delivery(&d).new_uids();
     assert_eq!(answer(&webhook, &first).await?.decision(), "claimed");
@@ -126,9 +143,7 @@ async fn retried_create_of_the_same_name_is_a_retry_and_records_the_new_uid() ->
 
 #[tokio::test]
 async fn updates_and_deletes_confirm_and_a_deleted_run_keeps_its_delivery() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let (db, _certs, webhook) = start(&[]).await?;
     let d = delivery();
     let create = Review::load("create-fixed-name")?.delivery(&d).new_uids();
     assert_eq!(answer(&webhook, &create).await?.decision(), "claimed");
@@ -164,9 +179,7 @@ async fn updates_and_deletes_confirm_and_a_deleted_run_keeps_its_delivery() -> R
 
 #[tokio::test]
 async fn delete_of_a_pending_run_confirms_it() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let (db, _certs, webhook) = start(&[]).await?;
     let d = delivery();
     assert_eq!(
         answer(
@@ -185,9 +198,7 @@ async fn delete_of_a_pending_run_confirms_it() -> Result<()> {
 
 #[tokio::test]
 async fn dry_run_answers_the_same_and_never_writes() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let (db, _certs, webhook) = start(&[]).await?;
     let d = delivery();
     let dry = Review::load("create-dry-run")?.delivery(&d).new_uids();
     let a = answer(&webhook, &dry).await?;
@@ -216,9 +227,7 @@ async fn dry_run_answers_the_same_and_never_writes() -> Result<()> {
 
 #[tokio::test]
 async fn bad_keys_are_422_and_key_changes_on_update_are_immutable() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let (db, _certs, webhook) = start(&[]).await?;
     let empty = Review::create("x", "run-a")?.edit(|v| {
         v["request"]["object"]["metadata"]["labels"]["jangar.proompteng.ai/delivery-id"] = "".into();
         v["request"]["object"]["spec"]["deliveryId"] = Value::Null;
@@ -255,9 +264,7 @@ async fn bad_keys_are_422_and_key_changes_on_update_are_immutable() -> Result<()
 
 #[tokio::test]
 async fn requests_that_are_not_ours_are_allowed_and_write_nothing() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let (db, _certs, webhook) = start(&[]).await?;
     let status = Review::load("update-status-subresource")?.new_uids();
     let a = answer(&webhook, &status).await?;
     assert_eq!((a.allowed(), a.decision()), (true, "ignored"));
@@ -281,18 +288,7 @@ async fn requests_that_are_not_ours_are_allowed_and_write_nothing() -> Result<()
 
 #[tokio::test]
 async fn stale_pending_claim_of_a_run_that_never_appeared_is_taken_over() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let api = FakeApiServer::start().await?;
-    let kubeconfig = api.kubeconfig();
-    let kubeconfig = kubeconfig.to_string_lossy();
-    let webhook = Webhook::start(
-        db.url(),
-        &certs,
-        &["--kube-lookup", "on", "--pending-grace-seconds", "120"],
-        &[("KUBECONFIG", &kubeconfig)],
-    )
-    .await?;
+    let (db, api, webhook) = start_with_api(&["--pending-grace-seconds", "120"]).await?;
     let d = delivery();
     assert_eq!(
         answer(&webhook, &Review::create(&d, "run-ghost")?)
@@ -334,18 +330,7 @@ async fn stale_pending_claim_of_a_run_that_never_appeared_is_taken_over() -> Res
 
 #[tokio::test]
 async fn stale_pending_claim_whose_run_exists_is_confirmed_and_denied() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let api = FakeApiServer::start().await?;
-    let kubeconfig = api.kubeconfig();
-    let kubeconfig = kubeconfig.to_string_lossy();
-    let webhook = Webhook::start(
-        db.url(),
-        &certs,
-        &["--kube-lookup", "on"],
-        &[("KUBECONFIG", &kubeconfig)],
-    )
-    .await?;
+    let (db, api, webhook) = start_with_api(&[]).await?;
     let d = delivery();
     assert_eq!(
         answer(&webhook, &Review::create(&d, "run-alive")?)
@@ -371,9 +356,7 @@ async fn stale_pending_claim_whose_run_exists_is_confirmed_and_denied() -> Resul
 
 #[tokio::test]
 async fn with_lookup_off_a_stale_claim_holds_and_says_so() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let (db, _certs, webhook) = start(&[]).await?;
     let d = delivery();
     assert_eq!(
         answer(&webhook, &Review::create(&d, "run-ghost")?)
@@ -392,15 +375,7 @@ async fn with_lookup_off_a_stale_claim_holds_and_says_so() -> Result<()> {
 async fn concurrent_creates_of_one_delivery_over_https_have_exactly_one_winner() -> Result<()> {
     const CLIENTS: usize = 64;
     const ROUNDS: usize = 10;
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = Webhook::start(
-        db.url(),
-        &certs,
-        &["--kube-lookup", "off", "--pool-size", "32"],
-        &[],
-    )
-    .await?;
+    let (db, _certs, webhook) = start(&["--pool-size", "32"]).await?;
     let client = webhook.client()?;
     for round in 0..ROUNDS {
         let d = delivery();
@@ -445,9 +420,7 @@ async fn concurrent_creates_of_one_delivery_over_https_have_exactly_one_winner()
 
 #[tokio::test]
 async fn a_killed_webhook_restarts_and_still_denies_the_duplicate() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let mut webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let (db, certs, mut webhook) = start(&[]).await?;
     let d = delivery();
     assert_eq!(
         answer(&webhook, &Review::create(&d, "run-before")?)
@@ -470,15 +443,7 @@ async fn a_killed_webhook_restarts_and_still_denies_the_duplicate() -> Result<()
 
 #[tokio::test]
 async fn malformed_requests_get_json_errors_and_the_server_keeps_serving() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = Webhook::start(
-        db.url(),
-        &certs,
-        &["--kube-lookup", "off", "--max-body-bytes", "65536"],
-        &[],
-    )
-    .await?;
+    let (_db, _certs, webhook) = start(&["--max-body-bytes", "65536"]).await?;
     let client = webhook.client()?;
     let mut conn = client.connect().await?;
     let valid = Review::create(&delivery(), "run-ok")?;
@@ -581,9 +546,7 @@ async fn malformed_requests_get_json_errors_and_the_server_keeps_serving() -> Re
 
 #[tokio::test]
 async fn ops_endpoints_report_health_and_metrics() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let (_db, certs, webhook) = start(&[]).await?;
     assert_eq!(webhook.ops("/healthz").await?.status.as_u16(), 200);
     let ready = webhook.ops("/readyz").await?;
     assert_eq!(ready.status.as_u16(), 200);
@@ -619,9 +582,7 @@ async fn ops_endpoints_report_health_and_metrics() -> Result<()> {
 
 #[tokio::test]
 async fn sigterm_stops_accepting_and_exits_zero() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let mut webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let (_db, _certs, mut webhook) = start(&[]).await?;
     let mut open = webhook.client()?.connect().await?;
     assert!(Answer::from_reply(&open.review(Review::create(&delivery(), "run-a")?.json()).await?)?.allowed());
     let addr = webhook.addr;
