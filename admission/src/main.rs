@@ -43,6 +43,7 @@ async fn main() -> ExitCode {
     // at first use unless one is installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let store_config = match StoreConfig::new(&args.common.database_url, args.pool_size, args.store_timeout())
+        .and_then(|config| config.with_database_ca(args.common.database_ca.as_deref()))
     {
         Ok(config) => config,
         Err(e) => {

@@ -85,15 +85,27 @@ pub struct CommonArgs {
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_MIGRATIONS", value_enum, default_value_t = MigrationMode::Apply)]
     pub migrations: MigrationMode,
 
+    /// CA bundle (PEM) that PostgreSQL's server certificate must chain to (and name the host);
+    /// unset = encrypt when the server offers TLS (`sslmode` prefer/require) without verifying,
+    /// as libpq does without a root certificate.
+    #[arg(
+        long,
+        env = "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_CA",
+        value_name = "PEM_FILE"
+    )]
+    pub database_ca: Option<std::path::PathBuf>,
+
     /// Log format.
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
 /// Validated store settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreConfig {
     pub database: tokio_postgres::Config,
+    /// TLS to PostgreSQL (see `store_tls`); encrypt-only unless a CA bundle is given.
+    pub tls: tokio_postgres_rustls::MakeRustlsConnect,
     pub pool_size: usize,
     /// Bound on each store call (pool wait + query), and the server-side statement timeout.
     pub timeout: Duration,
@@ -127,9 +139,28 @@ impl StoreConfig {
         }
         Ok(Self {
             database,
+            tls: crate::store_tls::connector(None)?,
             pool_size,
             timeout,
         })
+    }
+
+    /// Verify PostgreSQL's certificate against the CA bundle at `ca` (PEM).
+    pub fn with_database_ca(mut self, ca: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        if ca.is_some() {
+            self.tls = crate::store_tls::connector(ca)?;
+        }
+        Ok(self)
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connection config's Debug would print the password.
+        f.debug_struct("StoreConfig")
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 

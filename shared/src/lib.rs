@@ -8,6 +8,7 @@ pub mod migrate;
 pub mod run;
 pub mod sql;
 pub mod store;
+pub mod store_tls;
 pub mod telemetry;
 
 pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, DeletedBatch, ExpiredCount, RunRef};

@@ -22,11 +22,21 @@ pub struct TempPostgres {
     port: u16,
     as_postgres_user: bool,
     running: bool,
+    ssl: bool,
 }
 
 impl TempPostgres {
     /// Finds the binaries, initialises a cluster and starts it.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// The same, serving TLS with the given certificate and key (PEM) as well as plain TCP.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Result<Self> {
         let bin = find_bin_dir().context(INSTALL_HINT)?;
         let as_postgres_user = is_root();
         let dir = tempfile::Builder::new()
@@ -37,13 +47,7 @@ impl TempPostgres {
             run(Command::new("chown").arg("postgres:").arg(dir.path()))
                 .context("handing the temp dir to the postgres user (initdb refuses to run as root)")?;
         }
-        let mut pg = Self {
-            bin,
-            dir,
-            port: free_port()?,
-            as_postgres_user,
-            running: false,
-        };
+        let mut pg = Self { bin, dir, port: free_port()?, as_postgres_user, running: false, ssl: tls.is_some() };
         let data = pg.data_dir();
         run(pg.command("initdb").arg("-D").arg(&data).args([
             "-U",
@@ -56,6 +60,9 @@ impl TempPostgres {
             "--no-instructions",
         ]))
         .context("initdb")?;
+        if let Some((cert, key)) = tls {
+            pg.install_server_certificate(cert, key)?;
+        }
         pg.start_server()?;
         Ok(pg)
     }
@@ -82,6 +89,19 @@ impl TempPostgres {
         &self.bin
     }
 
+    /// Writes `server.crt`/`server.key` into the data directory, owned by the server's user
+    /// with the key private (PostgreSQL refuses a key others can read).
+    fn install_server_certificate(&self, cert: &str, key: &str) -> Result<()> {
+        let data = self.data_dir();
+        std::fs::write(data.join("server.crt"), cert)?;
+        std::fs::write(data.join("server.key"), key)?;
+        run(Command::new("chmod").arg("0600").arg(data.join("server.key")))?;
+        if self.as_postgres_user {
+            run(Command::new("chown").arg("postgres:").arg(data.join("server.crt")).arg(data.join("server.key")))?;
+        }
+        Ok(())
+    }
+
     /// (Re)starts the server on the same port and data directory.
     pub fn start_server(&mut self) -> Result<()> {
         let settings = format!(
@@ -89,6 +109,11 @@ impl TempPostgres {
              -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB",
             self.port
         );
+        let settings = if self.ssl {
+            format!("{settings} -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key")
+        } else {
+            settings
+        };
         let out = self
             .command("pg_ctl")
             .arg("-D")
