@@ -739,3 +739,56 @@ async fn replaced_certificate_files_are_served_to_new_handshakes_without_a_resta
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn http2_is_served_only_behind_its_flag() -> Result<()> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+
+    async fn negotiated(webhook: &Webhook) -> Result<Option<Vec<u8>>> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(webhook.ca_pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(webhook.addr).await?;
+        let name = ServerName::try_from(dedupe_tests::webhook::SERVER_NAME)?;
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        if alpn.as_deref() == Some(b"h2") {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+            tokio::spawn(conn);
+            let body = serde_json::to_vec(Review::create(&delivery(), "run-h2")?.json())?;
+            let request =
+                hyper::Request::post(format!("https://{}/validate", dedupe_tests::webhook::SERVER_NAME))
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(bytes::Bytes::from(body)))?;
+            let response = sender.send_request(request).await?;
+            anyhow::ensure!(response.status() == 200, "h2 request got {}", response.status());
+            let body = response.into_body().collect().await?.to_bytes();
+            let answer: Value = serde_json::from_slice(&body)?;
+            anyhow::ensure!(answer["response"]["allowed"] == true, "{answer}");
+        }
+        Ok(alpn)
+    }
+
+    let (_db, _certs, webhook) = start(&[]).await?;
+    assert_eq!(
+        negotiated(&webhook).await?.as_deref(),
+        Some(&b"http/1.1"[..]),
+        "HTTP/1.1 only by default"
+    );
+    let (_db2, _certs2, webhook2) = start(&["--http2"]).await?;
+    assert_eq!(negotiated(&webhook2).await?.as_deref(), Some(&b"h2"[..]));
+    Ok(())
+}
