@@ -47,7 +47,14 @@ impl TempPostgres {
             run(Command::new("chown").arg("postgres:").arg(dir.path()))
                 .context("handing the temp dir to the postgres user (initdb refuses to run as root)")?;
         }
-        let mut pg = Self { bin, dir, port: free_port()?, as_postgres_user, running: false, ssl: tls.is_some() };
+        let mut pg = Self {
+            bin,
+            dir,
+            port: free_port()?,
+            as_postgres_user,
+            running: false,
+            ssl: tls.is_some(),
+        };
         let data = pg.data_dir();
         run(pg.command("initdb").arg("-D").arg(&data).args([
             "-U",
@@ -97,7 +104,10 @@ impl TempPostgres {
         std::fs::write(data.join("server.key"), key)?;
         run(Command::new("chmod").arg("0600").arg(data.join("server.key")))?;
         if self.as_postgres_user {
-            run(Command::new("chown").arg("postgres:").arg(data.join("server.crt")).arg(data.join("server.key")))?;
+            run(Command::new("chown")
+                .arg("postgres:")
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key")))?;
         }
         Ok(())
     }

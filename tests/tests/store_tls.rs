@@ -8,16 +8,26 @@ use dedupe_shared::{ClaimKey, ClaimOutcome, ClaimScope, ClaimStore, RunRef, Stor
 use dedupe_tests::TempPostgres;
 
 fn run() -> RunRef {
-    RunRef { namespace: "agents".into(), name: "run-tls".into(), uid: "u".into() }
+    RunRef {
+        namespace: "agents".into(),
+        name: "run-tls".into(),
+        uid: "u".into(),
+    }
 }
 
 fn key() -> ClaimKey {
-    ClaimKey::new(ClaimScope::Cluster, "agents", "o", &uuid::Uuid::new_v4().to_string())
+    ClaimKey::new(
+        ClaimScope::Cluster,
+        "agents",
+        "o",
+        &uuid::Uuid::new_v4().to_string(),
+    )
 }
 
 /// How many of the store's sessions (application_name orchestration-dedupe) use TLS.
 async fn encrypted_sessions(pg: &TempPostgres) -> Result<(i64, i64)> {
-    let (client, conn) = tokio_postgres::connect(&format!("{}?sslmode=disable", pg.url()), tokio_postgres::NoTls).await?;
+    let (client, conn) =
+        tokio_postgres::connect(&format!("{}?sslmode=disable", pg.url()), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let row = client
         .query_one(
@@ -48,20 +58,34 @@ async fn the_store_encrypts_when_the_server_offers_tls_and_verifies_with_a_ca() 
     // sslmode=require without a CA: encrypted, certificate not verified (libpq semantics).
     let required = store(&format!("{}?sslmode=require", pg.url()), None)?;
     required.migrate().await?;
-    assert!(matches!(required.claim(&key(), &run()).await?, ClaimOutcome::Claimed(_)));
+    assert!(matches!(
+        required.claim(&key(), &run()).await?,
+        ClaimOutcome::Claimed(_)
+    ));
     let (encrypted, total) = encrypted_sessions(&pg).await?;
-    assert!(total >= 1 && encrypted == total, "{encrypted} of {total} sessions encrypted");
+    assert!(
+        total >= 1 && encrypted == total,
+        "{encrypted} of {total} sessions encrypted"
+    );
     drop(required);
 
     // The default (prefer) encrypts too, and a CA that signed the server's certificate verifies.
     let verified = store(&pg.url(), Some(&ca))?;
-    assert!(matches!(verified.claim(&key(), &run()).await?, ClaimOutcome::Claimed(_)));
+    assert!(matches!(
+        verified.claim(&key(), &run()).await?,
+        ClaimOutcome::Claimed(_)
+    ));
 
     // A CA that did not sign it: refused, with a message that says why.
     let other = certs_dev::generate(&certs_dev::CertRequest::localhost())?;
     let wrong = dir.path().join("wrong-ca.crt");
     std::fs::write(&wrong, &other.ca_cert_pem)?;
-    let error = store(&pg.url(), Some(&wrong))?.ping().await.err().map(|e| e.to_string()).unwrap_or_default();
+    let error = store(&pg.url(), Some(&wrong))?
+        .ping()
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(error.to_lowercase().contains("certificate"), "{error}");
     Ok(())
 }
@@ -69,14 +93,23 @@ async fn the_store_encrypts_when_the_server_offers_tls_and_verifies_with_a_ca() 
 #[tokio::test]
 async fn require_against_a_server_without_tls_fails_and_a_bad_ca_file_is_a_config_error() -> Result<()> {
     let pg = tokio::task::spawn_blocking(TempPostgres::start).await??;
-    assert!(store(&format!("{}?sslmode=require", pg.url()), None)?.ping().await.is_err());
-    assert!(store(&pg.url(), None)?.ping().await.is_ok(), "prefer falls back to plain TCP");
+    assert!(store(&format!("{}?sslmode=require", pg.url()), None)?
+        .ping()
+        .await
+        .is_err());
+    assert!(
+        store(&pg.url(), None)?.ping().await.is_ok(),
+        "prefer falls back to plain TCP"
+    );
     let missing = std::path::Path::new("/nonexistent/ca.crt");
     let error = StoreConfig::new(&pg.url(), 2, Duration::from_secs(5))?
         .with_database_ca(Some(missing))
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-    assert!(error.contains("--database-ca") && error.contains("/nonexistent/ca.crt"), "{error}");
+    assert!(
+        error.contains("--database-ca") && error.contains("/nonexistent/ca.crt"),
+        "{error}"
+    );
     Ok(())
 }
