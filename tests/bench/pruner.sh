@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# The pruner benchmark (docs/BENCHMARKS.md, "Pruner"). Not a test: run it by hand.
+#
+#   tests/bench/pruner.sh
+#
+# Seeds ROWS claims of which EXPIRED are past the 7-day retention, then, in the same run,
+# on identical data each time:
+#   1. a baseline: a fixed-rate stream of claims (pgbench running the webhook's own CLAIM
+#      statement) with nothing else going on -> its p99;
+#   2. for each pruner configuration: the release dedupe-pruner with that stream running
+#      -> throughput, the longest batch transaction (from its per-batch events), the
+#      stream's p99 during the prune;
+#   3. one single `DELETE ... WHERE claimed_at < cutoff` with the same stream running.
+# and prints a table: throughput ratio pruner / single DELETE (target >= 0.7), longest batch
+# (target <= 250 ms), claims p99 during / without the prune (target <= 1.2).
+#
+# Knobs (environment):
+#   ROWS=2000000 EXPIRED=1000000  table size and how much of it is expired
+#   CONFIGS="default"             pruner configurations, "default" or BATCH:PAUSE_MS pairs,
+#                                 e.g. CONFIGS="default 1000:0 5000:0 10000:10"
+#   RATE=200 CLIENTS=4            the claim stream: claims per second, connections
+#   BASELINE_SECONDS=30           length of the baseline stream
+#   OUT=target/bench/pruner       where logs and the result table go
+#   PRUNER=path                   a pruner binary to use instead of building the release one
+#
+# Everything runs on 127.0.0.1: a private PostgreSQL started by with-postgres (removed at
+# the end), the pruner and pgbench. Every load stops by itself (pgbench -T bounds).
+set -euo pipefail
+[[ -z ${TRACE:-} ]] || set -x
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+if [[ "${1:-}" != "--inner" ]]; then
+    cd "$root"
+    echo "== building the release pruner (slow the first time) and the claim-SQL printer" >&2
+    if [[ -z ${PRUNER:-} ]]; then cargo build --release -p dedupe-pruner; fi
+    cargo build -q -p dedupe-pruner --example claim_sql
+    with_pg=""
+    for candidate in target/release/with-postgres target/debug/with-postgres; do
+        if [[ -x $candidate ]]; then with_pg=$candidate; break; fi
+    done
+    if [[ -z $with_pg ]]; then
+        cargo build -p dedupe-tests --bin with-postgres
+        with_pg=target/debug/with-postgres
+    fi
+    # A private server, not whatever DATABASE_URL points at.
+    unset DATABASE_URL
+    exec "$with_pg" -- "$0" --inner "$@"
+fi
+
+cd "$root"
+ROWS=${ROWS:-2000000}
+EXPIRED=${EXPIRED:-1000000}
+CONFIGS=${CONFIGS:-default}
+RATE=${RATE:-200}
+CLIENTS=${CLIENTS:-4}
+BASELINE_SECONDS=${BASELINE_SECONDS:-30}
+OUT=${OUT:-$root/target/bench/pruner}
+WARMUP=3     # seconds of stream before the measured window (connections, prepares)
+SETTLE=3     # seconds of stream after it: pgbench is stopped with SIGTERM (a background job
+             # ignores SIGINT) and loses its unflushed log tail, which must lie outside the window
+STREAM_CAP=1800  # pgbench -T: the stream stops by itself even if this script dies
+
+: "${DATABASE_URL:?with-postgres sets DATABASE_URL}"
+case $DATABASE_URL in
+    *127.0.0.1* | *localhost*) ;;
+    *) echo "refusing to load a non-loopback database: $DATABASE_URL" >&2; exit 1 ;;
+esac
+# psql and pgbench: next to the server binaries with-postgres used, else on PATH, else
+# the newest /usr/lib/postgresql/*/bin.
+tool() {
+    local dir
+    for dir in ${PG_BIN:-} $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        if [[ -x $dir/$1 ]]; then echo "$dir/$1"; return; fi
+    done
+    command -v "$1" || { echo "$1 not found (install the PostgreSQL client tools)" >&2; exit 1; }
+}
+psql_bin=$(tool psql)
+pgbench_bin=$(tool pgbench)
+pruner=${PRUNER:-$root/target/release/dedupe-pruner}
+command -v jq >/dev/null || { echo "jq is required (apt-get install jq)" >&2; exit 1; }
+schema=bench_pruner
+sep='?'; [[ $DATABASE_URL == *\?* ]] && sep='&'
+pruner_url="${DATABASE_URL}${sep}options=-csearch_path%3D${schema}"
+export PGOPTIONS="-c search_path=${schema}"
+mkdir -p "$OUT"
+rm -f "$OUT"/*.log.* "$OUT"/*.jsonl "$OUT"/*.txt
+
+psql() { "$psql_bin" -X -q -v ON_ERROR_STOP=1 -d "$DATABASE_URL" "$@"; }
+now() { date +%s.%N; }
+calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
+
+stream_pid=""
+cleanup() { if [[ -n $stream_pid ]]; then kill -TERM "$stream_pid" 2>/dev/null || true; wait "$stream_pid" 2>/dev/null || true; fi; }
+trap cleanup EXIT
+
+# --- the claim stream: the webhook's CLAIM statement, verbatim, with pgbench variables ---
+{
+    echo '\set n random(1, 2000000000)'
+    "$root/target/debug/examples/claim_sql" | sed \
+        -e "s/\\\$1/('bench-' || :client_id || '-' || :n)/g" \
+        -e "s/\\\$2/'orchestration'/g" \
+        -e "s/\\\$3/'agents'/g" \
+        -e "s/\\\$4/'codex-autonomous'/g" \
+        -e "s/\\\$5/'agents'/g" \
+        -e "s/\\\$6/('run-' || :n)/g" \
+        -e "s/\\\$7/('uid-' || :n)/g"
+    echo ';'
+} >"$OUT/claim.sql"
+
+stream_start() { # name seconds
+    "$pgbench_bin" -n -M prepared -c "$CLIENTS" -j 2 -R "$RATE" -T "$2" \
+        -f "$OUT/claim.sql" --log --log-prefix="$OUT/$1.log" "$DATABASE_URL" >"$OUT/$1.pgbench.txt" 2>&1 &
+    stream_pid=$!
+}
+stream_stop() {
+    kill -TERM "$stream_pid" 2>/dev/null || true
+    wait "$stream_pid" 2>/dev/null || true
+    stream_pid=""
+}
+# "count p50 p99 max" (ms) of the claims that completed within [from, to].
+latency() { # name from to
+    cat "$OUT/$1".log.* | awk -v a="$2" -v b="$3" \
+        '$3 ~ /^[0-9]+$/ { t = $5 + $6 / 1e6; if (t >= a && t <= b) printf "%.3f\n", $3 / 1000 }' |
+        sort -n | awk '{ v[NR] = $1 } END {
+            n = NR; if (n == 0) { print "0 0 0 0"; exit }
+            i50 = int(n * 0.50 + 0.999999); i99 = int(n * 0.99 + 0.999999)
+            printf "%d %.2f %.2f %.2f\n", n, v[i50], v[i99], v[n] }'
+}
+
+# --- identical data every time: same rows, same insert order (claimed_at order, as the
+# webhook writes them), random-looking keys; expired rows 8..37 days old, the rest 0..6 ---
+seed() {
+    psql -c "TRUNCATE orchestration_dedupe_claims" \
+        -c "INSERT INTO orchestration_dedupe_claims
+                (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state,
+                 claimed_at, updated_at)
+            SELECT md5(i::text), 'orchestration', 'agents', 'codex-autonomous', 'agents',
+                   'codex-autonomous-' || i, md5('uid' || i), 'confirmed', t, t
+              FROM (SELECT i, CASE WHEN i <= $EXPIRED
+                        THEN now() - interval '37 days' + make_interval(secs => i * (29 * 86400.0 / $EXPIRED))
+                        ELSE now() - interval '6 days'
+                             + make_interval(secs => (i - $EXPIRED) * (6 * 86400.0 / greatest($ROWS - $EXPIRED, 1)))
+                        END AS t
+                      FROM generate_series(1, $ROWS) i) s" \
+        -c "VACUUM (ANALYZE) orchestration_dedupe_claims" \
+        -c "CHECKPOINT"
+    local expired
+    expired=$(psql -At -c "SELECT count(*) FROM orchestration_dedupe_claims WHERE claimed_at < now() - interval '7 days'")
+    [[ $expired == "$EXPIRED" ]] || { echo "seeding went wrong: $expired expired" >&2; exit 1; }
+}
+
+echo "== PostgreSQL: $(psql -At -c 'SHOW server_version'), $(nproc) cores; schema $schema" >&2
+psql -c "DROP SCHEMA IF EXISTS $schema CASCADE" -c "CREATE SCHEMA $schema"
+# The pruner's own migrations make the table (and its claimed_at index).
+"$pruner" --database-url "$pruner_url" --log-format json --dry-run >"$OUT/migrate.jsonl"
+
+echo "== seeding $ROWS claims, $EXPIRED expired" >&2
+seed
+
+echo "== baseline: claims at $RATE/s for ${BASELINE_SECONDS}s, nothing else running" >&2
+t0=$(now)
+stream_start baseline $((WARMUP + BASELINE_SECONDS))
+wait "$stream_pid"; stream_pid=""
+read -r base_n base_p50 base_p99 base_max <<<"$(latency baseline "$(calc "$t0 + $WARMUP")" "$(now)")"
+echo "   $base_n claims: p50 $base_p50 ms, p99 $base_p99 ms, max $base_max ms" >&2
+
+results=()
+for config in $CONFIGS; do
+    flags=()
+    if [[ $config == default ]]; then
+        label=default
+        size=$(grep -oP 'DEFAULT_BATCH_SIZE: u32 = \K[0-9_]+' pruner/src/config.rs | tr -d _)
+        pause=$(grep -oP 'DEFAULT_BATCH_PAUSE_MS: u64 = \K[0-9_]+' pruner/src/config.rs | tr -d _)
+    else
+        size=${config%%:*}; pause=${config##*:}; label="b${size}-p${pause}"
+        flags=(--batch-size "$size" --batch-pause-ms "$pause")
+    fi
+    echo "== pruner $label (batch $size, pause $pause ms) with the claim stream" >&2
+    seed
+    stream_start "$label" "$STREAM_CAP"
+    sleep "$WARMUP"
+    t0=$(now)
+    "$pruner" --database-url "$pruner_url" --log-format json "${flags[@]}" >"$OUT/$label.jsonl"
+    t1=$(now)
+    sleep "$SETTLE"
+    stream_stop
+    deleted=$(jq -r 'select(.message == "prune finished") | .deleted' "$OUT/$label.jsonl")
+    batches=$(jq -r 'select(.message == "prune finished") | .batches' "$OUT/$label.jsonl")
+    jq -r 'select(.message == "batch committed") | .batch_ms' "$OUT/$label.jsonl" | sort -n >"$OUT/$label.batch_ms.txt"
+    longest=$(tail -1 "$OUT/$label.batch_ms.txt")
+    batch_p99=$(awk '{ v[NR] = $1 } END { print v[int(NR * 0.99 + 0.999999)] }' "$OUT/$label.batch_ms.txt")
+    left=$(psql -At -c "SELECT count(*) FROM orchestration_dedupe_claims WHERE claimed_at < now() - interval '7 days'")
+    [[ $deleted == "$EXPIRED" && $left == 0 ]] || echo "   WARNING: deleted $deleted, $left expired left" >&2
+    secs=$(calc "$t1 - $t0")
+    rps=$(calc "$deleted / $secs")
+    read -r n p50 p99 max <<<"$(latency "$label" "$t0" "$t1")"
+    printf '   deleted %s in %s batches, %.2f s wall, %.0f rows/s; longest batch %s ms (p99 %s); claims p99 %s ms (%s claims)\n' \
+        "$deleted" "$batches" "$secs" "$rps" "$longest" "$batch_p99" "$p99" "$n" >&2
+    results+=("$label|$size|$pause|$deleted|$batches|$secs|$rps|$longest|$batch_p99|$n|$p99|$max")
+done
+
+echo "== one single DELETE ... WHERE claimed_at < cutoff with the claim stream" >&2
+seed
+stream_start single "$STREAM_CAP"
+sleep "$WARMUP"
+t0=$(now)
+single_out=$(psql -c "DELETE FROM orchestration_dedupe_claims WHERE claimed_at < now() - make_interval(days => 7)" -v QUIET=0)
+t1=$(now)
+sleep "$SETTLE"
+stream_stop
+single_deleted=$(grep -oP 'DELETE \K[0-9]+' <<<"$single_out")
+single_secs=$(calc "$t1 - $t0")
+single_rps=$(calc "$single_deleted / $single_secs")
+read -r s_n s_p50 s_p99 s_max <<<"$(latency single "$t0" "$t1")"
+printf '   deleted %s in %.2f s, %.0f rows/s; claims p99 %s ms (%s claims), max %s ms\n' \
+    "$single_deleted" "$single_secs" "$single_rps" "$s_p99" "$s_n" "$s_max" >&2
+
+{
+    echo "Pruner benchmark, $(date -u +%Y-%m-%dT%H:%MZ): $ROWS claims, $EXPIRED expired; claim stream $RATE/s over $CLIENTS connections;"
+    echo "PostgreSQL $(psql -At -c 'SHOW server_version') (private, fsync off), $(nproc) cores."
+    echo "Baseline claims (no prune): $base_n claims, p50 $base_p50 ms, p99 $base_p99 ms, max $base_max ms."
+    echo "Single DELETE: $single_deleted rows in $(printf '%.2f' "$single_secs") s = $(printf '%.0f' "$single_rps") rows/s; claims p99 during it $s_p99 ms (max $s_max ms)."
+    echo
+    echo "| run | batch | pause ms | deleted | batches | wall s | rows/s | vs single DELETE (>= 0.7) | longest batch ms (<= 250) | p99 batch ms | claims p99 ms | vs baseline p99 (<= 1.2) | claims max ms |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for r in "${results[@]}"; do
+        IFS='|' read -r label size pause deleted batches secs rps longest batch_p99 n p99 max <<<"$r"
+        printf '| %s | %s | %s | %s | %s | %.2f | %.0f | %.2f | %s | %s | %s | %.2f | %s |\n' \
+            "$label" "$size" "$pause" "$deleted" "$batches" "$secs" "$rps" \
+            "$(calc "$rps / $single_rps")" "$longest" "$batch_p99" "$p99" \
+            "$(calc "$p99 / $base_p99")" "$max"
+    done
+    printf '| single DELETE | - | - | %s | 1 | %.2f | %.0f | 1.00 | %.0f | - | %s | %.2f | %s |\n' \
+        "$single_deleted" "$single_secs" "$single_rps" "$(calc "$single_secs * 1000")" "$s_p99" \
+        "$(calc "$s_p99 / $base_p99")" "$s_max"
+} | tee "$OUT/results.md"
+echo "(logs in $OUT)" >&2
