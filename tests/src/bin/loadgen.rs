@@ -8,7 +8,9 @@
 //! - `fixed-rate`: an open-loop schedule of `--rate` requests/s spread evenly over the
 //!   connections; latency is measured from each request's *scheduled* send time, so a slow
 //!   answer that delays the following requests is charged to them too (no coordinated
-//!   omission). The service time (from the actual send) is reported beside it.
+//!   omission). A plain thread keeps the schedule (the tokio timer ticks in whole
+//!   milliseconds, too coarse here). The service time (from the actual send) is reported
+//!   beside it.
 //!
 //! Bodies are built once from the recorded fixture (`Review::create`) and serialised to a
 //! template; each request copies the template and overwrites the delivery id, run name and
@@ -39,6 +41,7 @@ use dedupe_tests::Review;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 const PATH: &str = "/validate?timeout=10s";
@@ -140,6 +143,10 @@ struct RunArgs {
     /// Runtime worker threads of the generator (it shares the machine with what it measures).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     threads: u32,
+    /// Print each measured request slower than this many ms to stderr (to line stalls up
+    /// with other observations).
+    #[arg(long)]
+    slow_ms: Option<u64>,
     /// A label echoed in the report.
     #[arg(long, default_value = "")]
     label: String,
@@ -389,6 +396,8 @@ struct Plan {
     measure_from: Instant,
     end: Instant,
     drain: Duration,
+    /// Print requests slower than this to stderr (diagnosis of stalls); None = never.
+    slow: Option<Duration>,
 }
 
 /// Fast check of an answer: HTTP 200, the request's uid echoed, the expected decision.
@@ -420,58 +429,79 @@ fn classify(reply: &Reply, request_uid: &[u8], deliveries: Deliveries) -> Option
     ))
 }
 
+/// When a connection sends: back-to-back (max-rate), or at the times the pacer hands it.
+enum Schedule {
+    Closed,
+    Open(mpsc::UnboundedReceiver<Instant>),
+}
+
+/// The open-loop clock (fixed-rate): a plain thread that sleeps to each scheduled send time
+/// (`start + k/rate`, to within the OS timer slack, well under the tokio timer's 1 ms tick)
+/// and hands it to connection `k mod N`. A connection still busy with its previous request
+/// finds the time queued and sends late: the delay counts in that request's latency.
+fn pace(start: Instant, end: Instant, rate: f64, senders: Vec<mpsc::UnboundedSender<Instant>>) {
+    let period = 1.0 / rate;
+    for k in 0u64.. {
+        let at = start + Duration::from_secs_f64(k as f64 * period);
+        if at >= end {
+            break;
+        }
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        let Some(sender) = senders.get((k % senders.len() as u64) as usize) else {
+            break;
+        };
+        let _ = sender.send(at);
+    }
+}
+
 /// One connection's worth of the load, until the plan's end.
 async fn drive(
     plan: std::sync::Arc<Plan>,
     mut conn: Option<Connection>,
     index: u32,
-    connections: u32,
-    mode: Mode,
-    rate: f64,
+    mut schedule: Schedule,
 ) -> Stats {
     let mut stats = Stats::default();
     // Not the thread-local generator: this future moves between worker threads.
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let mut seq: u64 = 0;
-    let interval = Duration::from_secs_f64(f64::from(connections) / rate.max(f64::MIN_POSITIVE));
-    // Fixed-rate: connection i sends at start + i/rate + k·connections/rate.
-    let mut next = plan.start + Duration::from_secs_f64(f64::from(index) / rate.max(f64::MIN_POSITIVE));
+    let open_loop = matches!(schedule, Schedule::Open(_));
     loop {
-        let scheduled = match mode {
-            Mode::MaxRate => {
+        let scheduled = match &mut schedule {
+            Schedule::Closed => {
                 let now = Instant::now();
                 if now >= plan.end {
                     break;
                 }
                 now
             }
-            Mode::FixedRate => {
-                if next >= plan.end {
-                    break;
+            Schedule::Open(times) => match times.recv().await {
+                None => break,
+                // So far behind that the drain is over: never sent.
+                Some(_) if Instant::now() > plan.end + plan.drain => {
+                    stats.missed += 1;
+                    continue;
                 }
-                let now = Instant::now();
-                if now < next {
-                    tokio::time::sleep_until(next).await;
-                } else if now > plan.end + plan.drain {
-                    // Behind schedule past the drain: the rest are never sent.
-                    let left = (plan.end - next).as_secs_f64() / interval.as_secs_f64();
-                    stats.missed += left.ceil() as u64;
-                    break;
-                }
-                let at = next;
-                next += interval;
-                at
-            }
+                Some(at) => at,
+            },
         };
         let measured = scheduled >= plan.measure_from;
-        let Some(c) = conn.as_mut() else {
+        if conn.is_none() {
             match tokio::time::timeout(plan.timeout, plan.client.connect()).await {
                 Ok(Ok(c)) => conn = Some(c),
                 _ => {
-                    stats.error("connect failed");
+                    if measured {
+                        stats.error("connect failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
             }
+        }
+        let Some(c) = conn.as_mut() else {
             continue;
         };
         // Build the body before taking the send time.
@@ -508,10 +538,18 @@ async fn drive(
                 None => {
                     stats.ok += 1;
                     let latency = done.saturating_duration_since(scheduled);
+                    if plan.slow.is_some_and(|slow| latency >= slow) {
+                        eprintln!(
+                            "slow request: sent at +{:.3} s, answered at +{:.3} s, {:.1} ms, connection {index}",
+                            sent.saturating_duration_since(plan.start).as_secs_f64(),
+                            done.saturating_duration_since(plan.start).as_secs_f64(),
+                            latency.as_secs_f64() * 1e3
+                        );
+                    }
                     stats
                         .latency
                         .push(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
-                    if mode == Mode::FixedRate {
+                    if open_loop {
                         let service = done.saturating_duration_since(sent);
                         stats
                             .service
@@ -588,24 +626,37 @@ async fn run(args: RunArgs) -> Result<()> {
         measure_from,
         end: measure_from + Duration::from_secs(args.duration_secs),
         drain: Duration::from_secs(args.drain_secs),
+        slow: args.slow_ms.map(Duration::from_millis),
     });
+    let mut schedules = Vec::with_capacity(opened.len());
+    let mut pacer = None;
+    match args.mode {
+        Mode::MaxRate => schedules.resize_with(opened.len(), || Schedule::Closed),
+        Mode::FixedRate => {
+            let (senders, receivers): (Vec<_>, Vec<_>) =
+                (0..opened.len()).map(|_| mpsc::unbounded_channel()).unzip();
+            schedules.extend(receivers.into_iter().map(Schedule::Open));
+            let (start, end, rate) = (plan.start, plan.end, args.rate);
+            pacer = Some(
+                std::thread::Builder::new()
+                    .name("pacer".into())
+                    .spawn(move || pace(start, end, rate, senders))
+                    .context("starting the pacer thread")?,
+            );
+        }
+    }
     let tasks: Vec<_> = opened
         .into_iter()
+        .zip(schedules)
         .zip(0..)
-        .map(|(conn, i)| {
-            tokio::spawn(drive(
-                plan.clone(),
-                Some(conn),
-                i,
-                args.connections,
-                args.mode,
-                args.rate,
-            ))
-        })
+        .map(|((conn, schedule), i)| tokio::spawn(drive(plan.clone(), Some(conn), i, schedule)))
         .collect();
     let mut stats = Stats::default();
     for task in tasks {
         stats.merge(task.await.context("a connection task panicked")?);
+    }
+    if let Some(pacer) = pacer {
+        let _ = pacer.join();
     }
     let elapsed_all = start.elapsed().as_secs_f64();
     let cpu = match (cpu_before, cpu_seconds()) {
