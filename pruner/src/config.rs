@@ -110,7 +110,8 @@ impl Settings {
             &args.common.database_url,
             POOL_SIZE,
             Duration::from_millis(args.store_timeout_ms),
-        )?;
+        )?
+        .with_database_ca(args.common.database_ca.as_deref())?;
         let connect = RetryConfig {
             attempts: args.connect_attempts,
             base_delay: RETRY_BASE_DELAY,
