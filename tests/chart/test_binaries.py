@@ -25,7 +25,9 @@ CASES: dict[str, dict[str, Any]] = {
         "pruner": {"dryRun": True, "batchSize": 1000000, "batchPauseMs": 0, "maxRuntimeSeconds": 600},
         "networkPolicy": {"enabled": True},
         "serviceMonitor": {"enabled": True},
+        "database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}},
     },
+    "database-ca": {"database": {"tls": {"caSecretRef": {"name": "jangar-ca", "key": "bundle.pem"}}}},
     "auto-lookup-cluster-scope": {"claimScope": "cluster", "admission": {"kubeLookup": "auto"}},
 }
 

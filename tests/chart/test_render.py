@@ -18,6 +18,7 @@ EVERYTHING_ON = {
     "imagePullSecrets": [{"name": "regcred"}],
     "admission": {"priorityClassName": "system-cluster-critical", "namespaces": ["agents", "ci"]},
     "pruner": {"priorityClassName": "low", "dryRun": True},
+    "database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}},
 }
 
 LINT_CASES = {
@@ -27,6 +28,7 @@ LINT_CASES = {
     "tls-helm": {"admission": {"tls": {"mode": "helm"}}},
     "webhook-only": {"pruner": {"enabled": False}},
     "pruner-only": {"admission": {"enabled": False}},
+    "database-ca": {"database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}}},
 }
 
 

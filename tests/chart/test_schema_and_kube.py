@@ -35,6 +35,12 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "ca-bundle-not-base64": ({"admission": {"tls": {"mode": "secret", "secret": {"name": "t", "caBundle": "-----BEGIN CERTIFICATE-----"}}}}, "/admission/tls/secret/caBundle"),
     "ca-bundle-multi-line": ({"admission": {"tls": {"mode": "secret", "secret": {"name": "t", "caBundle": "Q0E=\nQ0E="}}}}, "/admission/tls/secret/caBundle"),
     "bad-pdb": ({"admission": {"pdb": {"maxUnavailable": "half"}}}, "/admission/pdb/maxUnavailable"),
+    "non-string-database-ca-name": ({"database": {"tls": {"caSecretRef": {"name": 5}}}}, "/database/tls/caSecretRef/name"),
+    "database-ca-name-as-yaml-boolean": ({"database": {"tls": {"caSecretRef": {"name": True}}}}, "/database/tls/caSecretRef/name"),
+    "database-ca-name-not-a-secret-name": ({"database": {"tls": {"caSecretRef": {"name": "Jangar_CA"}}}}, "/database/tls/caSecretRef/name"),
+    "empty-database-ca-key": ({"database": {"tls": {"caSecretRef": {"name": "jangar-ca", "key": ""}}}}, "/database/tls/caSecretRef/key"),
+    "database-ca-key-with-a-slash": ({"database": {"tls": {"caSecretRef": {"name": "jangar-ca", "key": "certs/ca.crt"}}}}, "/database/tls/caSecretRef/key"),
+    "sslmode-is-not-a-value": ({"database": {"tls": {"sslmode": "require"}}}, "sslmode"),
 }
 
 
@@ -56,6 +62,8 @@ GOOD_VALUES: dict[str, dict[str, Any]] = {
     "cron-macro": {"pruner": {"schedule": "@daily"}},
     "global-from-a-parent-chart": {"global": {"imageRegistry": "example"}},
     "existing-issuer": {"admission": {"tls": {"certManager": {"issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}}},
+    "database-ca": {"database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}}},
+    "database-ca-dotted-name-custom-key": {"database": {"tls": {"caSecretRef": {"name": "pg.server-ca", "key": "ca_bundle.pem"}}}},
 }
 
 
@@ -70,6 +78,8 @@ KUBE_CASES: dict[str, dict[str, Any]] = {
     "everything-on": EVERYTHING_ON,
     "tls-secret": {"admission": {"tls": {"mode": "secret", "secret": {"name": "webhook-tls", "caBundle": "Q0E="}}}},
     "tls-helm": {"admission": {"tls": {"mode": "helm"}}},
+    "database-ca": {"database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}}},
+    "database-ca-pruner-only": {"database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}}, "admission": {"enabled": False}},
     "tuned": {
         "admission": {"replicas": 3, "pdb": {"minAvailable": "50%"}, "preStopSleepSeconds": 0, "podAnnotations": {"a": "b"}, "podLabels": {"team": "x"}},
         "pruner": {"podFailurePolicy": {"rules": []}, "podLabels": {"team": "x"}},

@@ -77,13 +77,17 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/*
 The container environment: DATABASE_URL from the Secret, then the variables derived from
-values (.derived), overlaid by env.vars and then by the component's env.vars (.overlay).
+values (.derived, plus the database CA path when database.tls.caSecretRef is set), overlaid by
+env.vars and then by the component's env.vars (.overlay).
 Names are unique and sorted, so the list is stable for server-side apply and diffs.
 Call with (dict "ctx" $ "derived" (dict ...) "overlay" .Values.<part>.env.vars).
 */}}
 {{- define "od.env" -}}
 {{- $vars := dict -}}
 {{- range $k, $v := .derived }}{{ $_ := set $vars $k $v }}{{ end -}}
+{{- if include "od.databaseCa.enabled" .ctx -}}
+{{- $_ := set $vars "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_CA" (include "od.databaseCa.file" .ctx) -}}
+{{- end -}}
 {{- range $k, $v := .ctx.Values.env.vars }}{{ $_ := set $vars $k $v }}{{ end -}}
 {{- range $k, $v := .overlay }}{{ $_ := set $vars $k $v }}{{ end -}}
 - name: DATABASE_URL
@@ -95,6 +99,36 @@ Call with (dict "ctx" $ "derived" (dict ...) "overlay" .Values.<part>.env.vars).
 - name: {{ $k }}
   value: {{ index $vars $k | toString | quote }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The CA bundle PostgreSQL's certificate must chain to (database.tls.caSecretRef): one key of a
+Secret, mounted read-only at a fixed path. Each helper renders nothing when no name is set.
+*/}}
+{{- define "od.databaseCa.enabled" -}}
+{{- if .Values.database.tls.caSecretRef.name }}true{{ end -}}
+{{- end -}}
+{{- define "od.databaseCa.dir" -}}/etc/orchestration-dedupe/database-ca{{- end -}}
+{{- define "od.databaseCa.file" -}}{{ include "od.databaseCa.dir" . }}/ca.crt{{- end -}}
+
+{{- define "od.databaseCa.volumeMounts" -}}
+{{- if include "od.databaseCa.enabled" . -}}
+- name: database-ca
+  mountPath: {{ include "od.databaseCa.dir" . }}
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{- define "od.databaseCa.volumes" -}}
+{{- if include "od.databaseCa.enabled" . -}}
+- name: database-ca
+  secret:
+    secretName: {{ .Values.database.tls.caSecretRef.name }}
+    defaultMode: 0440
+    items:
+      - key: {{ required "database.tls.caSecretRef.key is required" .Values.database.tls.caSecretRef.key | quote }}
+        path: ca.crt
+{{- end -}}
 {{- end -}}
 
 {{/* The restricted pod and container security contexts (Pod Security Standards "restricted"). */}}
