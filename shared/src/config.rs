@@ -146,10 +146,23 @@ impl StoreConfig {
     }
 
     /// Verify PostgreSQL's certificate against the CA bundle at `ca` (PEM).
+    ///
+    /// A CA means the operator wants a verified connection, so TLS becomes required (like
+    /// libpq's `verify-full`): with `sslmode=prefer` a server — or whoever sits in between —
+    /// could decline TLS and get a plain-text session. `sslmode=disable` with a CA is a
+    /// contradiction and is refused.
     pub fn with_database_ca(mut self, ca: Option<&std::path::Path>) -> Result<Self, ConfigError> {
-        if ca.is_some() {
-            self.tls = crate::store_tls::connector(ca)?;
+        if ca.is_none() {
+            return Ok(self);
         }
+        if self.database.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+            return Err(ConfigError::Invalid {
+                flag: "--database-ca (JANGAR_ORCHESTRATION_DEDUPE_DATABASE_CA)",
+                reason: "is set, but the connection string says sslmode=disable".into(),
+            });
+        }
+        self.database.ssl_mode(tokio_postgres::config::SslMode::Require);
+        self.tls = crate::store_tls::connector(ca)?;
         Ok(self)
     }
 }

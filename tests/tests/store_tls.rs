@@ -113,3 +113,28 @@ async fn require_against_a_server_without_tls_fails_and_a_bad_ca_file_is_a_confi
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_ca_bundle_makes_tls_required_and_refuses_sslmode_disable() -> Result<()> {
+    // A server without TLS: with a CA configured the store must not fall back to plain text.
+    let pg = tokio::task::spawn_blocking(TempPostgres::start).await??;
+    let certs = certs_dev::generate(&certs_dev::CertRequest::localhost())?;
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &certs.ca_cert_pem)?;
+    assert!(
+        store(&pg.url(), Some(&ca))?.ping().await.is_err(),
+        "no plain-text fallback with a CA"
+    );
+    let error = StoreConfig::new(
+        &format!("{}?sslmode=disable", pg.url()),
+        2,
+        Duration::from_secs(5),
+    )?
+    .with_database_ca(Some(&ca))
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(error.contains("sslmode=disable"), "{error}");
+    Ok(())
+}
