@@ -44,8 +44,9 @@ pub enum PruneError {
 /// How the pruner treats a store error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// A statement or lock timeout (server side) or the client-side bound: nothing was
-    /// committed; retry, and shrink the batch if it keeps happening.
+    /// A statement or lock timeout (server side), the client-side bound, or a transient
+    /// conflict (deadlock, serialization): nothing was committed; retry, and shrink the
+    /// batch if it keeps happening.
     TimedOut,
     /// The store could not be reached: retry with back-off, within the attempt budget.
     Unavailable,
@@ -53,9 +54,10 @@ pub enum ErrorClass {
     Other,
 }
 
-/// SQLSTATEs meaning "too slow": query_canceled (statement_timeout) and
-/// lock_not_available (lock_timeout).
-const TIMEOUT_CODES: &[&str] = &["57014", "55P03"];
+/// SQLSTATEs meaning "too slow, try again": query_canceled (statement_timeout),
+/// lock_not_available (lock_timeout), and the transient conflicts deadlock_detected and
+/// serialization_failure (a smaller batch makes them rarer).
+const TIMEOUT_CODES: &[&str] = &["57014", "55P03", "40P01", "40001"];
 /// SQLSTATEs meaning "not reachable right now": server shutting down or starting up,
 /// too many connections.
 const UNAVAILABLE_CODES: &[&str] = &["57P01", "57P02", "57P03", "53300"];
@@ -115,6 +117,10 @@ mod tests {
         );
         assert_eq!(
             classify(&q("ERROR: canceling statement due to lock timeout (55P03)")),
+            ErrorClass::TimedOut
+        );
+        assert_eq!(
+            classify(&q("ERROR: deadlock detected (40P01)")),
             ErrorClass::TimedOut
         );
     }

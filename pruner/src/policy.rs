@@ -39,8 +39,9 @@ impl PolicyConfig {
 /// What one batch did, as far as the policy cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Committed, deleting this many claims.
-    Deleted(u64),
+    /// Committed, deleting `deleted` claims; `exhausted` when the batch found nothing
+    /// expired left beyond what it deleted.
+    Deleted { deleted: u64, exhausted: bool },
     /// Cancelled by its statement or lock timeout (nothing deleted, nothing half-done).
     TimedOut,
     /// The store could not be reached (the connection dropped or could not be made).
@@ -50,8 +51,7 @@ pub enum Outcome {
 /// Why the loop ended without a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// A batch came back short: nothing expired is left (except rows a concurrent
-    /// admission held locked, which the next run takes).
+    /// A batch found nothing expired left beyond what it deleted, or deleted nothing.
     Done,
     /// The maximum runtime was reached; the next run carries on.
     MaxRuntime,
@@ -134,10 +134,12 @@ impl Policy {
     /// in `[0, 1)` (the caller's randomness, so this stays deterministic under test).
     pub fn after_batch(&mut self, outcome: Outcome, elapsed: Duration, jitter: f64) -> Decision {
         let decision = match outcome {
-            Outcome::Deleted(n) => {
+            Outcome::Deleted { deleted, exhausted } => {
                 self.timeouts_in_a_row = 0;
                 self.unavailable_in_a_row = 0;
-                if n < u64::from(self.batch_size) {
+                // Nothing deleted is also the end: no progress is possible this run (say
+                // every remaining row was held locked), and the next run carries on.
+                if exhausted || deleted == 0 {
                     return Decision::Stop(StopReason::Done);
                 }
                 Decision::Continue {
@@ -224,19 +226,47 @@ mod tests {
         ))
     }
 
+    fn more(deleted: u64) -> Outcome {
+        Outcome::Deleted {
+            deleted,
+            exhausted: false,
+        }
+    }
+
+    fn last(deleted: u64) -> Outcome {
+        Outcome::Deleted {
+            deleted,
+            exhausted: true,
+        }
+    }
+
     #[test]
-    fn a_full_batch_continues_after_the_pause_and_a_short_one_stops() {
+    fn a_batch_with_more_behind_it_continues_after_the_pause_and_the_last_one_stops() {
         let mut p = policy(100, 50, 60);
         assert_eq!(
-            p.after_batch(Outcome::Deleted(100), Duration::ZERO, 0.5),
+            p.after_batch(more(100), Duration::ZERO, 0.5),
+            Decision::Continue { pause: MS * 50 }
+        );
+        // Short but not exhausted (ties at a range bound): go on.
+        assert_eq!(
+            p.after_batch(more(97), Duration::ZERO, 0.5),
             Decision::Continue { pause: MS * 50 }
         );
         assert_eq!(
-            p.after_batch(Outcome::Deleted(99), Duration::ZERO, 0.5),
+            p.after_batch(last(100), Duration::ZERO, 0.5),
             Decision::Stop(StopReason::Done)
         );
         assert_eq!(
-            p.after_batch(Outcome::Deleted(0), Duration::ZERO, 0.5),
+            p.after_batch(last(3), Duration::ZERO, 0.5),
+            Decision::Stop(StopReason::Done)
+        );
+    }
+
+    #[test]
+    fn a_batch_that_deleted_nothing_stops_even_if_rows_remain() {
+        let mut p = policy(100, 0, 60);
+        assert_eq!(
+            p.after_batch(more(0), Duration::ZERO, 0.5),
             Decision::Stop(StopReason::Done)
         );
     }
@@ -257,11 +287,11 @@ mod tests {
     fn a_pause_that_would_cross_the_runtime_limit_stops_now() {
         let mut p = policy(100, 2_000, 10);
         assert_eq!(
-            p.after_batch(Outcome::Deleted(100), Duration::from_secs(9), 0.5),
+            p.after_batch(more(100), Duration::from_secs(9), 0.5),
             Decision::Stop(StopReason::MaxRuntime)
         );
         assert!(matches!(
-            p.after_batch(Outcome::Deleted(100), Duration::from_secs(7), 0.5),
+            p.after_batch(more(100), Duration::from_secs(7), 0.5),
             Decision::Continue { .. }
         ));
     }
@@ -288,16 +318,11 @@ mod tests {
             }
         );
         assert_eq!(p.batch_size(), 1_000);
-        // A short batch at the new size is judged against the new size.
         assert_eq!(
-            p.after_batch(Outcome::Deleted(1_000), t, 0.0),
+            p.after_batch(more(1_000), t, 0.0),
             Decision::Continue {
                 pause: Duration::ZERO
             }
-        );
-        assert_eq!(
-            p.after_batch(Outcome::Deleted(999), t, 0.0),
-            Decision::Stop(StopReason::Done)
         );
     }
 
@@ -307,7 +332,7 @@ mod tests {
         let t = Duration::ZERO;
         p.after_batch(Outcome::TimedOut, t, 0.0);
         p.after_batch(Outcome::TimedOut, t, 0.0);
-        p.after_batch(Outcome::Deleted(100), t, 0.0);
+        p.after_batch(more(100), t, 0.0);
         p.after_batch(Outcome::TimedOut, t, 0.0);
         p.after_batch(Outcome::TimedOut, t, 0.0);
         assert_eq!(p.batch_size(), 100, "timeouts were not in a row");

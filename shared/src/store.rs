@@ -349,3 +349,67 @@ fn read_claim(row: &Row) -> Result<(bool, Claim), StoreError> {
         },
     ))
 }
+
+/// What [`ClaimStore::delete_expired_range`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeBatch {
+    pub deleted: u64,
+    /// The newest `claimed_at` among the deleted rows (the next batch can start there).
+    pub newest: Option<DateTime<Utc>>,
+    /// Claims are left in the range past this batch's bound: the prune is not done.
+    pub more: bool,
+}
+
+impl ClaimStore {
+    /// Deletes up to `limit` claims with `from <= claimed_at < cutoff`, oldest first, as one
+    /// `claimed_at` range ([`sql::DELETE_EXPIRED_RANGE`]) in one short transaction bounded
+    /// by `statement_timeout` and `lock_timeout`. When more than `limit` claims share the
+    /// oldest `claimed_at` (a range cannot split them), the same transaction deletes `limit`
+    /// of them key by key ([`sql::DELETE_EXPIRED_BATCH`]) instead.
+    pub async fn delete_expired_range(
+        &self,
+        from: DateTime<Utc>,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+        batch_timeout: Duration,
+    ) -> Result<RangeBatch, StoreError> {
+        let ms = u64::try_from(batch_timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let limit = limit.max(1);
+        let bound = batch_timeout + self.timeout;
+        let work = async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.batch_execute(&sql::set_local_timeouts(ms, ms)).await?;
+            let prepared = tx.prepare_cached(sql::DELETE_EXPIRED_RANGE).await?;
+            let row = tx
+                .query(&prepared, &[&from, &cutoff, &limit])
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::UnexpectedRow("range delete returned nothing".into()))?;
+            let mut batch = RangeBatch {
+                deleted: u64::try_from(row.try_get::<_, i64>("deleted")?).unwrap_or(0),
+                newest: row.try_get("newest")?,
+                more: row.try_get("more")?,
+            };
+            if batch.deleted == 0 && batch.more {
+                let prepared = tx.prepare_cached(sql::DELETE_EXPIRED_BATCH).await?;
+                let row = tx
+                    .query(&prepared, &[&from, &cutoff, &limit])
+                    .await?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| StoreError::UnexpectedRow("batch delete returned nothing".into()))?;
+                batch.deleted = u64::try_from(row.try_get::<_, i64>("deleted")?).unwrap_or(0);
+                batch.newest = row.try_get("newest")?;
+            }
+            tx.commit().await?;
+            Ok(batch)
+        };
+        tokio::time::timeout(bound, work)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(bound)))
+    }
+}

@@ -930,3 +930,71 @@ async fn nothing_to_do_exits_0_and_text_logs_are_plain_lines() -> Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// The range-delete primitive the pruner's batches use (ClaimStore::delete_expired_range)
+// ---------------------------------------------------------------------------------------
+
+fn t(secs: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(1_767_225_600 + secs, 0).unwrap_or_default()
+    // 2026-01-01
+}
+
+#[tokio::test]
+async fn a_range_batch_never_exceeds_its_limit_and_never_splits_a_timestamp() -> Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.migrated_store().await?;
+    let client = db.client().await?;
+    // Three rows at each of t(1), t(2), t(3); the cutoff is t(4); two rows at/after it.
+    for (ts, n) in [(1, 3), (2, 3), (3, 3)] {
+        for i in 0..n {
+            seed_at(&client, &format!("t{ts}-{i}"), t(ts)).await?;
+        }
+    }
+    seed_at(&client, "at-cutoff", t(4)).await?;
+    seed_at(&client, "young", t(5)).await?;
+    let cutoff = t(4);
+    let timeout = Duration::from_secs(5);
+
+    // Limit 4: the 5th oldest is at t(2), so only the t(1) rows go (3 ≤ 4), more remain.
+    let b = store.delete_expired_range(t(-100), cutoff, 4, timeout).await?;
+    assert_eq!((b.deleted, b.newest, b.more), (3, Some(t(1)), true));
+    let b = store.delete_expired_range(t(1), cutoff, 4, timeout).await?;
+    assert_eq!((b.deleted, b.newest, b.more), (3, Some(t(2)), true));
+    // Three left, fewer than the limit: all go, and nothing is left behind them.
+    let b = store.delete_expired_range(t(2), cutoff, 4, timeout).await?;
+    assert_eq!((b.deleted, b.newest, b.more), (3, Some(t(3)), false));
+    let b = store.delete_expired_range(t(3), cutoff, 4, timeout).await?;
+    assert_eq!((b.deleted, b.newest, b.more), (0, None, false));
+    assert_eq!(delivery_ids(&client).await?, vec!["at-cutoff", "young"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn more_rows_sharing_one_timestamp_than_the_limit_still_go_limit_at_a_time() -> Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.migrated_store().await?;
+    let client = db.client().await?;
+    // Seven claims made in one transaction share claimed_at: a range cannot split them.
+    for i in 0..7 {
+        seed_at(&client, &format!("same-{i}"), t(1)).await?;
+    }
+    seed_at(&client, "young", t(10)).await?;
+    let timeout = Duration::from_secs(5);
+    let mut from = t(-100);
+    let mut sizes = Vec::new();
+    loop {
+        let b = store.delete_expired_range(from, t(5), 3, timeout).await?;
+        sizes.push(b.deleted);
+        assert!(b.deleted <= 3, "{b:?}");
+        if let Some(newest) = b.newest {
+            from = newest;
+        }
+        if !b.more || b.deleted == 0 {
+            break;
+        }
+    }
+    assert_eq!(sizes, vec![3, 3, 1]);
+    assert_eq!(delivery_ids(&client).await?, vec!["young"]);
+    Ok(())
+}
