@@ -150,6 +150,11 @@ start_webhook() { # RUST_LOG value
     --tls-cert "$WORK/certs/tls.crt" --tls-key "$WORK/certs/tls.key" "${pool[@]}" \
     </dev/null >"$log" 2>&1 &
   WEBHOOK_PID=$!
+  # If this shell is killed without running its EXIT trap (with-postgres answers SIGTERM with
+  # SIGKILL), the webhook must not outlive it.
+  local webhook="$WEBHOOK_PID"
+  ( while kill -0 $$ 2>/dev/null && kill -0 "$webhook" 2>/dev/null; do sleep 1; done
+    kill -TERM "$webhook" 2>/dev/null || true ) >/dev/null 2>&1 &
   for _ in $(seq 1 300); do
     line="$(grep -m1 '"dedupe-admission serving"' "$log" || true)"
     [[ -n "$line" ]] && break
