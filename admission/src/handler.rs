@@ -113,12 +113,10 @@ async fn validate_inner(app: &App, headers: &HeaderMap, body: Body, started: Ins
         let key = plan.key().cloned();
         let outcome = admit(app, plan).await;
         let latency = started.elapsed();
-        let operation = req.operation.as_str().to_owned();
+        let operation = req.operation.as_str();
         app.metrics
             .latency
-            .get_or_create(&OperationLabels {
-                operation: operation.clone(),
-            })
+            .get_or_create(&OperationLabels { operation })
             .observe(latency.as_secs_f64());
         let latency_ms = latency.as_secs_f64() * 1000.0;
         let delivery = key.as_ref().map(|k| k.delivery_id.as_str()).unwrap_or_default();
@@ -128,10 +126,7 @@ async fn validate_inner(app: &App, headers: &HeaderMap, body: Body, started: Ins
                 let decision = verdict.decision.as_str();
                 app.metrics
                     .requests
-                    .get_or_create(&RequestLabels {
-                        operation,
-                        decision: decision.to_owned(),
-                    })
+                    .get_or_create(&RequestLabels { operation, decision })
                     .inc();
                 log_decision(&verdict, delivery, &claim_key, latency_ms);
                 Json(review::respond(&req.uid, &verdict)).into_response()

@@ -38,7 +38,7 @@ const MIGRATION_ATTEMPTS: u32 = 5;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    dedupe_shared::telemetry::init(args.common.log_format);
+    let _log_writer = dedupe_shared::telemetry::init_non_blocking(args.common.log_format);
     // Exactly one rustls crypto provider, chosen here: with two compiled in, rustls panics
     // at first use unless one is installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -114,18 +114,14 @@ async fn run(args: Args, store_config: StoreConfig) -> anyhow::Result<()> {
             ReloadEvent::Reloaded { not_after } => {
                 metrics
                     .tls_reloads
-                    .get_or_create(&ResultLabels {
-                        result: "success".into(),
-                    })
+                    .get_or_create(&ResultLabels { result: "success" })
                     .inc();
                 metrics.certificate_expiry.set(not_after);
             }
             ReloadEvent::Failed { .. } => {
                 metrics
                     .tls_reloads
-                    .get_or_create(&ResultLabels {
-                        result: "failure".into(),
-                    })
+                    .get_or_create(&ResultLabels { result: "failure" })
                     .inc();
             }
         }),
