@@ -13,6 +13,8 @@ use dedupe_tests::TempPostgres;
 use tokio::process::Command;
 
 const LOCAL_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// How long the command gets to exit after a forwarded SIGTERM before it is killed.
+const FORWARDED_SIGTERM_GRACE: Duration = Duration::from_secs(20);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -60,9 +62,19 @@ async fn run() -> Result<ExitCode> {
         status = child.wait() => status?,
         // Ctrl-C reaches the whole process group, so the command sees it too; wait for it.
         _ = tokio::signal::ctrl_c() => child.wait().await?,
+        // SIGTERM for the wrapper alone (a CI timeout, a supervisor): pass it on so the
+        // command can clean up, and only kill it if it has not ended after a grace period.
         _ = sigterm.recv() => {
-            let _ = child.start_kill();
-            child.wait().await?
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            }
+            match tokio::time::timeout(FORWARDED_SIGTERM_GRACE, child.wait()).await {
+                Ok(status) => status?,
+                Err(_) => {
+                    let _ = child.start_kill();
+                    child.wait().await?
+                }
+            }
         }
     };
     Ok(match status.code() {
