@@ -110,3 +110,72 @@ async fn a_store_slower_than_the_timeout_gives_503_not_a_deny() -> Result<()> {
     assert_eq!(a.code(), 409, "decisions resume once the lock is gone");
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish_before_exiting_0() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let mut webhook = Webhook::start(
+        db.url(),
+        &certs,
+        &["--kube-lookup", "off", "--store-timeout-ms", "5000"],
+        &[],
+    )
+    .await?;
+    let d = uuid::Uuid::new_v4().to_string();
+    assert_eq!(
+        Answer::from_reply(&webhook.review(Review::create(&d, "run-first")?.json()).await?)?.decision(),
+        "claimed"
+    );
+    // Hold the claim row so the next request is still in flight when SIGTERM arrives.
+    let mut blocker = db.client().await?;
+    let tx = blocker.transaction().await?;
+    tx.execute(
+        "SELECT 1 FROM orchestration_dedupe_claims WHERE delivery_id = $1 FOR UPDATE",
+        &[&d],
+    )
+    .await?;
+    let mut conn = webhook.client()?.connect().await?;
+    let review = Review::create(&d, "run-second")?;
+    let in_flight = tokio::spawn(async move { conn.review(review.json()).await });
+    // Wait until the webhook's claim statement is queued behind the lock, so the request is
+    // provably in flight (not merely sent) when SIGTERM arrives.
+    let blocker_pid: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    let observer = db.client().await?;
+    let mut waiting = false;
+    for _ in 0..200 {
+        let row = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&blocker_pid],
+            )
+            .await?;
+        if row.get::<_, i64>(0) > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waiting, "the request never reached the database");
+    let pid = webhook
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("webhook not running"))?;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "the request should still be waiting on the row lock"
+    );
+    tx.rollback().await?;
+    let answer = Answer::from_reply(&in_flight.await??)?;
+    assert_eq!(
+        (answer.allowed(), answer.code()),
+        (false, 409),
+        "the in-flight request got its real answer"
+    );
+    let status = webhook.wait(Duration::from_secs(20)).await?;
+    assert_eq!(status.code(), Some(0));
+    Ok(())
+}
