@@ -6,6 +6,62 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use dedupe_tests::{Answer, Review, TempPostgres, TestCerts, TestDb, Webhook};
 
+/// A webhook on a fresh schema with `--store-timeout-ms`, and one delivery claimed by
+/// `run-first`.
+async fn with_one_claim(store_timeout_ms: &str) -> Result<(TestDb, TestCerts, Webhook, String)> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(
+        db.url(),
+        &certs,
+        &["--kube-lookup", "off", "--store-timeout-ms", store_timeout_ms],
+        &[],
+    )
+    .await?;
+    let d = uuid::Uuid::new_v4().to_string();
+    let first = Answer::from_reply(&webhook.review(Review::create(&d, "run-first")?.json()).await?)?;
+    anyhow::ensure!(first.decision() == "claimed", "{:?}", first.0);
+    Ok((db, certs, webhook, d))
+}
+
+/// Holds a claim row locked from a session of its own (an open transaction), so the
+/// webhook's next claim statement for that delivery waits.
+struct RowLock {
+    client: tokio_postgres::Client,
+    pid: i32,
+}
+
+impl RowLock {
+    async fn hold(db: &TestDb, delivery: &str) -> Result<Self> {
+        let client = db.client().await?;
+        client.batch_execute("BEGIN").await?;
+        client
+            .execute(
+                "SELECT 1 FROM orchestration_dedupe_claims WHERE delivery_id = $1 FOR UPDATE",
+                &[&delivery],
+            )
+            .await?;
+        let pid = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+        Ok(Self { client, pid })
+    }
+
+    /// True once some session waits for this lock.
+    async fn has_waiter(&self, observer: &tokio_postgres::Client) -> Result<bool> {
+        let row = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&self.pid],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) > 0)
+    }
+
+    async fn release(self) -> Result<()> {
+        self.client.batch_execute("ROLLBACK").await?;
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn a_stopped_store_gives_503_and_unready_then_decisions_resume() -> Result<()> {
     let mut pg = tokio::task::spawn_blocking(TempPostgres::start).await??;
@@ -74,28 +130,8 @@ async fn a_stopped_store_gives_503_and_unready_then_decisions_resume() -> Result
 
 #[tokio::test]
 async fn a_store_slower_than_the_timeout_gives_503_not_a_deny() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = Webhook::start(
-        db.url(),
-        &certs,
-        &["--kube-lookup", "off", "--store-timeout-ms", "300"],
-        &[],
-    )
-    .await?;
-    let d = uuid::Uuid::new_v4().to_string();
-    assert_eq!(
-        Answer::from_reply(&webhook.review(Review::create(&d, "run-first")?.json()).await?)?.decision(),
-        "claimed"
-    );
-    // Hold the claim row locked, so the next claim statement waits past the timeout.
-    let mut blocker = db.client().await?;
-    let tx = blocker.transaction().await?;
-    tx.execute(
-        "SELECT 1 FROM orchestration_dedupe_claims WHERE delivery_id = $1 FOR UPDATE",
-        &[&d],
-    )
-    .await?;
+    let (db, _certs, webhook, d) = with_one_claim("300").await?;
+    let lock = RowLock::hold(&db, &d).await?;
     let started = Instant::now();
     let reply = webhook.review(Review::create(&d, "run-second")?.json()).await?;
     assert_eq!(
@@ -105,7 +141,7 @@ async fn a_store_slower_than_the_timeout_gives_503_not_a_deny() -> Result<()> {
         String::from_utf8_lossy(&reply.body)
     );
     assert!(started.elapsed() < Duration::from_secs(3));
-    tx.rollback().await?;
+    lock.release().await?;
     let a = Answer::from_reply(&webhook.review(Review::create(&d, "run-third")?.json()).await?)?;
     assert_eq!(a.code(), 409, "decisions resume once the lock is gone");
     Ok(())
@@ -113,44 +149,18 @@ async fn a_store_slower_than_the_timeout_gives_503_not_a_deny() -> Result<()> {
 
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish_before_exiting_0() -> Result<()> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let mut webhook = Webhook::start(
-        db.url(),
-        &certs,
-        &["--kube-lookup", "off", "--store-timeout-ms", "5000"],
-        &[],
-    )
-    .await?;
-    let d = uuid::Uuid::new_v4().to_string();
-    assert_eq!(
-        Answer::from_reply(&webhook.review(Review::create(&d, "run-first")?.json()).await?)?.decision(),
-        "claimed"
-    );
-    // Hold the claim row so the next request is still in flight when SIGTERM arrives.
-    let mut blocker = db.client().await?;
-    let tx = blocker.transaction().await?;
-    tx.execute(
-        "SELECT 1 FROM orchestration_dedupe_claims WHERE delivery_id = $1 FOR UPDATE",
-        &[&d],
-    )
-    .await?;
+    let (db, _certs, mut webhook, d) = with_one_claim("5000").await?;
+    // The next request waits on this lock, so it is still in flight when SIGTERM arrives.
+    let lock = RowLock::hold(&db, &d).await?;
     let mut conn = webhook.client()?.connect().await?;
     let review = Review::create(&d, "run-second")?;
     let in_flight = tokio::spawn(async move { conn.review(review.json()).await });
     // Wait until the webhook's claim statement is queued behind the lock, so the request is
     // provably in flight (not merely sent) when SIGTERM arrives.
-    let blocker_pid: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
     let observer = db.client().await?;
     let mut waiting = false;
     for _ in 0..200 {
-        let row = observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                &[&blocker_pid],
-            )
-            .await?;
-        if row.get::<_, i64>(0) > 0 {
+        if lock.has_waiter(&observer).await? {
             waiting = true;
             break;
         }
@@ -168,7 +178,7 @@ async fn sigterm_lets_an_in_flight_request_finish_before_exiting_0() -> Result<(
         !in_flight.is_finished(),
         "the request should still be waiting on the row lock"
     );
-    tx.rollback().await?;
+    lock.release().await?;
     let answer = Answer::from_reply(&in_flight.await??)?;
     assert_eq!(
         (answer.allowed(), answer.code()),
