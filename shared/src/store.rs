@@ -99,6 +99,21 @@ impl ClaimStore {
         .await
     }
 
+    /// Runs a keyed statement: `$1..$4` are the claim key (delivery id, scope, namespace,
+    /// orchestration), `rest` follows from `$5`.
+    async fn query_keyed(
+        &self,
+        statement: &str,
+        key: &ClaimKey,
+        rest: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let scope = key.scope.as_str();
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(4 + rest.len());
+        params.extend_from_slice(&[&key.delivery_id, &scope, &key.namespace, &key.orchestration]);
+        params.extend_from_slice(rest);
+        self.query(statement, &params).await
+    }
+
     /// Applies pending migrations under the migration advisory lock. The migration
     /// transaction may wait for another replica's, so it is not bound by the store timeout.
     pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
@@ -119,21 +134,9 @@ impl ClaimStore {
     /// Claims `key` for `run`: inserts a pending claim, or records a retried create of the
     /// same pending run, or reports the holder. One round trip on the common paths.
     pub async fn claim(&self, key: &ClaimKey, run: &RunRef) -> Result<ClaimOutcome, StoreError> {
-        let scope = key.scope.as_str();
         for _ in 0..CLAIM_ATTEMPTS {
             let rows = self
-                .query(
-                    sql::CLAIM,
-                    &[
-                        &key.delivery_id,
-                        &scope,
-                        &key.namespace,
-                        &key.orchestration,
-                        &run.namespace,
-                        &run.name,
-                        &run.uid,
-                    ],
-                )
+                .query_keyed(sql::CLAIM, key, &[&run.namespace, &run.name, &run.uid])
                 .await?;
             let found = match rows.first() {
                 Some(row) => Some(read_claim(row)?),
@@ -155,13 +158,7 @@ impl ClaimStore {
 
     /// Reads the claim for `key` without writing (dry-run).
     pub async fn lookup(&self, key: &ClaimKey) -> Result<Option<Claim>, StoreError> {
-        let scope = key.scope.as_str();
-        let rows = self
-            .query(
-                sql::LOOKUP,
-                &[&key.delivery_id, &scope, &key.namespace, &key.orchestration],
-            )
-            .await?;
+        let rows = self.query_keyed(sql::LOOKUP, key, &[]).await?;
         rows.first()
             .map(|row| read_claim(row).map(|(_, claim)| claim))
             .transpose()
@@ -177,16 +174,12 @@ impl ClaimStore {
         grace: Duration,
         new_run: &RunRef,
     ) -> Result<Option<Claim>, StoreError> {
-        let scope = key.scope.as_str();
         let grace_secs = grace.as_secs_f64();
         let rows = self
-            .query(
+            .query_keyed(
                 sql::TAKE_OVER,
+                key,
                 &[
-                    &key.delivery_id,
-                    &scope,
-                    &key.namespace,
-                    &key.orchestration,
                     &expected.holder.namespace,
                     &expected.holder.name,
                     &expected.holder.uid,
@@ -206,19 +199,8 @@ impl ClaimStore {
     /// Marks the claim confirmed if `run` (by namespace/name) holds it pending. True when the
     /// state changed.
     pub async fn confirm(&self, key: &ClaimKey, run: &RunRef) -> Result<bool, StoreError> {
-        let scope = key.scope.as_str();
         let rows = self
-            .query(
-                sql::CONFIRM,
-                &[
-                    &key.delivery_id,
-                    &scope,
-                    &key.namespace,
-                    &key.orchestration,
-                    &run.namespace,
-                    &run.name,
-                ],
-            )
+            .query_keyed(sql::CONFIRM, key, &[&run.namespace, &run.name])
             .await?;
         Ok(!rows.is_empty())
     }
@@ -226,19 +208,11 @@ impl ClaimStore {
     /// Marks a pending claim confirmed if `holder` (namespace/name/uid, as read) still holds
     /// it; used when the take-over lookup found the holder alive.
     pub async fn confirm_holder(&self, key: &ClaimKey, holder: &RunRef) -> Result<bool, StoreError> {
-        let scope = key.scope.as_str();
         let rows = self
-            .query(
+            .query_keyed(
                 sql::CONFIRM_HOLDER,
-                &[
-                    &key.delivery_id,
-                    &scope,
-                    &key.namespace,
-                    &key.orchestration,
-                    &holder.namespace,
-                    &holder.name,
-                    &holder.uid,
-                ],
+                key,
+                &[&holder.namespace, &holder.name, &holder.uid],
             )
             .await?;
         Ok(!rows.is_empty())
