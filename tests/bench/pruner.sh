@@ -7,9 +7,10 @@
 # on identical data each time:
 #   1. a baseline: a fixed-rate stream of claims (pgbench running the webhook's own CLAIM
 #      statement) with nothing else going on -> its p99;
-#   2. for each pruner configuration: the release dedupe-pruner with that stream running
+#   2. for each pruner configuration: the stream alone for PAIRED_SECONDS (a paired
+#      baseline), then the release dedupe-pruner with the stream still running
 #      -> throughput, the longest batch transaction (from its per-batch events), the
-#      stream's p99 during the prune;
+#      stream's p99 during the prune against the p99 just before it;
 #   3. one single `DELETE ... WHERE claimed_at < cutoff` with the same stream running.
 # and prints a table: throughput ratio pruner / single DELETE (target >= 0.7), longest batch
 # (target <= 250 ms), claims p99 during / without the prune (target <= 1.2).
@@ -19,7 +20,9 @@
 #   CONFIGS="default"             pruner configurations, "default" or BATCH:PAUSE_MS pairs,
 #                                 e.g. CONFIGS="default 1000:0 5000:0 10000:10"
 #   RATE=200 CLIENTS=4            the claim stream: claims per second, connections
-#   BASELINE_SECONDS=30           length of the baseline stream
+#   BASELINE_SECONDS=30           length of the separate baseline stream at the start
+#   PAIRED_SECONDS=10             stream alone right before each prune (the paired baseline:
+#                                 other load on a shared machine drifts over minutes)
 #   OUT=target/bench/pruner       where logs and the result table go
 #   PRUNER=path                   a pruner binary to use instead of building the release one
 #
@@ -57,6 +60,7 @@ CLIENTS=${CLIENTS:-4}
 BASELINE_SECONDS=${BASELINE_SECONDS:-30}
 OUT=${OUT:-$root/target/bench/pruner}
 WARMUP=3     # seconds of stream before the measured window (connections, prepares)
+PAIRED_SECONDS=${PAIRED_SECONDS:-10}  # stream alone right before each prune: its paired baseline
 SETTLE=3     # seconds of stream after it: pgbench is stopped with SIGTERM (a background job
              # ignores SIGINT) and loses its unflushed log tail, which must lie outside the window
 STREAM_CAP=1800  # pgbench -T: the stream stops by itself even if this script dies
@@ -155,8 +159,10 @@ psql -c "DROP SCHEMA IF EXISTS $schema CASCADE" -c "CREATE SCHEMA $schema"
 # The pruner's own migrations make the table (and its claimed_at index).
 "$pruner" --database-url "$pruner_url" --log-format json --dry-run >"$OUT/migrate.jsonl"
 
-echo "== seeding $ROWS claims, $EXPIRED expired" >&2
+echo "== seeding $ROWS claims, $EXPIRED expired (again before every run)" >&2
+seeded=$(now)
 seed
+printf '   %.0f s per seeding\n' "$(calc "$(now) - $seeded")" >&2
 
 echo "== baseline: claims at $RATE/s for ${BASELINE_SECONDS}s, nothing else running" >&2
 t0=$(now)
@@ -178,14 +184,21 @@ for config in $CONFIGS; do
     fi
     echo "== pruner $label (batch $size, pause $pause ms) with the claim stream" >&2
     seed
+    vacuums_before=$(psql -At -c "SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'orchestration_dedupe_claims'")
     stream_start "$label" "$STREAM_CAP"
     sleep "$WARMUP"
+    pre0=$(now)
+    sleep "$PAIRED_SECONDS"
     t0=$(now)
     "$pruner" --database-url "$pruner_url" --log-format json "${flags[@]}" >"$OUT/$label.jsonl"
     t1=$(now)
     sleep "$SETTLE"
     stream_stop
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    vacuums=$(psql -At -c "SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'orchestration_dedupe_claims'")
+    autovacuum=$([[ $vacuums != "$vacuums_before" ]] && echo yes || echo no)
     deleted=$(jq -r 'select(.message == "prune finished") | .deleted' "$OUT/$label.jsonl")
+    loop_rps=$(jq -r 'select(.message == "prune finished") | .rows_per_second' "$OUT/$label.jsonl")
     batches=$(jq -r 'select(.message == "prune finished") | .batches' "$OUT/$label.jsonl")
     jq -r 'select(.message == "batch committed") | .batch_ms' "$OUT/$label.jsonl" | sort -n >"$OUT/$label.batch_ms.txt"
     longest=$(tail -1 "$OUT/$label.batch_ms.txt")
@@ -195,44 +208,49 @@ for config in $CONFIGS; do
     secs=$(calc "$t1 - $t0")
     rps=$(calc "$deleted / $secs")
     read -r n p50 p99 max <<<"$(latency "$label" "$t0" "$t1")"
-    printf '   deleted %s in %s batches, %.2f s wall, %.0f rows/s; longest batch %s ms (p99 %s); claims p99 %s ms (%s claims)\n' \
-        "$deleted" "$batches" "$secs" "$rps" "$longest" "$batch_p99" "$p99" "$n" >&2
-    results+=("$label|$size|$pause|$deleted|$batches|$secs|$rps|$longest|$batch_p99|$n|$p99|$max")
+    read -r _ _ pre_p99 _ <<<"$(latency "$label" "$pre0" "$t0")"
+    printf '   deleted %s in %s batches, %.2f s wall, %.0f rows/s (loop alone %s); longest batch %s ms (p99 %s); claims p99 %s ms (%s claims; %s ms just before); load %s; autovacuum during it: %s\n' \
+        "$deleted" "$batches" "$secs" "$rps" "$loop_rps" "$longest" "$batch_p99" "$p99" "$n" "$pre_p99" "$load" "$autovacuum" >&2
+    results+=("$label|$size|$pause|$deleted|$batches|$secs|$rps|$loop_rps|$longest|$batch_p99|$n|$p99|$pre_p99|$max|$load|$autovacuum")
 done
 
 echo "== one single DELETE ... WHERE claimed_at < cutoff with the claim stream" >&2
 seed
 stream_start single "$STREAM_CAP"
 sleep "$WARMUP"
+pre0=$(now)
+sleep "$PAIRED_SECONDS"
 t0=$(now)
 single_out=$(psql -c "DELETE FROM orchestration_dedupe_claims WHERE claimed_at < now() - make_interval(days => 7)" -v QUIET=0)
 t1=$(now)
 sleep "$SETTLE"
 stream_stop
+single_load=$(cut -d' ' -f1 /proc/loadavg)
 single_deleted=$(grep -oP 'DELETE \K[0-9]+' <<<"$single_out")
 single_secs=$(calc "$t1 - $t0")
 single_rps=$(calc "$single_deleted / $single_secs")
 read -r s_n s_p50 s_p99 s_max <<<"$(latency single "$t0" "$t1")"
+read -r _ _ s_pre_p99 _ <<<"$(latency single "$pre0" "$t0")"
 printf '   deleted %s in %.2f s, %.0f rows/s; claims p99 %s ms (%s claims), max %s ms\n' \
     "$single_deleted" "$single_secs" "$single_rps" "$s_p99" "$s_n" "$s_max" >&2
 
 {
     echo "Pruner benchmark, $(date -u +%Y-%m-%dT%H:%MZ): $ROWS claims, $EXPIRED expired; claim stream $RATE/s over $CLIENTS connections;"
-    echo "PostgreSQL $(psql -At -c 'SHOW server_version') (private, fsync off), $(nproc) cores."
+    echo "PostgreSQL $(psql -At -c 'SHOW server_version') (private, fsync off), $(nproc) cores; load = 1-minute load average after the run."
     echo "Baseline claims (no prune): $base_n claims, p50 $base_p50 ms, p99 $base_p99 ms, max $base_max ms."
     echo "Single DELETE: $single_deleted rows in $(printf '%.2f' "$single_secs") s = $(printf '%.0f' "$single_rps") rows/s; claims p99 during it $s_p99 ms (max $s_max ms)."
     echo
-    echo "| run | batch | pause ms | deleted | batches | wall s | rows/s | vs single DELETE (>= 0.7) | longest batch ms (<= 250) | p99 batch ms | claims p99 ms | vs baseline p99 (<= 1.2) | claims max ms |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| run | batch | pause ms | deleted | batches | wall s | rows/s (wall) | vs single DELETE (>= 0.7) | rows/s (loop alone) | longest batch ms (<= 250) | p99 batch ms | claims during: n, p99 ms | claims p99 just before, ms | during / just before (<= 1.2) | during / baseline | claims max ms | load | autovacuum |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     for r in "${results[@]}"; do
-        IFS='|' read -r label size pause deleted batches secs rps longest batch_p99 n p99 max <<<"$r"
-        printf '| %s | %s | %s | %s | %s | %.2f | %.0f | %.2f | %s | %s | %s | %.2f | %s |\n' \
+        IFS='|' read -r label size pause deleted batches secs rps loop_rps longest batch_p99 n p99 pre_p99 max load autovacuum <<<"$r"
+        printf '| %s | %s | %s | %s | %s | %.2f | %.0f | %.2f | %.0f | %s | %s | %s, %s | %s | %.2f | %.2f | %s | %s | %s |\n' \
             "$label" "$size" "$pause" "$deleted" "$batches" "$secs" "$rps" \
-            "$(calc "$rps / $single_rps")" "$longest" "$batch_p99" "$p99" \
-            "$(calc "$p99 / $base_p99")" "$max"
+            "$(calc "$rps / $single_rps")" "$loop_rps" "$longest" "$batch_p99" "$n" "$p99" "$pre_p99" \
+            "$(calc "$p99 / $pre_p99")" "$(calc "$p99 / $base_p99")" "$max" "$load" "$autovacuum"
     done
-    printf '| single DELETE | - | - | %s | 1 | %.2f | %.0f | 1.00 | %.0f | - | %s | %.2f | %s |\n' \
-        "$single_deleted" "$single_secs" "$single_rps" "$(calc "$single_secs * 1000")" "$s_p99" \
-        "$(calc "$s_p99 / $base_p99")" "$s_max"
+    printf '| single DELETE | - | - | %s | 1 | %.2f | %.0f | 1.00 | - | %.0f | - | %s, %s | %s | %.2f | %.2f | %s | %s | - |\n' \
+        "$single_deleted" "$single_secs" "$single_rps" "$(calc "$single_secs * 1000")" "$s_n" "$s_p99" "$s_pre_p99" \
+        "$(calc "$s_p99 / $s_pre_p99")" "$(calc "$s_p99 / $base_p99")" "$s_max" "$single_load"
 } | tee "$OUT/results.md"
 echo "(logs in $OUT)" >&2
