@@ -75,21 +75,24 @@ pub fn classify(error: &StoreError) -> ErrorClass {
     match error {
         StoreError::Timeout(_) => ErrorClass::TimedOut,
         StoreError::Pool(_) => ErrorClass::Unavailable,
-        StoreError::Query(message) => match sqlstate(message) {
-            Some(code) if TIMEOUT_CODES.contains(&code) => ErrorClass::TimedOut,
-            Some(code) if UNAVAILABLE_CODES.contains(&code) || code.starts_with("08") => {
-                ErrorClass::Unavailable
-            }
-            Some(_) => ErrorClass::Other,
-            None if CONNECTION_WORDING.iter().any(|w| message.starts_with(w)) => ErrorClass::Unavailable,
-            None => ErrorClass::Other,
+        StoreError::Database { code, .. } => match code.as_str() {
+            code if TIMEOUT_CODES.contains(&code) => ErrorClass::TimedOut,
+            code if UNAVAILABLE_CODES.contains(&code) || code.starts_with("08") => ErrorClass::Unavailable,
+            _ => ErrorClass::Other,
         },
+        // Errors without a SQLSTATE: the client lost the connection, or could not make one.
+        StoreError::Query(message) if CONNECTION_WORDING.iter().any(|w| message.starts_with(w)) => {
+            ErrorClass::Unavailable
+        }
+        StoreError::Query(_) => ErrorClass::Other,
         StoreError::UnexpectedRow(_) | StoreError::Migration { .. } => ErrorClass::Other,
     }
 }
 
-/// The five-character SQLSTATE at the end of `"... (XXXXX)"`, if there is one.
-fn sqlstate(message: &str) -> Option<&str> {
+/// The five-character SQLSTATE at the end of `"... (XXXXX)"`, if there is one (tests build
+/// server errors from their printed form with it).
+#[cfg(test)]
+pub(crate) fn sqlstate(message: &str) -> Option<&str> {
     let inner = message.strip_suffix(')')?;
     let code = inner.get(inner.len().checked_sub(5)?..)?;
     let open = inner.get(..inner.len() - 5)?;
@@ -101,8 +104,15 @@ fn sqlstate(message: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
+    /// A store error as printed: with a `(SQLSTATE)` suffix it came from the server.
     fn q(s: &str) -> StoreError {
-        StoreError::Query(s.into())
+        match sqlstate(s) {
+            Some(code) => StoreError::Database {
+                code: code.into(),
+                message: s.into(),
+            },
+            None => StoreError::Query(s.into()),
+        }
     }
 
     #[test]

@@ -357,8 +357,10 @@ mod tests {
 
     #[tokio::test]
     async fn repeated_timeouts_shrink_the_batch_and_the_prune_goes_on() {
-        let timeout =
-            || StoreError::Query("ERROR: canceling statement due to statement timeout (57014)".into());
+        let timeout = || StoreError::Database {
+            code: "57014".into(),
+            message: "ERROR: canceling statement due to statement timeout".into(),
+        };
         let store = FakeStore::new(vec![
             failing(timeout),
             failing(timeout),
@@ -378,7 +380,10 @@ mod tests {
     async fn a_failing_batch_ends_the_run_with_what_was_done_so_far() {
         let store = FakeStore::new(vec![
             deleted(100, 10),
-            failing(|| StoreError::Query("ERROR: permission denied (42501)".into())),
+            failing(|| StoreError::Database {
+                code: "42501".into(),
+                message: "ERROR: permission denied".into(),
+            }),
         ]);
         let (_tx, mut shutdown) = Shutdown::manual();
         let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;

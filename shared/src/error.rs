@@ -19,6 +19,10 @@ pub enum StoreError {
     Pool(String),
     #[error("claim store query failed: {0}")]
     Query(String),
+    /// An error the server reported, with its SQLSTATE (`57014` statement timeout, …), so
+    /// callers can tell kinds apart without reading the message.
+    #[error("claim store query failed: {message} ({code})")]
+    Database { code: String, message: String },
     #[error("claim store returned an unexpected row: {0}")]
     UnexpectedRow(String),
     #[error("migration {version} ({name}) failed: {reason}")]
@@ -31,7 +35,23 @@ pub enum StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Query(describe_pg_error(&e))
+        match e.as_db_error() {
+            Some(db) => StoreError::Database {
+                code: db.code().code().to_owned(),
+                message: format!("{}: {}", db.severity(), db.message()),
+            },
+            None => StoreError::Query(describe_pg_error(&e)),
+        }
+    }
+}
+
+impl StoreError {
+    /// The server's SQLSTATE, when the server reported the error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            StoreError::Database { code, .. } => Some(code),
+            _ => None,
+        }
     }
 }
 
