@@ -41,8 +41,10 @@ PYTHON ?= python3
 VENV ?= .venv
 CHART_TEST_DEPS = $(VENV)/.chart-test-deps
 
+# Builds the whole workspace, as `unit` does: the same feature set, so after `unit` this
+# is a no-op (building two packages alone would unify features differently and rebuild).
 chart-test: $(CHART_TEST_DEPS)
-	$(CARGO) build --locked -p dedupe-admission -p dedupe-pruner
+	$(CARGO) build --locked --workspace
 	PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m pytest -c tests/chart/pytest.ini tests/chart
 
 $(CHART_TEST_DEPS): tests/chart/requirements.txt
