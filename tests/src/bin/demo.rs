@@ -173,30 +173,57 @@ async fn run() -> Result<()> {
         println!("   {}", shorten(line, 200));
     }
 
-    println!("\nPruner, dry run (retention 7 days: nothing is old enough yet):");
     let pruner = binary("dedupe-pruner")?;
-    let out = tokio::process::Command::new(&pruner)
-        .args(["--dry-run", "--retention-days", "7"])
-        .env("DATABASE_URL", db.url())
-        .output()
-        .await
-        .context("running dedupe-pruner")?;
-    for line in String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .chain(String::from_utf8_lossy(&out.stderr).lines())
-    {
-        println!("   {line}");
-    }
-    println!("   (exit code {})", out.status.code().unwrap_or(-1));
+    println!("\nPruner, dry run (retention 7 days: nothing is old enough yet):");
+    let dry_run_ok = run_pruner(&pruner, db.url(), &["--dry-run"]).await?;
+    println!(
+        "\nThe claim of run-fixed aged by 8 days, as if made last week; the pruner, dry run then for real:"
+    );
+    client
+        .execute(
+            "UPDATE orchestration_dedupe_claims SET claimed_at = claimed_at - interval '8 days', \
+             updated_at = updated_at - interval '8 days' WHERE run_name = 'run-fixed'",
+            &[],
+        )
+        .await?;
+    let aged_dry_run_ok = run_pruner(&pruner, db.url(), &["--dry-run"]).await?;
+    let prune_ok = run_pruner(&pruner, db.url(), &[]).await?;
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM orchestration_dedupe_claims", &[])
+        .await?
+        .get(0);
+    println!("   claims left: {left} (run-bxm4w's, 0 days old)");
 
     let status = webhook.terminate().await?;
     println!(
         "\nWebhook stopped on SIGTERM (exit code {}). Demo done.",
         status.code().unwrap_or(-1)
     );
-    anyhow::ensure!(out.status.success(), "the pruner failed");
+    anyhow::ensure!(dry_run_ok && aged_dry_run_ok && prune_ok, "the pruner failed");
     anyhow::ensure!(status.success(), "the webhook did not exit cleanly");
     Ok(())
+}
+
+/// Runs `dedupe-pruner` (retention 7 days) with `args`, prints its output; true on exit 0.
+async fn run_pruner(pruner: &std::path::Path, database_url: &str, args: &[&str]) -> Result<bool> {
+    let out = tokio::process::Command::new(pruner)
+        .args(["--retention-days", "7"])
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .output()
+        .await
+        .context("running dedupe-pruner")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "   $ dedupe-pruner --retention-days 7{}",
+        args.iter().map(|a| format!(" {a}")).collect::<String>()
+    );
+    for line in stdout.lines().chain(stderr.lines()) {
+        println!("   {line}");
+    }
+    println!("   (exit code {})", out.status.code().unwrap_or(-1));
+    Ok(out.status.success())
 }
 
 fn shorten(s: &str, max: usize) -> String {
