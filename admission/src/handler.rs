@@ -100,12 +100,12 @@ async fn validate_inner(app: &App, headers: &HeaderMap, body: Body, started: Ins
         Ok(req) => req,
         Err(e) => return http_error(&app.metrics, StatusCode::BAD_REQUEST, e.to_string()),
     };
+    // `run` rather than `name`: the JSON formatter also writes the span's own name as "name".
     let span = tracing::info_span!(
         "admission",
         uid = %req.uid,
         operation = req.operation.as_str(),
-        namespace = %req.namespace,
-        name = %req.name,
+        run = %format_args!("{}/{}", req.namespace, req.name),
         dryRun = req.dry_run,
     );
     async move {

@@ -42,10 +42,12 @@ where
         .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
+        // The request's span once (uid, operation, run, dryRun), not again in a span list.
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
     };
 }

@@ -115,6 +115,10 @@ async fn first_create_is_claimed_and_the_duplicate_is_denied_naming_it() -> Resu
     assert_eq!(decisions[0]["decision"], "claimed");
     assert_eq!(decisions[1]["decision"], "duplicate");
     assert_eq!(decisions[1]["existingRun"], "jangar/run-first");
+    // The request's identity rides along once, from the span.
+    assert_eq!(decisions[1]["span"]["run"], "jangar/run-second");
+    assert_eq!(decisions[1]["span"]["uid"], second.request_uid().as_str());
+    assert!(decisions[1].get("spans").is_none(), "no duplicate span list");
     assert!(decisions[1]["message"]
         .as_str()
         .unwrap_or_default()
