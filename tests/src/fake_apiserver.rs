@@ -30,7 +30,19 @@ pub struct FakeApiServer {
 }
 
 impl FakeApiServer {
+    /// Plain HTTP.
     pub async fn start() -> Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// HTTPS with a dev certificate for 127.0.0.1, its CA in the kubeconfig — the way a real
+    /// API server is reached, so the webhook's kube client TLS stack is exercised too.
+    pub async fn start_tls() -> Result<Self> {
+        let certs = certs_dev::generate(&certs_dev::CertRequest::localhost())?;
+        Self::start_with(Some(certs)).await
+    }
+
+    async fn start_with(tls: Option<certs_dev::DevCerts>) -> Result<Self> {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let router = Router::new()
             .route(
@@ -41,9 +53,22 @@ impl FakeApiServer {
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        let cluster = match &tls {
+            None => {
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, router).await;
+                });
+                format!("server: http://{addr}")
+            }
+            Some(certs) => {
+                let acceptor = tls_acceptor(certs)?;
+                tokio::spawn(serve_tls(listener, acceptor, router));
+                format!(
+                    "server: https://{addr}\n    certificate-authority-data: {}",
+                    certs.ca_bundle_base64()
+                )
+            }
+        };
         let kubeconfig = tempfile::Builder::new()
             .prefix("kubeconfig-")
             .suffix(".yaml")
@@ -51,7 +76,7 @@ impl FakeApiServer {
         std::fs::write(
             kubeconfig.path(),
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    {cluster}\n\
                  contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
                  current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake-token\n"
             ),
@@ -117,4 +142,34 @@ async fn other(State(inner): State<Arc<Mutex<Inner>>>, uri: Uri) -> Response {
         inner.requests.push(uri.path().to_owned());
     }
     (StatusCode::NOT_FOUND, "not served by the fake API server").into_response()
+}
+
+fn tls_acceptor(certs: &certs_dev::DevCerts) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain =
+        CertificateDer::pem_slice_iter(certs.server_cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(certs.server_key_pem.as_bytes())?;
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve_tls(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, router: Router) {
+    while let Ok((tcp, _)) = listener.accept().await {
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }

@@ -796,3 +796,36 @@ async fn http2_is_served_only_behind_its_flag() -> Result<()> {
     assert_eq!(negotiated(&webhook2).await?.as_deref(), Some(&b"h2"[..]));
     Ok(())
 }
+
+#[tokio::test]
+async fn the_api_server_lookup_works_over_https_with_the_kubeconfig_ca() -> Result<()> {
+    // Same flow as a holder that exists, but the API server is reached over TLS, as in a
+    // cluster: this runs the kube client's rustls stack (ring) inside the real binary.
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let api = FakeApiServer::start_tls().await?;
+    let kubeconfig = api.kubeconfig();
+    let kubeconfig = kubeconfig.to_string_lossy();
+    let webhook = Webhook::start(
+        db.url(),
+        &certs,
+        &["--kube-lookup", "on"],
+        &[("KUBECONFIG", &kubeconfig)],
+    )
+    .await?;
+    let d = delivery();
+    assert_eq!(
+        answer(&webhook, &Review::create(&d, "run-alive")?)
+            .await?
+            .decision(),
+        "claimed"
+    );
+    api.add_run("jangar", "run-alive");
+    age_claim(&db, &d, 600.0).await?;
+    let a = answer(&webhook, &Review::create(&d, "run-new")?).await?;
+    assert_eq!((a.allowed(), a.code()), (false, 409), "{:?}", a.0);
+    assert!(a.message().contains("that run exists"), "{}", a.message());
+    assert_eq!(api.requests().len(), 1);
+    assert_eq!(claim_rows(&db, &d).await?[0].2, "confirmed");
+    Ok(())
+}
