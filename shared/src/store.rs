@@ -229,9 +229,10 @@ impl ClaimStore {
         Ok(row.try_get("cutoff")?)
     }
 
-    /// Deletes up to `limit` claims with `from <= claimed_at < cutoff`, oldest first, in one
-    /// short transaction bounded by `statement_timeout` and `lock_timeout`. Rows locked by a
-    /// concurrent admission are skipped, never waited for.
+    /// Deletes up to `limit` claims with `from <= claimed_at < cutoff`, oldest first, key by
+    /// key ([`sql::DELETE_EXPIRED_BATCH`]), in one short transaction bounded by
+    /// `statement_timeout` and `lock_timeout`. Rows locked by a concurrent admission are
+    /// skipped, never waited for.
     pub async fn delete_expired_batch(
         &self,
         from: DateTime<Utc>,
@@ -239,6 +240,42 @@ impl ClaimStore {
         limit: i64,
         batch_timeout: Duration,
     ) -> Result<DeletedBatch, StoreError> {
+        let batch = self
+            .delete_in_batch_transaction(BatchShape::KeyByKey, from, cutoff, limit, batch_timeout)
+            .await?;
+        Ok(DeletedBatch {
+            deleted: batch.deleted,
+            newest: batch.newest,
+        })
+    }
+
+    /// Deletes up to `limit` claims with `from <= claimed_at < cutoff`, oldest first, as one
+    /// `claimed_at` range ([`sql::DELETE_EXPIRED_RANGE`]) in one short transaction bounded
+    /// by `statement_timeout` and `lock_timeout`. When more than `limit` claims share the
+    /// oldest `claimed_at` (a range cannot split them), the same transaction deletes `limit`
+    /// of them key by key ([`sql::DELETE_EXPIRED_BATCH`]) instead.
+    pub async fn delete_expired_range(
+        &self,
+        from: DateTime<Utc>,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+        batch_timeout: Duration,
+    ) -> Result<RangeBatch, StoreError> {
+        self.delete_in_batch_transaction(BatchShape::Range, from, cutoff, limit.max(1), batch_timeout)
+            .await
+    }
+
+    /// One prune batch: a transaction with `SET LOCAL` timeouts, the `shape`'s delete, and
+    /// for a range that could not split its oldest timestamp the key-by-key delete instead.
+    /// Bounded client side by the batch timeout plus the store timeout.
+    async fn delete_in_batch_transaction(
+        &self,
+        shape: BatchShape,
+        from: DateTime<Utc>,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+        batch_timeout: Duration,
+    ) -> Result<RangeBatch, StoreError> {
         let ms = u64::try_from(batch_timeout.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -247,18 +284,16 @@ impl ClaimStore {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
             tx.batch_execute(&sql::set_local_timeouts(ms, ms)).await?;
-            let prepared = tx.prepare_cached(sql::DELETE_EXPIRED_BATCH).await?;
-            let rows = tx.query(&prepared, &[&from, &cutoff, &limit]).await?;
+            let params: [&(dyn ToSql + Sync); 3] = [&from, &cutoff, &limit];
+            let mut batch = delete_step(&tx, shape, &params).await?;
+            if shape == BatchShape::Range && batch.deleted == 0 && batch.more {
+                batch = RangeBatch {
+                    more: true,
+                    ..delete_step(&tx, BatchShape::KeyByKey, &params).await?
+                };
+            }
             tx.commit().await?;
-            let row = rows
-                .first()
-                .ok_or_else(|| StoreError::UnexpectedRow("batch delete returned nothing".into()))?;
-            let deleted: i64 = row.try_get("deleted")?;
-            let newest: Option<DateTime<Utc>> = row.try_get("newest")?;
-            Ok(DeletedBatch {
-                deleted: u64::try_from(deleted).unwrap_or(0),
-                newest,
-            })
+            Ok(batch)
         };
         tokio::time::timeout(bound, work)
             .await
@@ -334,56 +369,34 @@ pub struct RangeBatch {
     pub more: bool,
 }
 
-impl ClaimStore {
-    /// Deletes up to `limit` claims with `from <= claimed_at < cutoff`, oldest first, as one
-    /// `claimed_at` range ([`sql::DELETE_EXPIRED_RANGE`]) in one short transaction bounded
-    /// by `statement_timeout` and `lock_timeout`. When more than `limit` claims share the
-    /// oldest `claimed_at` (a range cannot split them), the same transaction deletes `limit`
-    /// of them key by key ([`sql::DELETE_EXPIRED_BATCH`]) instead.
-    pub async fn delete_expired_range(
-        &self,
-        from: DateTime<Utc>,
-        cutoff: DateTime<Utc>,
-        limit: i64,
-        batch_timeout: Duration,
-    ) -> Result<RangeBatch, StoreError> {
-        let ms = u64::try_from(batch_timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let limit = limit.max(1);
-        let bound = batch_timeout + self.timeout;
-        let work = async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
-            tx.batch_execute(&sql::set_local_timeouts(ms, ms)).await?;
-            let prepared = tx.prepare_cached(sql::DELETE_EXPIRED_RANGE).await?;
-            let row = tx
-                .query(&prepared, &[&from, &cutoff, &limit])
-                .await?
-                .into_iter()
-                .next()
-                .ok_or_else(|| StoreError::UnexpectedRow("range delete returned nothing".into()))?;
-            let mut batch = RangeBatch {
-                deleted: u64::try_from(row.try_get::<_, i64>("deleted")?).unwrap_or(0),
-                newest: row.try_get("newest")?,
-                more: row.try_get("more")?,
-            };
-            if batch.deleted == 0 && batch.more {
-                let prepared = tx.prepare_cached(sql::DELETE_EXPIRED_BATCH).await?;
-                let row = tx
-                    .query(&prepared, &[&from, &cutoff, &limit])
-                    .await?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| StoreError::UnexpectedRow("batch delete returned nothing".into()))?;
-                batch.deleted = u64::try_from(row.try_get::<_, i64>("deleted")?).unwrap_or(0);
-                batch.newest = row.try_get("newest")?;
-            }
-            tx.commit().await?;
-            Ok(batch)
-        };
-        tokio::time::timeout(bound, work)
-            .await
-            .unwrap_or(Err(StoreError::Timeout(bound)))
-    }
+/// Which delete statement a prune batch runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchShape {
+    /// [`sql::DELETE_EXPIRED_BATCH`]: the N oldest keys, skipping locked rows.
+    KeyByKey,
+    /// [`sql::DELETE_EXPIRED_RANGE`]: everything below the (N+1)-th oldest `claimed_at`.
+    Range,
+}
+
+/// Runs one batch statement (`$1 from, $2 cutoff, $3 limit`) and reads its one row.
+async fn delete_step(
+    tx: &deadpool_postgres::Transaction<'_>,
+    shape: BatchShape,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<RangeBatch, StoreError> {
+    let statement = match shape {
+        BatchShape::KeyByKey => sql::DELETE_EXPIRED_BATCH,
+        BatchShape::Range => sql::DELETE_EXPIRED_RANGE,
+    };
+    let prepared = tx.prepare_cached(statement).await?;
+    let rows = tx.query(&prepared, params).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| StoreError::UnexpectedRow(format!("{shape:?} delete returned nothing")))?;
+    Ok(RangeBatch {
+        deleted: u64::try_from(row.try_get::<_, i64>("deleted")?).unwrap_or(0),
+        newest: row.try_get("newest")?,
+        // Only the range statement can tell whether claims remain past its bound.
+        more: shape == BatchShape::Range && row.try_get::<_, bool>("more")?,
+    })
 }
