@@ -110,8 +110,8 @@ async fn validate_inner(app: &App, headers: &HeaderMap, body: Body, started: Ins
     );
     async move {
         let plan = decision::plan(&req, &app.policy);
-        let key = plan.key().cloned();
-        let outcome = admit(app, plan).await;
+        let outcome = admit(app, &plan).await;
+        let key = plan.key();
         let latency = started.elapsed();
         let operation = req.operation.as_str();
         app.metrics
@@ -119,8 +119,8 @@ async fn validate_inner(app: &App, headers: &HeaderMap, body: Body, started: Ins
             .get_or_create(&OperationLabels { operation })
             .observe(latency.as_secs_f64());
         let latency_ms = latency.as_secs_f64() * 1000.0;
-        let delivery = key.as_ref().map(|k| k.delivery_id.as_str()).unwrap_or_default();
-        let claim_key = key.as_ref().map(|k| k.to_string()).unwrap_or_default();
+        let delivery = key.map(|k| k.delivery_id.as_str()).unwrap_or_default();
+        let claim_key = key.map(|k| k.to_string()).unwrap_or_default();
         match outcome {
             Ok(verdict) => {
                 let decision = verdict.decision.as_str();
@@ -153,16 +153,16 @@ async fn validate_inner(app: &App, headers: &HeaderMap, body: Body, started: Ins
 }
 
 /// Runs the store and API-server steps the decision asks for.
-pub async fn admit(app: &App, plan: Plan) -> Result<Verdict, AdmitError> {
+pub async fn admit(app: &App, plan: &Plan) -> Result<Verdict, AdmitError> {
     match plan {
-        Plan::Answer(verdict) => Ok(verdict),
+        Plan::Answer(verdict) => Ok(verdict.clone()),
         // A dry-run writes nothing; the run's claim stays as it is.
-        Plan::Confirm(p) if p.dry_run => Ok(decision::after_confirm(&p, false)),
+        Plan::Confirm(p) if p.dry_run => Ok(decision::after_confirm(p, false)),
         Plan::Confirm(p) => {
             let changed = app.store.confirm(&p.key, &p.run).await?;
-            Ok(decision::after_confirm(&p, changed))
+            Ok(decision::after_confirm(p, changed))
         }
-        Plan::Claim(p) => create(app, &p).await,
+        Plan::Claim(p) => create(app, p).await,
     }
 }
 
