@@ -61,31 +61,21 @@ const TIMEOUT_CODES: &[&str] = &["57014", "55P03", "40P01", "40001"];
 /// SQLSTATEs meaning "not reachable right now": server shutting down or starting up,
 /// too many connections.
 const UNAVAILABLE_CODES: &[&str] = &["57P01", "57P02", "57P03", "53300"];
-/// tokio-postgres' wording for errors with no SQLSTATE that mean the connection is gone.
-const CONNECTION_WORDING: &[&str] = &[
-    "connection closed",
-    "error communicating with the server",
-    "error connecting to server",
-    "timeout waiting for server",
-];
 
-/// Classes a store error. The shared crate reports database errors as
-/// `"<severity>: <message> (<SQLSTATE>)"`, so the SQLSTATE is read from that suffix.
+/// Classes a store error: by the server's SQLSTATE when it reported one, and by variant
+/// otherwise (a lost or unobtainable connection is `StoreError::Unavailable`).
 pub fn classify(error: &StoreError) -> ErrorClass {
     match error {
         StoreError::Timeout(_) => ErrorClass::TimedOut,
-        StoreError::Pool(_) => ErrorClass::Unavailable,
+        StoreError::Unavailable(_) => ErrorClass::Unavailable,
         StoreError::Database { code, .. } => match code.as_str() {
             code if TIMEOUT_CODES.contains(&code) => ErrorClass::TimedOut,
             code if UNAVAILABLE_CODES.contains(&code) || code.starts_with("08") => ErrorClass::Unavailable,
             _ => ErrorClass::Other,
         },
-        // Errors without a SQLSTATE: the client lost the connection, or could not make one.
-        StoreError::Query(message) if CONNECTION_WORDING.iter().any(|w| message.starts_with(w)) => {
-            ErrorClass::Unavailable
+        StoreError::Query(_) | StoreError::UnexpectedRow(_) | StoreError::Migration { .. } => {
+            ErrorClass::Other
         }
-        StoreError::Query(_) => ErrorClass::Other,
-        StoreError::UnexpectedRow(_) | StoreError::Migration { .. } => ErrorClass::Other,
     }
 }
 
@@ -138,7 +128,7 @@ mod tests {
     #[test]
     fn lost_connections_are_unavailable() {
         assert_eq!(
-            classify(&StoreError::Pool(
+            classify(&StoreError::Unavailable(
                 "error connecting to server: Connection refused".into()
             )),
             ErrorClass::Unavailable
@@ -153,10 +143,14 @@ mod tests {
             classify(&q("FATAL: connection failure (08006)")),
             ErrorClass::Unavailable
         );
-        assert_eq!(classify(&q("connection closed")), ErrorClass::Unavailable);
+        // A lost session arrives as `Unavailable` (StoreError tells it apart, not its wording).
         assert_eq!(
-            classify(&q(
-                "error communicating with the server: Broken pipe (os error 32)"
+            classify(&StoreError::Unavailable("connection closed".into())),
+            ErrorClass::Unavailable
+        );
+        assert_eq!(
+            classify(&StoreError::Unavailable(
+                "error communicating with the server: Broken pipe (os error 32)".into()
             )),
             ErrorClass::Unavailable
         );

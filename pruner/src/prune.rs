@@ -396,7 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_that_stays_away_is_given_up_on_and_a_brief_loss_is_not() {
-        let lost = || StoreError::Query("connection closed".into());
+        let lost = || StoreError::Unavailable("connection closed".into());
         let store = FakeStore::new(vec![failing(lost), deleted(100, 10), last(0, 0)]);
         let (_tx, mut shutdown) = Shutdown::manual();
         let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;

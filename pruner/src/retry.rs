@@ -120,7 +120,7 @@ mod tests {
         let r: Result<(), _> = until_reachable(&config(3), &mut shutdown, || {
             calls += 1;
             let n = calls;
-            async move { Err(StoreError::Pool(format!("refused #{n}"))) }
+            async move { Err(StoreError::Unavailable(format!("refused #{n}"))) }
         })
         .await;
         assert_eq!(calls, 3);
@@ -176,7 +176,7 @@ mod tests {
         let _ = tx.send(Some("SIGTERM"));
         let started = Instant::now();
         let r: Result<(), _> = until_reachable(&slow, &mut shutdown, || async {
-            Err(StoreError::Pool("refused".into()))
+            Err(StoreError::Unavailable("refused".into()))
         })
         .await;
         assert!(matches!(r, Err(NotReached::Interrupted)));

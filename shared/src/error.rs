@@ -15,8 +15,10 @@ pub enum ConfigError {
 pub enum StoreError {
     #[error("claim store did not answer within {0:?}")]
     Timeout(Duration),
+    /// No usable connection: none could be made or taken from the pool, or the one in use
+    /// was lost (closed, I/O error). Worth retrying once the store is back.
     #[error("claim store unavailable: {0}")]
-    Pool(String),
+    Unavailable(String),
     #[error("claim store query failed: {0}")]
     Query(String),
     /// An error the server reported, with its SQLSTATE (`57014` statement timeout, …), so
@@ -40,6 +42,7 @@ impl From<tokio_postgres::Error> for StoreError {
                 code: db.code().code().to_owned(),
                 message: format!("{}: {}", db.severity(), db.message()),
             },
+            None if is_connection_loss(&e) => StoreError::Unavailable(describe_pg_error(&e)),
             None => StoreError::Query(describe_pg_error(&e)),
         }
     }
@@ -58,10 +61,15 @@ impl StoreError {
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
-            deadpool_postgres::PoolError::Backend(e) => StoreError::Pool(describe_pg_error(&e)),
-            other => StoreError::Pool(other.to_string()),
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Unavailable(describe_pg_error(&e)),
+            other => StoreError::Unavailable(other.to_string()),
         }
     }
+}
+
+/// The session is gone: closed, or the socket failed under it.
+fn is_connection_loss(e: &tokio_postgres::Error) -> bool {
+    e.is_closed() || std::error::Error::source(e).is_some_and(|source| source.is::<std::io::Error>())
 }
 
 /// tokio-postgres' `Display` says only "db error"; the server's message is in the source.
