@@ -63,6 +63,20 @@ impl TestDb {
         Ok(store)
     }
 
+    /// Moves a delivery's claim timestamps `secs` into the past, as if it had been made
+    /// (and last touched) that long ago.
+    pub async fn age_claim(&self, delivery: &str, secs: f64) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE orchestration_dedupe_claims SET claimed_at = claimed_at - make_interval(secs => $2), \
+                 updated_at = updated_at - make_interval(secs => $2) WHERE delivery_id = $1",
+                &[&delivery, &secs],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// A plain client on this schema, for seeding and inspecting rows.
     pub async fn client(&self) -> Result<tokio_postgres::Client> {
         let (client, conn) = tokio_postgres::connect(&self.url, NoTls).await?;

@@ -21,19 +21,6 @@ fn key(delivery: &str) -> ClaimKey {
     ClaimKey::new(ClaimScope::Orchestration, "agents", "codex-autonomous", delivery)
 }
 
-/// Moves a claim's timestamps into the past, as if it had been made `secs` ago.
-async fn age_claim(db: &TestDb, delivery: &str, secs: i64) -> Result<()> {
-    let client = db.client().await?;
-    client
-        .execute(
-            "UPDATE orchestration_dedupe_claims SET claimed_at = claimed_at - make_interval(secs => $2), \
-             updated_at = updated_at - make_interval(secs => $2) WHERE delivery_id = $1",
-            &[&delivery, &(secs as f64)],
-        )
-        .await?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_of_one_key_have_exactly_one_winner() -> Result<()> {
     const CLAIMANTS: usize = 64;
@@ -162,7 +149,7 @@ async fn concurrent_take_overs_of_a_stale_claim_have_one_winner() -> Result<()> 
     let store = db.migrated_store().await?;
     let k = key("d-stale");
     store.claim(&k, &run("agents", "run-dead")).await?;
-    age_claim(&db, "d-stale", 600).await?;
+    db.age_claim("d-stale", 600.0).await?;
     let stale: Claim = store
         .lookup(&k)
         .await?
@@ -205,7 +192,7 @@ async fn take_over_refuses_a_claim_inside_its_grace_period() -> Result<()> {
     let store = db.migrated_store().await?;
     let k = key("d-young");
     store.claim(&k, &run("agents", "run-a")).await?;
-    age_claim(&db, "d-young", 60).await?;
+    db.age_claim("d-young", 60.0).await?;
     let young = store
         .lookup(&k)
         .await?

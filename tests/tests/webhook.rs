@@ -20,11 +20,10 @@ async fn start(args: &[&str]) -> Result<(TestDb, TestCerts, Webhook)> {
     Ok((db, certs, webhook))
 }
 
-/// The same with the API-server lookup on, against a fake API server.
-async fn start_with_api(args: &[&str]) -> Result<(TestDb, FakeApiServer, Webhook)> {
+/// The same with the API-server lookup on, against `api` (a fake API server).
+async fn start_with_api(api: FakeApiServer, args: &[&str]) -> Result<(TestDb, FakeApiServer, Webhook)> {
     let db = TestDb::new().await?;
     let certs = TestCerts::new()?;
-    let api = FakeApiServer::start().await?;
     let kubeconfig = api.kubeconfig();
     let kubeconfig = kubeconfig.to_string_lossy();
     let all: Vec<&str> = ["--kube-lookup", "on"].iter().chain(args).copied().collect();
@@ -42,6 +41,13 @@ async fn answer(webhook: &Webhook, review: &Review) -> Result<Answer> {
     Ok(answer)
 }
 
+/// A first create of `name` for `delivery`, which must be claimed.
+async fn claimed(webhook: &Webhook, delivery: &str, name: &str) -> Result<()> {
+    let answer = answer(webhook, &Review::create(delivery, name)?).await?;
+    anyhow::ensure!(answer.decision() == "claimed", "{name}: {:?}", answer.0);
+    Ok(())
+}
+
 async fn claim_rows(db: &TestDb, delivery: &str) -> Result<Vec<(String, String, String)>> {
     let client = db.client().await?;
     Ok(client
@@ -53,19 +59,6 @@ async fn claim_rows(db: &TestDb, delivery: &str) -> Result<Vec<(String, String, 
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
-}
-
-/// Moves a claim's timestamps into the past, as if it were made `secs` ago.
-async fn age_claim(db: &TestDb, delivery: &str, secs: f64) -> Result<()> {
-    db.client()
-        .await?
-        .execute(
-            "UPDATE orchestration_dedupe_claims SET claimed_at = claimed_at - make_interval(secs => $2), \
-             updated_at = updated_at - make_interval(secs => $2) WHERE delivery_id = $1",
-            &[&delivery, &secs],
-        )
-        .await?;
-    Ok(())
 }
 
 #[tokio::test]
@@ -209,12 +202,7 @@ async fn dry_run_answers_the_same_and_never_writes() -> Result<()> {
     assert_eq!((a.allowed(), a.decision()), (true, "dry-run"));
     assert!(claim_rows(&db, &d).await?.is_empty(), "a dry run must not claim");
 
-    assert_eq!(
-        answer(&webhook, &Review::create(&d, "run-real")?)
-            .await?
-            .decision(),
-        "claimed"
-    );
+    claimed(&webhook, &d, "run-real").await?;
     let a = answer(&webhook, &dry.clone().new_uids()).await?;
     assert_eq!((a.allowed(), a.code(), a.decision()), (false, 409, "duplicate"));
     assert!(a.message().contains("jangar/run-real"));
@@ -292,14 +280,10 @@ async fn requests_that_are_not_ours_are_allowed_and_write_nothing() -> Result<()
 
 #[tokio::test]
 async fn stale_pending_claim_of_a_run_that_never_appeared_is_taken_over() -> Result<()> {
-    let (db, api, webhook) = start_with_api(&["--pending-grace-seconds", "120"]).await?;
+    let (db, api, webhook) =
+        start_with_api(FakeApiServer::start().await?, &["--pending-grace-seconds", "120"]).await?;
     let d = delivery();
-    assert_eq!(
-        answer(&webhook, &Review::create(&d, "run-ghost")?)
-            .await?
-            .decision(),
-        "claimed"
-    );
+    claimed(&webhook, &d, "run-ghost").await?;
 
     // Inside the grace period: a plain duplicate, and the API server is not asked.
     let a = answer(&webhook, &Review::create(&d, "run-new")?).await?;
@@ -307,7 +291,7 @@ async fn stale_pending_claim_of_a_run_that_never_appeared_is_taken_over() -> Res
     assert!(api.requests().is_empty());
 
     // Past the grace period, and run-ghost does not exist: taken over.
-    age_claim(&db, &d, 600.0).await?;
+    db.age_claim(&d, 600.0).await?;
     let takeover = Review::create(&d, "run-new")?;
     let a = answer(&webhook, &takeover).await?;
     assert_eq!((a.allowed(), a.decision()), (true, "takeover"), "{:?}", a.0);
@@ -334,27 +318,16 @@ async fn stale_pending_claim_of_a_run_that_never_appeared_is_taken_over() -> Res
 
 #[tokio::test]
 async fn stale_pending_claim_whose_run_exists_is_confirmed_and_denied() -> Result<()> {
-    let (db, api, webhook) = start_with_api(&[]).await?;
+    let (db, api, webhook) = start_with_api(FakeApiServer::start().await?, &[]).await?;
     let d = delivery();
-    assert_eq!(
-        answer(&webhook, &Review::create(&d, "run-alive")?)
-            .await?
-            .decision(),
-        "claimed"
-    );
+    claimed(&webhook, &d, "run-alive").await?;
     api.add_run("jangar", "run-alive");
-    age_claim(&db, &d, 600.0).await?;
+    db.age_claim(&d, 600.0).await?;
     let a = answer(&webhook, &Review::create(&d, "run-new")?).await?;
     assert_eq!((a.allowed(), a.code(), a.decision()), (false, 409, "duplicate"));
     assert!(a.message().contains("jangar/run-alive"));
-    assert_eq!(
-        claim_rows(&db, &d).await?[0],
-        (
-            "run-alive".into(),
-            claim_rows(&db, &d).await?[0].1.clone(),
-            "confirmed".into()
-        )
-    );
+    let (holder, _uid, state) = claim_rows(&db, &d).await?.remove(0);
+    assert_eq!((holder.as_str(), state.as_str()), ("run-alive", "confirmed"));
     Ok(())
 }
 
@@ -362,13 +335,8 @@ async fn stale_pending_claim_whose_run_exists_is_confirmed_and_denied() -> Resul
 async fn with_lookup_off_a_stale_claim_holds_and_says_so() -> Result<()> {
     let (db, _certs, webhook) = start(&[]).await?;
     let d = delivery();
-    assert_eq!(
-        answer(&webhook, &Review::create(&d, "run-ghost")?)
-            .await?
-            .decision(),
-        "claimed"
-    );
-    age_claim(&db, &d, 6_000.0).await?;
+    claimed(&webhook, &d, "run-ghost").await?;
+    db.age_claim(&d, 6_000.0).await?;
     let a = answer(&webhook, &Review::create(&d, "run-new")?).await?;
     assert_eq!((a.allowed(), a.code()), (false, 409));
     assert!(a.message().contains("lookup is off"), "{}", a.message());
@@ -426,12 +394,7 @@ async fn concurrent_creates_of_one_delivery_over_https_have_exactly_one_winner()
 async fn a_killed_webhook_restarts_and_still_denies_the_duplicate() -> Result<()> {
     let (db, certs, mut webhook) = start(&[]).await?;
     let d = delivery();
-    assert_eq!(
-        answer(&webhook, &Review::create(&d, "run-before")?)
-            .await?
-            .decision(),
-        "claimed"
-    );
+    claimed(&webhook, &d, "run-before").await?;
     webhook.kill9().await?;
     assert!(
         webhook.review(Review::create(&d, "run-x")?.json()).await.is_err(),
@@ -801,27 +764,11 @@ async fn http2_is_served_only_behind_its_flag() -> Result<()> {
 async fn the_api_server_lookup_works_over_https_with_the_kubeconfig_ca() -> Result<()> {
     // Same flow as a holder that exists, but the API server is reached over TLS, as in a
     // cluster: this runs the kube client's rustls stack (ring) inside the real binary.
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let api = FakeApiServer::start_tls().await?;
-    let kubeconfig = api.kubeconfig();
-    let kubeconfig = kubeconfig.to_string_lossy();
-    let webhook = Webhook::start(
-        db.url(),
-        &certs,
-        &["--kube-lookup", "on"],
-        &[("KUBECONFIG", &kubeconfig)],
-    )
-    .await?;
+    let (db, api, webhook) = start_with_api(FakeApiServer::start_tls().await?, &[]).await?;
     let d = delivery();
-    assert_eq!(
-        answer(&webhook, &Review::create(&d, "run-alive")?)
-            .await?
-            .decision(),
-        "claimed"
-    );
+    claimed(&webhook, &d, "run-alive").await?;
     api.add_run("jangar", "run-alive");
-    age_claim(&db, &d, 600.0).await?;
+    db.age_claim(&d, 600.0).await?;
     let a = answer(&webhook, &Review::create(&d, "run-new")?).await?;
     assert_eq!((a.allowed(), a.code()), (false, 409), "{:?}", a.0);
     assert!(a.message().contains("that run exists"), "{}", a.message());
