@@ -239,6 +239,14 @@ impl Live {
 // Seeding and inspecting
 // ---------------------------------------------------------------------------------------
 
+/// A fresh, migrated schema and a plain client on it.
+async fn migrated() -> Result<(TestDb, tokio_postgres::Client)> {
+    let db = TestDb::new().await?;
+    db.migrated_store().await?;
+    let client = db.client().await?;
+    Ok((db, client))
+}
+
 /// Inserts `n` claims `prefix-1..n`; claim i is `age` old minus i seconds (so they are in
 /// claimed_at order and the oldest is `prefix-1`).
 async fn seed(client: &impl GenericClient, prefix: &str, n: i64, age: &str) -> Result<()> {
@@ -424,9 +432,7 @@ async fn exactly_the_claims_older_than_the_cutoff_go_to_the_second_and_the_day()
 
 #[tokio::test]
 async fn dry_run_reports_the_count_and_the_oldest_and_deletes_nothing() -> Result<()> {
-    let db = TestDb::new().await?;
-    db.migrated_store().await?;
-    let client = db.client().await?;
+    let (db, client) = migrated().await?;
     seed(&client, "old", 37, "40 days").await?; // 40 days .. 40 days − 37 s old
     seed(&client, "young", 5, "6 days").await?;
     seed(&client, "new", 4, "1 minute").await?;
@@ -456,9 +462,7 @@ async fn dry_run_reports_the_count_and_the_oldest_and_deletes_nothing() -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pruners_at_once_one_prunes_the_other_exits_0_saying_the_lock_is_held() -> Result<()> {
-    let db = TestDb::new().await?;
-    db.migrated_store().await?;
-    let client = db.client().await?;
+    let (db, client) = migrated().await?;
     seed(&client, "old", 3_000, "30 days").await?;
     seed(&client, "young", 10, "1 day").await?;
 
@@ -506,9 +510,7 @@ async fn two_pruners_at_once_one_prunes_the_other_exits_0_saying_the_lock_is_hel
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_batch_commits_that_batch_prints_the_summary_and_exits_0() -> Result<()> {
     const BATCH: u64 = 50;
-    let db = TestDb::new().await?;
-    db.migrated_store().await?;
-    let client = db.client().await?;
+    let (db, client) = migrated().await?;
     seed(&client, "old", 1_000, "30 days").await?;
     let gate: i64 = rand::random();
     // old-151 is the first row of the 4th batch of 50 (oldest first).
@@ -567,9 +569,7 @@ async fn sigterm_mid_batch_commits_that_batch_prints_the_summary_and_exits_0() -
 /// SIGINT during a long pause: the pause is cut short, no new batch starts.
 #[tokio::test]
 async fn sigint_during_a_long_pause_stops_at_once_with_whole_batches() -> Result<()> {
-    let db = TestDb::new().await?;
-    db.migrated_store().await?;
-    let client = db.client().await?;
+    let (db, client) = migrated().await?;
     seed(&client, "old", 500, "30 days").await?;
     let url = pruner_url(&db);
     let mut live = Live::spawn(&[
@@ -824,8 +824,8 @@ async fn claims_made_during_a_prune_are_never_blocked_long_and_young_ones_surviv
     let reclaimed = young.iter().filter(|d| d.starts_with("exp-")).count();
     assert!(reclaimed > 0, "some expired deliveries were claimed afresh");
 
-    // Rows a claim held locked at the moment were skipped, never waited for; a second run
-    // with no traffic takes whatever is left and nothing young.
+    // A second run with no traffic takes whatever expired is left (rows the first run's
+    // batches waited on and re-checked included) and nothing young.
     let again = run(&["--database-url", &url, "--log-format", "json"]).await?;
     assert_eq!(again.code, Some(0));
     assert_eq!(count(&client, "claimed_at < now() - interval '7 days'").await?, 0);
@@ -839,9 +839,7 @@ async fn claims_made_during_a_prune_are_never_blocked_long_and_young_ones_surviv
 
 #[tokio::test]
 async fn the_runtime_limit_ends_the_run_between_batches_with_exit_0() -> Result<()> {
-    let db = TestDb::new().await?;
-    db.migrated_store().await?;
-    let client = db.client().await?;
+    let (db, client) = migrated().await?;
     seed(&client, "old", 500, "30 days").await?;
     let url = pruner_url(&db);
     let done = run(&[
@@ -870,9 +868,7 @@ async fn the_runtime_limit_ends_the_run_between_batches_with_exit_0() -> Result<
 /// timed-out batches roll back whole and the prune completes at the smaller size.
 #[tokio::test]
 async fn repeated_batch_timeouts_shrink_the_batch_and_the_prune_completes() -> Result<()> {
-    let db = TestDb::new().await?;
-    db.migrated_store().await?;
-    let client = db.client().await?;
+    let (db, client) = migrated().await?;
     seed(&client, "old", 60, "30 days").await?;
     // 20 ms per deleted row: 60 rows take 1.2 s (> 600 ms timeout), 10 rows 0.2 s.
     client
