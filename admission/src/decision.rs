@@ -591,6 +591,13 @@ mod tests {
         after_claim(p, Found::Outcome(outcome), policy)
     }
 
+    fn answered(next: AfterClaim) -> Verdict {
+        match next {
+            AfterClaim::Answer(v) => v,
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
     #[test]
     fn create_with_label_plans_a_claim_for_the_named_run() {
         let p = claim_plan(CREATE, |_| {});
@@ -607,13 +614,11 @@ mod tests {
     #[test]
     fn new_claim_is_allowed_as_claimed() {
         let p = claim_plan(CREATE, |_| {});
-        let AfterClaim::Answer(v) = after(
+        let v = answered(after(
             &p,
             ClaimOutcome::Claimed(claim_by("run-bxm4w", ClaimState::Pending, 0)),
             &policy(),
-        ) else {
-            panic!("expected an answer")
-        };
+        ));
         assert!(v.allowed);
         assert_eq!(v.decision, Decision::Claimed);
     }
@@ -621,13 +626,11 @@ mod tests {
     #[test]
     fn retried_create_of_same_pending_run_is_allowed_as_retry() {
         let p = claim_plan(CREATE, |_| {});
-        let AfterClaim::Answer(v) = after(
+        let v = answered(after(
             &p,
             ClaimOutcome::SameRun(claim_by("run-bxm4w", ClaimState::Pending, 3)),
             &policy(),
-        ) else {
-            panic!("expected an answer")
-        };
+        ));
         assert!(v.allowed);
         assert_eq!(v.decision, Decision::Retry);
     }
@@ -635,13 +638,11 @@ mod tests {
     #[test]
     fn claim_held_by_another_run_is_a_409_naming_it() {
         let p = claim_plan(CREATE, |_| {});
-        let AfterClaim::Answer(v) = after(
+        let v = answered(after(
             &p,
             ClaimOutcome::HeldBy(claim_by("run-first", ClaimState::Pending, 5)),
             &policy(),
-        ) else {
-            panic!("expected an answer")
-        };
+        ));
         assert!(!v.allowed);
         assert_eq!(
             (v.code, v.reason, v.decision),
@@ -662,13 +663,11 @@ mod tests {
     #[test]
     fn confirmed_claim_for_the_same_name_is_a_409_the_run_existed() {
         let p = claim_plan(CREATE, |_| {});
-        let AfterClaim::Answer(v) = after(
+        let v = answered(after(
             &p,
             ClaimOutcome::HeldBy(claim_by("run-bxm4w", ClaimState::Confirmed, 5)),
             &policy(),
-        ) else {
-            panic!("expected an answer")
-        };
+        ));
         assert_eq!((v.allowed, v.code), (false, 409));
         assert!(v.message.contains("existed and was deleted"), "{}", v.message);
     }
@@ -683,9 +682,7 @@ mod tests {
         );
         // Inside the grace period: plain duplicate, with the time a take-over becomes possible.
         let young = claim_by("run-ghost", ClaimState::Pending, 119);
-        let AfterClaim::Answer(v) = after(&p, ClaimOutcome::HeldBy(young), &policy()) else {
-            panic!("answer")
-        };
+        let v = answered(after(&p, ClaimOutcome::HeldBy(young), &policy()));
         assert_eq!(v.decision, Decision::Duplicate);
         assert!(v.message.contains("2026-11-27T09:02:00Z"), "{}", v.message);
     }
@@ -706,13 +703,11 @@ mod tests {
             lookup_enabled: false,
             ..policy()
         };
-        let AfterClaim::Answer(v) = after(
+        let v = answered(after(
             &p,
             ClaimOutcome::HeldBy(claim_by("run-ghost", ClaimState::Pending, 9_999)),
             &off,
-        ) else {
-            panic!("expected an answer")
-        };
+        ));
         assert_eq!(v.code, 409);
         assert!(
             v.message.contains("lookup is off") && v.message.contains("retention"),
@@ -753,22 +748,16 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(p.dry_run);
-        let AfterClaim::Answer(v) = after_claim(&p, found_for_dry_run(&p.run, None), &policy()) else {
-            panic!()
-        };
+        let v = answered(after_claim(&p, found_for_dry_run(&p.run, None), &policy()));
         assert_eq!((v.allowed, v.decision), (true, Decision::DryRun));
         // Held by another: the same 409 a real create gets.
         let held = found_for_dry_run(&p.run, Some(claim_by("run-first", ClaimState::Confirmed, 1)));
-        let AfterClaim::Answer(v) = after_claim(&p, held, &policy()) else {
-            panic!()
-        };
+        let v = answered(after_claim(&p, held, &policy()));
         assert_eq!((v.allowed, v.code), (false, 409));
         assert!(v.message.starts_with("dry run:"));
         // Same pending run: allowed as dry-run.
         let same = found_for_dry_run(&p.run, Some(claim_by("run-j7r8g", ClaimState::Pending, 1)));
-        let AfterClaim::Answer(v) = after_claim(&p, same, &policy()) else {
-            panic!()
-        };
+        let v = answered(after_claim(&p, same, &policy()));
         assert_eq!((v.allowed, v.decision), (true, Decision::DryRun));
         // Stale holder gone: allowed, no take-over; holder exists: deny without confirming.
         let stale = claim_by("run-ghost", ClaimState::Pending, 500);
