@@ -133,29 +133,10 @@ impl Webhook {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, mut addr_rx) = tokio::sync::mpsc::channel::<(SocketAddr, SocketAddr)>(1);
         if let Some(stdout) = child.stdout.take() {
-            let logs = logs.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(addrs) = serving_addresses(&line) {
-                        let _ = addr_tx.send(addrs).await;
-                    }
-                    if let Ok(mut logs) = logs.lock() {
-                        logs.push(line);
-                    }
-                }
-            });
+            tokio::spawn(collect_lines(stdout, logs.clone(), addr_tx.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            let logs = logs.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Ok(mut logs) = logs.lock() {
-                        logs.push(line);
-                    }
-                }
-            });
+            tokio::spawn(collect_lines(stderr, logs.clone(), addr_tx));
         }
         let started = tokio::time::timeout(Duration::from_secs(30), addr_rx.recv()).await;
         let (addr, ops_addr) = match started {
@@ -216,6 +197,24 @@ impl Webhook {
     /// Waits for the process to exit on its own.
     pub async fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
         Ok(tokio::time::timeout(limit, self.child.wait()).await??)
+    }
+}
+
+/// Keeps every line the process prints, and reports the listen addresses from the
+/// start-up line when it goes by.
+async fn collect_lines(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    logs: Arc<Mutex<Vec<String>>>,
+    addresses: tokio::sync::mpsc::Sender<(SocketAddr, SocketAddr)>,
+) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(addrs) = serving_addresses(&line) {
+            let _ = addresses.send(addrs).await;
+        }
+        if let Ok(mut logs) = logs.lock() {
+            logs.push(line);
+        }
     }
 }
 
