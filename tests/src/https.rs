@@ -4,12 +4,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -38,7 +39,7 @@ impl Reply {
 }
 
 fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
+    CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .context("parsing PEM certificates")
 }
@@ -80,8 +81,8 @@ impl HttpsClient {
         let mut config = match client {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
-                let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key.as_bytes())?
-                    .ok_or_else(|| anyhow!("no private key in PEM"))?;
+                let key =
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).context("parsing the PEM private key")?;
                 builder.with_client_auth_cert(certs(cert)?, key)?
             }
         };
