@@ -139,12 +139,17 @@ pub fn parse(body: &[u8]) -> Result<Request, ReviewError> {
 
 /// The AdmissionReview answer for `verdict`, echoing the request uid.
 pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
-    let mut status = Status::default();
-    if !verdict.allowed {
-        status = Status::failure(&verdict.message, verdict.reason);
+    let status = if verdict.allowed {
+        Status::default()
+    } else {
+        let mut status = Status::failure(&verdict.message, verdict.reason);
         // Set explicitly: the API server turns a deny without a code (or below 400) into 400.
         status.code = verdict.code;
-    }
+        status
+    };
+    // `AdmissionResponse` is non-exhaustive; `invalid` is its one constructor that needs no
+    // `AdmissionRequest` (consumed by `parse`), and it already carries the v1 apiVersion/kind.
+    // Every field it sets is overwritten below.
     let mut response = AdmissionResponse::invalid("");
     response.uid = uid.to_owned();
     response.allowed = verdict.allowed;
