@@ -13,10 +13,14 @@ from conftest import CHART_DIR, NAMESPACE, RELEASE, env_of, render
 
 # Value sets that turn on everything optional, used wherever "all templates" matter.
 EVERYTHING_ON = {
-    "networkPolicy": {"enabled": True},
+    "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["172.16.0.0/28"]}},
     "serviceMonitor": {"enabled": True},
     "imagePullSecrets": [{"name": "regcred"}],
-    "admission": {"priorityClassName": "system-cluster-critical", "namespaces": ["agents", "ci"]},
+    "admission": {
+        "priorityClassName": "system-cluster-critical",
+        "namespaces": ["agents", "ci"],
+        "tls": {"clientCA": {"name": "apiserver-client-ca"}},
+    },
     "pruner": {"priorityClassName": "low", "dryRun": True},
     "database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}},
 }
@@ -89,7 +93,7 @@ def test_toggles_render_exactly_the_expected_kinds(chart: helm.Chart, admission:
 
 
 def test_optional_objects_follow_their_toggles(chart: helm.Chart) -> None:
-    out = render(chart, {"networkPolicy": {"enabled": True}, "serviceMonitor": {"enabled": True}})
+    out = render(chart, {"networkPolicy": {"enabled": True, "webhookAllowAllSources": True}, "serviceMonitor": {"enabled": True}})
     assert out.kinds()["NetworkPolicy"] == 2
     assert out.kinds()["ServiceMonitor"] == 1
     pruner_only = render(chart, {"admission": {"enabled": False}, "networkPolicy": {"enabled": True}, "serviceMonitor": {"enabled": True}})
@@ -106,6 +110,9 @@ def test_every_object_is_labelled_and_namespaced(chart: helm.Chart) -> None:
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
         if o["kind"] in cluster_scoped:
             assert "namespace" not in meta, o["kind"]
+        elif o["kind"] in ("Role", "RoleBinding"):
+            # Read access in each namespace the webhook checks (test_access).
+            assert meta["namespace"] in EVERYTHING_ON["admission"]["namespaces"], (o["kind"], meta["name"])
         else:
             assert meta["namespace"] == NAMESPACE, (o["kind"], meta["name"])
 
@@ -144,9 +151,8 @@ def test_webhook_registration(chart: helm.Chart) -> None:
         "scope": "Namespaced",
     }
     assert hook["objectSelector"] == {"matchExpressions": [{"key": "jangar.proompteng.ai/delivery-id", "operator": "Exists"}]}
-    assert hook["namespaceSelector"] == {
-        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", NAMESPACE]}]
-    }
+    # Every namespace, the release's own included (test_access).
+    assert hook["namespaceSelector"] == {}
     svc = out.one("Service")
     deploy = out.one("Deployment")
     service_ref = hook["clientConfig"]["service"]
@@ -260,10 +266,11 @@ def test_image_reference(chart: helm.Chart) -> None:
         assert pod["containers"][0]["imagePullPolicy"] == "Always"
 
 
-def test_rbac_grants_only_get_on_orchestrationruns(chart: helm.Chart) -> None:
+def test_rbac_grants_only_reads_of_orchestrationruns(chart: helm.Chart) -> None:
     out = render(chart)
     role = out.one("ClusterRole")
-    assert role["rules"] == [{"apiGroups": ["orchestration.proompteng.ai"], "resources": ["orchestrationruns"], "verbs": ["get"]}]
+    verbs = ["get", "list", "watch"]  # the take-over lookup (get) and the reconciler (list, watch)
+    assert role["rules"] == [{"apiGroups": ["orchestration.proompteng.ai"], "resources": ["orchestrationruns"], "verbs": verbs}]
     binding = out.one("ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]}
     pod = out.one("Deployment")["spec"]["template"]["spec"]
@@ -328,7 +335,7 @@ def test_env_overlay_and_database_secret(chart: helm.Chart) -> None:
 
 
 def test_network_policies(chart: helm.Chart) -> None:
-    out = render(chart, {"networkPolicy": {"enabled": True}})
+    out = render(chart, {"networkPolicy": {"enabled": True, "webhookAllowAllSources": True}})
     webhook = out.one("NetworkPolicy", "-admission")
     assert webhook["spec"]["policyTypes"] == ["Ingress", "Egress"]
     (ingress,) = webhook["spec"]["ingress"]
@@ -343,7 +350,7 @@ def test_network_policies(chart: helm.Chart) -> None:
     cron_labels = out.one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
     assert pruner["spec"]["podSelector"]["matchLabels"].items() <= cron_labels.items()
     # Scraped: the metrics port opens too.
-    scraped = render(chart, {"networkPolicy": {"enabled": True}, "serviceMonitor": {"enabled": True}})
+    scraped = render(chart, {"networkPolicy": {"enabled": True, "webhookAllowAllSources": True}, "serviceMonitor": {"enabled": True}})
     ports = [r["ports"][0]["port"] for r in scraped.one("NetworkPolicy", "-admission")["spec"]["ingress"]]
     assert ports == ["https", "metrics"]
 

@@ -131,6 +131,50 @@ Secret, mounted read-only at a fixed path. Each helper renders nothing when no n
 {{- end -}}
 {{- end -}}
 
+{{/*
+mTLS (admission.tls.clientCA): the CA bundle the API server's client certificate must chain to,
+one key of a Secret or ConfigMap, mounted read-only at a fixed path. Each helper renders
+nothing when no name is set.
+*/}}
+{{- define "od.clientCa.enabled" -}}
+{{- if .Values.admission.tls.clientCA.name }}true{{ end -}}
+{{- end -}}
+{{- define "od.clientCa.dir" -}}/etc/orchestration-dedupe/client-ca{{- end -}}
+{{- define "od.clientCa.file" -}}{{ include "od.clientCa.dir" . }}/ca.crt{{- end -}}
+
+{{- define "od.clientCa.volumeMounts" -}}
+{{- if include "od.clientCa.enabled" . -}}
+- name: client-ca
+  mountPath: {{ include "od.clientCa.dir" . }}
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{- define "od.clientCa.volumes" -}}
+{{- if include "od.clientCa.enabled" . -}}
+{{- $ref := .Values.admission.tls.clientCA -}}
+{{- $items := list (dict "key" (required "admission.tls.clientCA.key is required" $ref.key) "path" "ca.crt") -}}
+- name: client-ca
+  {{- if eq $ref.kind "ConfigMap" }}
+  configMap:
+    name: {{ $ref.name }}
+  {{- else }}
+  secret:
+    secretName: {{ $ref.name }}
+  {{- end }}
+    defaultMode: 0440
+    items:
+      {{- toYaml $items | nindent 6 }}
+{{- end -}}
+{{- end -}}
+
+{{/* The webhook's read access to OrchestrationRuns (admission-rbac.yaml). */}}
+{{- define "od.admission.rbacRules" -}}
+- apiGroups: ["orchestration.proompteng.ai"]
+  resources: ["orchestrationruns"]
+  verbs: ["get", "list", "watch"]
+{{- end -}}
+
 {{/* The restricted pod and container security contexts (Pod Security Standards "restricted"). */}}
 {{- define "od.podSecurityContext" -}}
 runAsNonRoot: true
@@ -162,6 +206,16 @@ seccompProfile:
 {{- end -}}
 {{- if and (eq .Values.admission.tls.mode "secret") (not .Values.admission.tls.secret.caBundle) -}}
 {{- fail "admission.tls.secret.caBundle is required when admission.tls.mode is secret (base64 of the PEM CA that signed the Secret's certificate)" -}}
+{{- end -}}
+{{- $np := .Values.networkPolicy -}}
+{{- if $np.enabled -}}
+{{- $listed := or $np.apiServer.cidrs $np.webhookFrom -}}
+{{- if and $np.webhookAllowAllSources $listed -}}
+{{- fail "networkPolicy.webhookAllowAllSources admits every source on the webhook port, so networkPolicy.apiServer.cidrs and networkPolicy.webhookFrom would have no effect: set one or the other" -}}
+{{- end -}}
+{{- if not (or $np.webhookAllowAllSources $listed) -}}
+{{- fail "networkPolicy.enabled needs the webhook's callers: set networkPolicy.apiServer.cidrs to the addresses the API server calls from (and/or networkPolicy.webhookFrom), or networkPolicy.webhookAllowAllSources=true to admit any source explicitly. An empty source list would either open the port to every pod, which can then forge reviews, or shut out the API server (docs/OPERATIONS.md, \"Threats\")" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- if .Values.pruner.enabled -}}
