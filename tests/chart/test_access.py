@@ -167,7 +167,7 @@ def test_no_client_ca_by_default(chart: helm.Chart) -> None:
     [
         ({"name": "apiserver-client-ca"}, "secret", "secretName"),
         ({"name": "apiserver-client-ca", "kind": "Secret", "key": "bundle.pem"}, "secret", "secretName"),
-        ({"name": "kube-root-ca.crt", "kind": "ConfigMap"}, "configMap", "name"),
+        ({"name": "apiserver-webhook-client-ca", "kind": "ConfigMap"}, "configMap", "name"),
         ({"name": "trust-bundle", "kind": "ConfigMap", "key": "trust-bundle.pem"}, "configMap", "name"),
     ],
     ids=["secret-default-key", "secret-custom-key", "configmap", "configmap-custom-key"],
