@@ -244,14 +244,14 @@ class Webhook:
                 # Nobody listens there; with migrations skipped the webhook serves regardless.
                 "DATABASE_URL": "postgres://dedupe@127.0.0.1:1/dedupe?connect_timeout=1",
                 "JANGAR_ORCHESTRATION_DEDUPE_MIGRATIONS": "skip",
-                # No API server here.
+                # No API server here: neither the lookup nor the reconciler's watch.
                 "JANGAR_ORCHESTRATION_DEDUPE_KUBE_LOOKUP": "off",
+                RECONCILE_ENV: "off",
                 "JANGAR_ORCHESTRATION_DEDUPE_TLS_CERT": str(pki / "tls.crt"),
                 "JANGAR_ORCHESTRATION_DEDUPE_TLS_KEY": str(pki / "tls.key"),
                 "JANGAR_ORCHESTRATION_DEDUPE_LOG_FORMAT": "json",
             }
         )
-        env.pop(RECONCILE_ENV, None)
         path = bin_dir() / "dedupe-admission"
         if not path.is_file():
             pytest.fail(f"{path} not found: build it first (make chart-test does)")

@@ -80,6 +80,12 @@ KUBE_CASES: dict[str, dict[str, Any]] = {
     "tls-helm": {"admission": {"tls": {"mode": "helm"}}},
     "database-ca": {"database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}}},
     "database-ca-pruner-only": {"database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}}, "admission": {"enabled": False}},
+    # Roles per namespace, mTLS from a ConfigMap, NetworkPolicy peers and IPv6 blocks (test_access).
+    "scoped-mtls-configmap": {
+        "admission": {"namespaces": ["agents"], "reconcile": {"enabled": False}, "tls": {"clientCA": {"name": "ca", "kind": "ConfigMap"}}},
+        "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["fd00:10::/64"]}, "webhookFrom": [{"podSelector": {"matchLabels": {"k8s-app": "konnectivity-agent"}}}]},
+    },
+    "network-policy-allow-all": {"networkPolicy": {"enabled": True, "webhookAllowAllSources": True}, "serviceMonitor": {"enabled": True}},
     "tuned": {
         "admission": {"replicas": 3, "pdb": {"minAvailable": "50%"}, "preStopSleepSeconds": 0, "podAnnotations": {"a": "b"}, "podLabels": {"team": "x"}},
         "pruner": {"podFailurePolicy": {"rules": []}, "podLabels": {"team": "x"}},
