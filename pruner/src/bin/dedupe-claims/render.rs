@@ -218,22 +218,22 @@ pub fn get_table(delivery_id: &str, claims: &[ClaimRecord], cx: Context) -> Stri
     out
 }
 
+/// Claims two lines each: the key and state on the first, the run (indented) on the second,
+/// so that neither a 36-character delivery id nor a long run name has to be cut to fit.
 pub fn list_table(list: &ClaimList, limit: u32) -> String {
-    let mut table = Table::new(&["DELIVERY", "SCOPE", "STATE", "AGE", "RUN"]);
+    let mut table = Table::new(&["DELIVERY", "STATE", "AGE", "SCOPE"]);
     for r in &list.claims {
         table.row(vec![
             r.key.delivery_id.clone(),
-            r.key.scope.as_str().to_owned(),
             r.claim.state.as_str().to_owned(),
             human::span(r.age()),
-            r.claim.holder.to_string(),
+            r.key.scope.as_str().to_owned(),
         ]);
     }
-    let mut out = if list.claims.is_empty() {
-        String::new()
-    } else {
-        table.render(WIDTH)
-    };
+    let mut out = String::new();
+    if !list.claims.is_empty() {
+        out = with_run_lines(&table, &list.claims);
+    }
     if list.truncated {
         out.push_str(&format!(
             "showing the newest {limit}: more claims match (raise --limit, or narrow the filters)\n"
@@ -244,19 +244,36 @@ pub fn list_table(list: &ClaimList, limit: u32) -> String {
     out
 }
 
+/// Indent of the run line under each claim.
+const RUN_INDENT: &str = "  ";
+
+/// The table with each claim's run on an indented line of its own under its row.
+fn with_run_lines(table: &Table, claims: &[ClaimRecord]) -> String {
+    let rendered = table.render(WIDTH);
+    let mut lines = rendered.lines();
+    let mut out = String::new();
+    if let Some(header) = lines.next() {
+        out.push_str(&format!("{header}\n{RUN_INDENT}RUN\n"));
+    }
+    for (line, r) in lines.zip(claims) {
+        let run = fit(&format!("{RUN_INDENT}{}", r.claim.holder), WIDTH);
+        out.push_str(&format!("{line}\n{}\n", run.trim_end()));
+    }
+    out
+}
+
 /// Several matches of a release, one line each, so the operator can pick one.
 pub fn matches_table(claims: &[ClaimRecord]) -> String {
-    let mut table = Table::new(&["SCOPE", "NAMESPACE", "ORCHESTRATION", "STATE", "RUN"]);
+    let mut table = Table::new(&["SCOPE", "NAMESPACE", "ORCHESTRATION", "STATE"]);
     for r in claims {
         table.row(vec![
             r.key.scope.as_str().to_owned(),
             or_dash(&r.key.namespace),
             or_dash(&r.key.orchestration),
             r.claim.state.as_str().to_owned(),
-            r.claim.holder.to_string(),
         ]);
     }
-    table.render(WIDTH)
+    with_run_lines(&table, claims)
 }
 
 pub fn stats_table(s: &ClaimStats, cx: Context) -> String {
