@@ -42,7 +42,7 @@ pub const EXIT_CODES: &str = "Exit codes:\n  \
 /// webhook's pod: `kubectl exec deploy/<release>-orchestration-dedupe-admission -- dedupe-claims get ID`,
 /// or `kubectl dedupe get ID` with the plugin.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "dedupe-claims", version, about, long_about = None, after_help = EXIT_CODES)]
+#[command(name = "dedupe-claims", version, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
