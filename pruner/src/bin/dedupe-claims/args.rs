@@ -42,7 +42,9 @@ pub const EXIT_CODES: &str = "Exit codes:\n  \
 /// webhook's pod: `kubectl exec deploy/<release>-orchestration-dedupe-admission -- dedupe-claims get ID`,
 /// or `kubectl dedupe get ID` with the plugin.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "dedupe-claims", version, after_help = EXIT_CODES)]
+// A flag given twice takes the last value: the kubectl plugin passes the pruner's
+// --retention-days first, and the operator's own still wins.
+#[command(name = "dedupe-claims", version, after_help = EXIT_CODES, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -299,6 +301,13 @@ mod tests {
         assert_eq!(a.output, Format::Json);
         assert_eq!(a.store.database_url, b.store.database_url);
         assert_eq!(b.output, Format::Json);
+        Ok(())
+    }
+
+    #[test]
+    fn a_flag_given_twice_takes_the_last_value() -> Result<(), clap::Error> {
+        let cli = parse(&["--retention-days", "30", "get", "d1", "--retention-days", "9"])?;
+        assert_eq!(cli.store.retention_days, 9);
         Ok(())
     }
 
