@@ -35,17 +35,24 @@ demo:
 	$(WITH_PG) $(CARGO) run --quiet --locked -p dedupe-tests --bin demo
 
 ## chart-test: the Helm chart, offline (no helm binary, no cluster): lint, render, schema,
-## Kubernetes 1.33 validation, and the flags/env it passes checked against the binaries' --help.
+## Kubernetes 1.33 validation, and the flags/env it passes checked against the binaries' --help;
+## the PrometheusRule's alerts unit-tested with promtool; the kubectl-dedupe plugin.
 ## Python >= 3.10 with pip; the pinned tools go into a project-local venv, installed once.
+## promtool comes from PATH, else from Debian's `prometheus` package, extracted into the venv
+## (tests/chart/install-promtool.sh; apt-get update on a fresh machine needs root, as CI runs).
 PYTHON ?= python3
 VENV ?= .venv
 CHART_TEST_DEPS = $(VENV)/.chart-test-deps
+PROMTOOL = $(VENV)/bin/promtool
 
 # Builds the whole workspace, as `unit` does: the same feature set, so after `unit` this
 # is a no-op (building two packages alone would unify features differently and rebuild).
-chart-test: $(CHART_TEST_DEPS)
+chart-test: $(CHART_TEST_DEPS) $(PROMTOOL)
 	$(CARGO) build --locked --workspace
-	PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m pytest -c tests/chart/pytest.ini tests/chart
+	PROMTOOL=$(abspath $(PROMTOOL)) PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m pytest -c tests/chart/pytest.ini tests/chart
+
+$(PROMTOOL): tests/chart/install-promtool.sh | $(CHART_TEST_DEPS)
+	sh tests/chart/install-promtool.sh $@
 
 $(CHART_TEST_DEPS): tests/chart/requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \

@@ -4,6 +4,7 @@
 pub mod claim;
 pub mod config;
 pub mod error;
+pub mod inspect;
 pub mod migrate;
 pub mod run;
 pub mod sql;

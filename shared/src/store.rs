@@ -83,6 +83,11 @@ impl ClaimStore {
         self.timeout
     }
 
+    /// The pool, for the operator queries in `inspect.rs` (which need transactions).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Runs `f` under the store timeout.
     async fn bounded<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
         tokio::time::timeout(self.timeout, f)

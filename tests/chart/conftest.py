@@ -29,7 +29,7 @@ NAMESPACE = "jangar"
 KUBE_VERSION = "1.33.0"
 
 # Kinds from CRDs (cert-manager, prometheus-operator): kubernetes-validate has no schema for them.
-CRD_KINDS = {"Issuer", "Certificate", "ServiceMonitor"}
+CRD_KINDS = {"Issuer", "Certificate", "ServiceMonitor", "PrometheusRule"}
 
 
 # --- rendering --------------------------------------------------------------------------

@@ -1,0 +1,370 @@
+//! The command line of `dedupe-claims`, parsed once in `main` (flags with environment
+//! fallbacks, as the other binaries) and validated into [`Settings`].
+
+use std::time::Duration;
+
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use dedupe_shared::claim::ClaimState;
+use dedupe_shared::config::{DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_RETENTION_DAYS};
+use dedupe_shared::inspect::{KeySelector, ListFilter};
+use dedupe_shared::{ClaimScope, ConfigError, StoreConfig};
+
+use crate::human;
+
+/// Rows `list` shows unless told otherwise.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Upper bound of `--limit`: past this, `-o json` and a pipe serve better than a table.
+pub const MAX_LIST_LIMIT: u32 = 100_000;
+/// Bound on each store call. Longer than the webhook's 2 s: `stats` counts the whole table,
+/// which takes a second or more at millions of rows, and nobody is waiting on an admission.
+pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 10_000;
+/// One connection: the CLI runs one statement (or one transaction) at a time.
+pub const POOL_SIZE: usize = 1;
+
+/// Exit codes, as `--help` prints them (docs/OPERATIONS.md repeats them for scripts).
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_STORE_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_NO_SUCH_CLAIM: u8 = 3;
+pub const EXIT_AMBIGUOUS: u8 = 4;
+
+pub const EXIT_CODES: &str = "Exit codes:\n  \
+0  success (also an empty `list`)\n  \
+1  the claim store failed (one line on stderr)\n  \
+2  usage: unknown flag, missing or malformed argument (the message names it)\n  \
+3  no such claim: `get` or `release` found no claim of that delivery (one line on stderr)\n  \
+4  ambiguous: `release` matched more than one claim; nothing was deleted";
+
+/// dedupe-claims: who holds a delivery, and releasing a claim by hand.
+///
+/// Reads the claims table of orchestration-dedupe (the same store flags and environment as
+/// dedupe-admission and dedupe-pruner) and never migrates it. In a cluster, run it in the
+/// webhook's pod: `kubectl exec deploy/<release>-orchestration-dedupe-admission -- dedupe-claims get ID`,
+/// or `kubectl dedupe get ID` with the plugin.
+#[derive(Debug, Clone, Parser)]
+// A flag given twice takes the last value: the kubectl plugin passes the pruner's
+// --retention-days first, and the operator's own still wins.
+#[command(name = "dedupe-claims", version, after_help = EXIT_CODES, args_override_self = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Output format: a table for people (fits 80 columns), or JSON for scripts (documented
+    /// in docs/OPERATIONS.md, stable).
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table, global = true)]
+    pub output: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// The store flags, shared with the other binaries by name and environment variable. Global,
+/// so they may stand before or after the command.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct StoreArgs {
+    /// PostgreSQL connection string (URL or key=value form). Required.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        global = true
+    )]
+    pub database_url: Option<String>,
+
+    /// CA bundle (PEM) that PostgreSQL's server certificate must chain to (and name the host);
+    /// unset = encrypt when the server offers TLS, without verifying (as the other binaries).
+    #[arg(
+        long,
+        env = "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_CA",
+        value_name = "PEM_FILE",
+        global = true
+    )]
+    pub database_ca: Option<std::path::PathBuf>,
+
+    /// Bound on each store call, in milliseconds.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_CLAIMS_STORE_TIMEOUT_MS", default_value_t = DEFAULT_STORE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=600_000), global = true)]
+    pub store_timeout_ms: u64,
+
+    /// The pruner's retention window in days: when `get` says a claim will be pruned, and what
+    /// `stats` counts as past retention. Set it as the pruner has it (the chart's retentionDays).
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_RETENTION_DAYS", default_value_t = DEFAULT_RETENTION_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500), global = true)]
+    pub retention_days: u32,
+
+    /// The webhook's pending grace period in seconds: a pending claim idle longer is one the
+    /// next create of its delivery may take over.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PENDING_GRACE_SECONDS", default_value_t = DEFAULT_PENDING_GRACE_SECONDS, global = true)]
+    pub pending_grace_seconds: u64,
+
+    /// The CLI never migrates; `skip` is the only value, accepted so that the same flags work
+    /// for all three binaries. (Its environment variable is not read: in the webhook's pod it
+    /// says `apply`, for the webhook.)
+    #[arg(long, value_enum, default_value_t = NeverMigrate::Skip, global = true)]
+    pub migrations: NeverMigrate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NeverMigrate {
+    /// Assume the schema is in place (dedupe-admission or dedupe-pruner applies it).
+    Skip,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Every claim of one delivery, in any scope: key, holder, state, times, counters, and
+    /// when the pruner removes it.
+    Get {
+        /// The delivery id (the run's `jangar.proompteng.ai/delivery-id` label value).
+        #[arg(value_parser = parse_delivery_id)]
+        delivery_id: String,
+    },
+    /// Claims, newest first, filtered.
+    List {
+        /// Only claims in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// Only claims claimed longer ago than this: `90s`, `2m`, `12h`, `7d`, `1w`, `1h30m`.
+        #[arg(long, value_name = "DURATION", value_parser = human::parse_duration)]
+        older_than: Option<Duration>,
+        /// Only claims whose run is in this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Only claims keyed by this orchestration (`spec.orchestrationRef.name`; only scope
+        /// `orchestration` records it).
+        #[arg(long)]
+        orchestration: Option<String>,
+        /// Show at most this many claims (says so when the limit cut the list).
+        #[arg(long, default_value_t = DEFAULT_LIST_LIMIT, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_LIST_LIMIT)))]
+        limit: u32,
+    },
+    /// Release one claim, so that the next create of the delivery makes a new run. Without
+    /// --yes, shows what it would delete and deletes nothing.
+    Release {
+        /// The delivery id.
+        #[arg(value_parser = parse_delivery_id)]
+        delivery_id: String,
+        /// The claim's scope, when the delivery has claims in several.
+        #[arg(long, value_enum)]
+        scope: Option<ClaimScope>,
+        /// The key's namespace (`''` in scope cluster).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The key's orchestration (`''` in scopes namespace and cluster).
+        #[arg(long)]
+        orchestration: Option<String>,
+        /// Delete it: exactly one claim, in one transaction; refused when more than one matches.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Claims by scope and state, the oldest claim, the pruner's backlog, pending claims past
+    /// the grace period, the table's size on disk and the schema version.
+    Stats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    Pending,
+    Confirmed,
+}
+
+impl From<StateArg> for ClaimState {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::Pending => ClaimState::Pending,
+            StateArg::Confirmed => ClaimState::Confirmed,
+        }
+    }
+}
+
+/// A delivery id is a label value: the same rule the webhook applies.
+fn parse_delivery_id(value: &str) -> Result<String, String> {
+    match dedupe_shared::run::label_value_problem(value) {
+        None => Ok(value.to_owned()),
+        Some(problem) => Err(format!("not a delivery id (a label value): {problem}")),
+    }
+}
+
+/// What a command asks of the store, validated.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Get {
+        delivery_id: String,
+    },
+    List(ListFilter),
+    Release {
+        delivery_id: String,
+        selector: KeySelector,
+        yes: bool,
+    },
+    Stats,
+}
+
+/// Everything the CLI needs, validated once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub store: StoreConfig,
+    pub format: Format,
+    pub retention_days: u32,
+    pub pending_grace: Duration,
+    pub request: Request,
+}
+
+impl Settings {
+    /// Validates what clap cannot (a missing or malformed connection string), naming the flag.
+    pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
+        let url = cli
+            .store
+            .database_url
+            .as_deref()
+            .ok_or_else(|| ConfigError::Invalid {
+                flag: "--database-url (DATABASE_URL)",
+                reason: "is required".into(),
+            })?;
+        let store = StoreConfig::new(url, POOL_SIZE, Duration::from_millis(cli.store.store_timeout_ms))?
+            .with_database_ca(cli.store.database_ca.as_deref())?;
+        let request = match &cli.command {
+            Command::Get { delivery_id } => Request::Get {
+                delivery_id: delivery_id.clone(),
+            },
+            Command::List {
+                state,
+                older_than,
+                namespace,
+                orchestration,
+                limit,
+            } => Request::List(ListFilter {
+                state: state.map(ClaimState::from),
+                older_than: *older_than,
+                run_namespace: namespace.clone(),
+                orchestration: orchestration.clone(),
+                limit: *limit,
+            }),
+            Command::Release {
+                delivery_id,
+                scope,
+                namespace,
+                orchestration,
+                yes,
+            } => Request::Release {
+                delivery_id: delivery_id.clone(),
+                selector: KeySelector {
+                    scope: *scope,
+                    namespace: namespace.clone(),
+                    orchestration: orchestration.clone(),
+                },
+                yes: *yes,
+            },
+            Command::Stats => Request::Stats,
+        };
+        Ok(Self {
+            store,
+            format: cli.output,
+            retention_days: cli.store.retention_days,
+            pending_grace: Duration::from_secs(cli.store.pending_grace_seconds),
+            request,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("dedupe-claims").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() -> Result<(), clap::Error> {
+        let cli = parse(&["stats", "--database-url", "postgres://h/db"])?;
+        assert_eq!(cli.output, Format::Table);
+        assert_eq!(cli.store.retention_days, 7);
+        assert_eq!(cli.store.pending_grace_seconds, 120);
+        assert_eq!(cli.store.store_timeout_ms, DEFAULT_STORE_TIMEOUT_MS);
+        assert_eq!(cli.store.migrations, NeverMigrate::Skip);
+        let cli = parse(&["list"])?;
+        assert!(matches!(cli.command, Command::List { limit: 100, .. }));
+        Ok(())
+    }
+
+    #[test]
+    fn store_flags_and_output_go_before_or_after_the_command() -> Result<(), clap::Error> {
+        let a = parse(&["-o", "json", "--database-url", "postgres://h/db", "get", "d1"])?;
+        let b = parse(&["get", "d1", "--database-url", "postgres://h/db", "-o", "json"])?;
+        assert_eq!(a.output, Format::Json);
+        assert_eq!(a.store.database_url, b.store.database_url);
+        assert_eq!(b.output, Format::Json);
+        Ok(())
+    }
+
+    #[test]
+    fn a_flag_given_twice_takes_the_last_value() -> Result<(), clap::Error> {
+        let cli = parse(&["--retention-days", "30", "get", "d1", "--retention-days", "9"])?;
+        assert_eq!(cli.store.retention_days, 9);
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_delivery_ids_are_usage_errors_naming_the_argument() {
+        for bad in ["", "-x", "has space", &"x".repeat(64)] {
+            let err = parse(&["get", "--", bad]).err();
+            assert_eq!(err.as_ref().map(clap::Error::exit_code), Some(2), "{bad:?}");
+            let text = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(text.contains("DELIVERY_ID"), "{bad:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (args, flag) in [
+            (&["list", "--limit", "0"][..], "--limit"),
+            (&["list", "--state", "gone"][..], "--state"),
+            (&["list", "--older-than", "7x"][..], "--older-than"),
+            (&["release", "d1", "--scope", "global"][..], "--scope"),
+            (&["stats", "--migrations", "apply"][..], "--migrations"),
+            (&["stats", "-o", "yaml"][..], "--output"),
+        ] {
+            let err = parse(args).err();
+            assert_eq!(err.as_ref().map(clap::Error::exit_code), Some(2), "{args:?}");
+            let text = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(text.contains(flag), "{args:?}: {text}");
+        }
+        let err = parse(&["stats", "--frobnicate"]).err();
+        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::UnknownArgument));
+    }
+
+    #[test]
+    fn a_missing_database_url_names_the_flag() -> Result<(), clap::Error> {
+        let mut cli = parse(&["stats"])?;
+        // As if DATABASE_URL were unset (make test sets it for the whole run).
+        cli.store.database_url = None;
+        let err = Settings::from_cli(&cli)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("--database-url (DATABASE_URL)"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn help_documents_every_exit_code() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for code in [
+            "0  success",
+            "1  the claim store failed",
+            "2  usage",
+            "3  no such claim",
+            "4  ambiguous",
+        ] {
+            assert!(help.contains(code), "missing {code:?} in\n{help}");
+        }
+    }
+}

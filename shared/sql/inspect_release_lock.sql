@@ -1,0 +1,14 @@
+-- dedupe-claims release --yes, first statement of its transaction: the same selection as
+-- inspect_release_preview.sql, locking what it finds so that the row deleted next is the row
+-- shown (a concurrent take-over waits for the transaction, or has already committed and is read).
+SELECT delivery_id, scope, namespace, orchestration,
+       run_namespace, run_name, run_uid, state,
+       claimed_at, updated_at, admissions, takeovers,
+       now() AS observed_at
+  FROM orchestration_dedupe_claims
+ WHERE delivery_id = $1
+   AND ($2::text IS NULL OR scope = $2::text)
+   AND ($3::text IS NULL OR namespace = $3::text)
+   AND ($4::text IS NULL OR orchestration = $4::text)
+ ORDER BY scope, namespace, orchestration
+   FOR UPDATE

@@ -1,0 +1,693 @@
+//! End-to-end: the real `dedupe-claims` binary against real PostgreSQL (a schema per test),
+//! reading and releasing claims that the real `dedupe-admission` made over TLS.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use chrono::{DateTime, Utc};
+use dedupe_tests::{Answer, Review, TestCerts, TestDb, Webhook};
+use serde_json::Value;
+
+/// What one run of the CLI printed, and how it exited.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.stdout).with_context(|| format!("stdout is not JSON: {self:?}"))
+    }
+
+    fn expect(self, code: i32) -> Result<Self> {
+        ensure!(self.code == code, "expected exit {code}, got {self:#?}");
+        Ok(self)
+    }
+
+    /// stderr is exactly one line.
+    fn one_error_line(&self) -> Result<&str> {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        ensure!(lines.len() == 1, "expected one line on stderr: {self:#?}");
+        Ok(lines[0])
+    }
+}
+
+/// The knobs a developer's shell might have set, which would change what the CLI does.
+const ENV_TO_CLEAR: &[&str] = &[
+    "DATABASE_URL",
+    "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_CA",
+    "JANGAR_ORCHESTRATION_DEDUPE_CLAIMS_STORE_TIMEOUT_MS",
+    "JANGAR_ORCHESTRATION_DEDUPE_RETENTION_DAYS",
+    "JANGAR_ORCHESTRATION_DEDUPE_PENDING_GRACE_SECONDS",
+];
+
+/// Runs `dedupe-claims ARGS` with `DATABASE_URL` = `url` (none when `None`).
+async fn cli_with(url: Option<&str>, args: &[&str]) -> Result<Run> {
+    let mut command = tokio::process::Command::new(dedupe_tests::webhook::binary("dedupe-claims")?);
+    for name in ENV_TO_CLEAR {
+        command.env_remove(name);
+    }
+    if let Some(url) = url {
+        command.env("DATABASE_URL", url);
+    }
+    let out = command
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .context("dedupe-claims did not finish within 60 s")??;
+    Ok(Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout)?,
+        stderr: String::from_utf8(out.stderr)?,
+    })
+}
+
+async fn cli(db: &TestDb, args: &[&str]) -> Result<Run> {
+    cli_with(Some(db.url()), args).await
+}
+
+fn delivery() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A fresh schema, dev certificates and the webhook (lookup off) with `args`.
+async fn start(args: &[&str]) -> Result<(TestDb, TestCerts, Webhook)> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = start_on(&db, &certs, args).await?;
+    Ok((db, certs, webhook))
+}
+
+async fn start_on(db: &TestDb, certs: &TestCerts, args: &[&str]) -> Result<Webhook> {
+    let all: Vec<&str> = ["--kube-lookup", "off"].iter().chain(args).copied().collect();
+    Webhook::start(db.url(), certs, &all, &[]).await
+}
+
+/// Sends `review` and checks the decision.
+async fn admit(webhook: &Webhook, review: &Review, decision: &str) -> Result<Answer> {
+    let answer = Answer::from_reply(&webhook.review(review.json()).await?)?;
+    ensure!(
+        answer.decision() == decision,
+        "expected {decision}, got {:?}",
+        answer.0
+    );
+    Ok(answer)
+}
+
+/// Seeds a claim's state: how a claim becomes confirmed is the webhook's business
+/// (tests/tests/webhook.rs); here only what the CLI shows of it matters.
+async fn confirm(db: &TestDb, delivery: &str) -> Result<()> {
+    db.client()
+        .await?
+        .execute(
+            "UPDATE orchestration_dedupe_claims SET state = 'confirmed' WHERE delivery_id = $1",
+            &[&delivery],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn rows(db: &TestDb, delivery: &str) -> Result<Vec<(String, String)>> {
+    Ok(db
+        .client()
+        .await?
+        .query(
+            "SELECT scope, run_name FROM orchestration_dedupe_claims WHERE delivery_id = $1 ORDER BY scope",
+            &[&delivery],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+fn time(v: &Value) -> Result<DateTime<Utc>> {
+    let text = v.as_str().with_context(|| format!("not a string: {v}"))?;
+    Ok(DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc))
+}
+
+fn assert_fits_80_columns(text: &str) {
+    for line in text.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "wider than 80 columns: {line:?}\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn get_shows_the_claim_in_a_table_and_in_json() -> Result<()> {
+    let (db, _certs, webhook) = start(&[]).await?;
+    let d = delivery();
+    let first = Review::create(&d, "run-first")?;
+    admit(&webhook, &first, "claimed").await?;
+    // A retried create of the same name: counted as an admission, new uid recorded.
+    let retry = first.clone().new_uids();
+    admit(&webhook, &retry, "retry").await?;
+
+    let json = cli(&db, &["get", &d, "-o", "json"]).await?.expect(0)?.json()?;
+    assert_eq!(json["deliveryId"], d.as_str());
+    assert_eq!(json["retentionDays"], 7);
+    let claims = json["claims"].as_array().context("claims")?;
+    assert_eq!(claims.len(), 1, "{json:#}");
+    let c = &claims[0];
+    assert_eq!(c["deliveryId"], d.as_str());
+    assert_eq!(c["scope"], "orchestration");
+    assert_eq!(c["namespace"], "jangar");
+    assert_eq!(c["orchestration"], "demo-orchestration");
+    assert_eq!(
+        c["key"],
+        format!("orchestration:jangar/demo-orchestration/{d}").as_str()
+    );
+    assert_eq!(c["run"]["namespace"], "jangar");
+    assert_eq!(c["run"]["name"], "run-first");
+    assert_eq!(c["run"]["uid"], retry.object_uid().as_str());
+    assert_eq!(c["state"], "pending");
+    assert_eq!(
+        (c["admissions"].as_i64(), c["takeovers"].as_i64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(c["pendingPastGrace"], false);
+    let claimed_at = time(&c["claimedAt"])?;
+    assert!(time(&c["updatedAt"])? >= claimed_at);
+    assert_eq!(time(&c["prunableAfter"])? - claimed_at, chrono::Duration::days(7));
+    assert!(c["ageSeconds"].as_i64().is_some_and(|s| s >= 0), "{c}");
+
+    // The same row as the database has it.
+    let row = db
+        .client()
+        .await?
+        .query_one(
+            "SELECT claimed_at, admissions FROM orchestration_dedupe_claims WHERE delivery_id = $1",
+            &[&d],
+        )
+        .await?;
+    assert_eq!(claimed_at, row.get::<_, DateTime<Utc>>(0));
+    assert_eq!(c["admissions"].as_i64(), Some(i64::from(row.get::<_, i32>(1))));
+
+    // Retention and grace come from the flags (or their environment variables).
+    let json = cli(&db, &["get", &d, "-o", "json", "--retention-days", "30"])
+        .await?
+        .expect(0)?
+        .json()?;
+    assert_eq!(
+        time(&json["claims"][0]["prunableAfter"])? - claimed_at,
+        chrono::Duration::days(30)
+    );
+
+    let table = cli(&db, &["get", &d]).await?.expect(0)?.stdout;
+    for part in [
+        format!("delivery {d}: 1 claim"),
+        "jangar/run-first".to_owned(),
+        retry.object_uid(),
+        "pending, idle".to_owned(),
+        "demo-orchestration".to_owned(),
+        "retention 7 d".to_owned(),
+    ] {
+        assert!(table.contains(&part), "{part:?} missing from\n{table}");
+    }
+    assert!(table.contains("admissions     1"), "{table}");
+    assert_fits_80_columns(&table);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_delivery_held_in_two_scopes_shows_both_and_release_must_pick_one() -> Result<()> {
+    let (db, certs, by_orchestration) = start(&[]).await?;
+    let by_namespace = start_on(
+        &db,
+        &certs,
+        &["--claim-scope", "namespace", "--migrations", "skip"],
+    )
+    .await?;
+    let d = delivery();
+    admit(&by_orchestration, &Review::create(&d, "run-a")?, "claimed").await?;
+    admit(&by_namespace, &Review::create(&d, "run-b")?, "claimed").await?;
+
+    let json = cli(&db, &["get", &d, "-o", "json"]).await?.expect(0)?.json()?;
+    let scopes: Vec<(&str, &str, &str)> = json["claims"]
+        .as_array()
+        .context("claims")?
+        .iter()
+        .map(|c| {
+            (
+                c["scope"].as_str().unwrap_or("?"),
+                c["orchestration"].as_str().unwrap_or("?"),
+                c["run"]["name"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        scopes,
+        vec![
+            ("namespace", "", "run-b"),
+            ("orchestration", "demo-orchestration", "run-a")
+        ]
+    );
+    let table = cli(&db, &["get", &d]).await?.expect(0)?.stdout;
+    assert!(table.contains(&format!("delivery {d}: 2 claims")), "{table}");
+    assert_fits_80_columns(&table);
+
+    // Ambiguous: refused with and without --yes, nothing deleted, the matches shown.
+    for extra in [&[][..], &["--yes"][..]] {
+        let args: Vec<&str> = ["release", d.as_str()].iter().chain(extra).copied().collect();
+        let run = cli(&db, &args).await?.expect(4)?;
+        assert!(run.one_error_line()?.contains("2 claims"), "{run:#?}");
+        assert!(
+            run.stdout.contains("namespace") && run.stdout.contains("run-a"),
+            "{run:#?}"
+        );
+        assert_fits_80_columns(&run.stdout);
+        assert_eq!(
+            rows(&db, &d).await?.len(),
+            2,
+            "an ambiguous release deletes nothing"
+        );
+    }
+    let run = cli(
+        &db,
+        &["release", &d, "--yes", "--namespace", "jangar", "-o", "json"],
+    )
+    .await?
+    .expect(4)?;
+    assert_eq!(run.json()?["released"], false);
+    assert_eq!(run.json()?["claims"].as_array().map(Vec::len), Some(2));
+
+    // Picking the scope picks one: exactly that row goes.
+    let run = cli(
+        &db,
+        &["release", &d, "--scope", "namespace", "--yes", "-o", "json"],
+    )
+    .await?
+    .expect(0)?;
+    let json = run.json()?;
+    assert_eq!(json["released"], true);
+    assert_eq!(json["claims"][0]["scope"], "namespace");
+    assert_eq!(json["claims"][0]["run"]["name"], "run-b");
+    assert_eq!(
+        rows(&db, &d).await?,
+        vec![("orchestration".to_owned(), "run-a".to_owned())]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn release_without_yes_deletes_nothing_and_with_yes_frees_the_delivery() -> Result<()> {
+    let (db, _certs, webhook) = start(&[]).await?;
+    let d = delivery();
+    let other = delivery();
+    admit(&webhook, &Review::create(&d, "run-first")?, "claimed").await?;
+    admit(&webhook, &Review::create(&other, "run-other")?, "claimed").await?;
+    admit(&webhook, &Review::create(&d, "run-second")?, "duplicate").await?;
+
+    let preview = cli(&db, &["release", &d]).await?.expect(0)?;
+    assert!(preview.stdout.contains("nothing deleted"), "{preview:#?}");
+    assert!(preview.stdout.contains("jangar/run-first"), "{preview:#?}");
+    assert_fits_80_columns(&preview.stdout);
+    let json = cli(&db, &["release", &d, "-o", "json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    assert_eq!(json["released"], false);
+    assert_eq!(json["claims"][0]["run"]["name"], "run-first");
+    assert_eq!(rows(&db, &d).await?.len(), 1, "no --yes: nothing deleted");
+    admit(
+        &webhook,
+        &Review::create(&d, "run-second")?.new_uids(),
+        "duplicate",
+    )
+    .await?;
+
+    let released = cli(&db, &["release", &d, "--yes"]).await?.expect(0)?;
+    assert!(released.stdout.contains("released"), "{released:#?}");
+    assert!(released.stdout.contains("jangar/run-first"), "{released:#?}");
+    assert_fits_80_columns(&released.stdout);
+    assert!(rows(&db, &d).await?.is_empty(), "the claim is gone");
+    assert_eq!(rows(&db, &other).await?.len(), 1, "and only that one");
+
+    // The delivery can be created again, by a new run.
+    admit(&webhook, &Review::create(&d, "run-again")?, "claimed").await?;
+    assert_eq!(
+        rows(&db, &d).await?,
+        vec![("orchestration".to_owned(), "run-again".to_owned())]
+    );
+
+    // Releasing what is not there: no such claim, one line.
+    let gone = delivery();
+    let run = cli(&db, &["release", &gone, "--yes"]).await?.expect(3)?;
+    assert!(run.one_error_line()?.contains(&gone), "{run:#?}");
+    let run = cli(&db, &["release", &d, "--scope", "cluster", "--yes"])
+        .await?
+        .expect(3)?;
+    assert!(run.one_error_line()?.contains("matches"), "{run:#?}");
+    assert_eq!(
+        rows(&db, &d).await?.len(),
+        1,
+        "a selector that matches nothing deletes nothing"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn list_filters_orders_newest_first_and_says_when_the_limit_cut_it() -> Result<()> {
+    let (db, _certs, webhook) = start(&[]).await?;
+    // Five claims, made in this order: two aged (one older than 2 days, one older than 1 h),
+    // one in another namespace, one for another orchestration, one confirmed.
+    let ds: Vec<String> = (0..5).map(|_| delivery()).collect();
+    admit(&webhook, &Review::create(&ds[0], "run-0")?, "claimed").await?;
+    admit(&webhook, &Review::create(&ds[1], "run-1")?, "claimed").await?;
+    admit(
+        &webhook,
+        &Review::create(&ds[2], "run-2")?.namespace("other").new_uids(),
+        "claimed",
+    )
+    .await?;
+    admit(
+        &webhook,
+        &Review::create(&ds[3], "run-3")?.orchestration("nightly"),
+        "claimed",
+    )
+    .await?;
+    admit(&webhook, &Review::create(&ds[4], "run-4")?, "claimed").await?;
+    db.age_claim(&ds[0], 3.0 * 86_400.0).await?;
+    db.age_claim(&ds[1], 2.0 * 3_600.0).await?;
+    confirm(&db, &ds[4]).await?;
+
+    let deliveries = |json: &Value| -> Vec<String> {
+        json["claims"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["deliveryId"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let list = |args: &'static [&'static str]| {
+        let db = &db;
+        async move {
+            let all: Vec<&str> = ["list", "-o", "json"].iter().chain(args).copied().collect();
+            let run = cli(db, &all).await?.expect(0)?;
+            run.json()
+        }
+    };
+
+    let all = list(&[]).await?;
+    // Newest first: 4, 3, 2 (claimed in that reverse order), then 1 (2 h), then 0 (3 d).
+    assert_eq!(
+        deliveries(&all),
+        vec![&ds[4], &ds[3], &ds[2], &ds[1], &ds[0]]
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (all["truncated"].as_bool(), all["limit"].as_u64()),
+        (Some(false), Some(100))
+    );
+
+    assert_eq!(
+        deliveries(&list(&["--state", "confirmed"]).await?),
+        vec![ds[4].clone()]
+    );
+    assert_eq!(deliveries(&list(&["--state", "pending"]).await?).len(), 4);
+    assert_eq!(
+        deliveries(&list(&["--older-than", "1h"]).await?),
+        vec![ds[1].clone(), ds[0].clone()]
+    );
+    assert_eq!(
+        deliveries(&list(&["--older-than", "2d"]).await?),
+        vec![ds[0].clone()]
+    );
+    assert_eq!(
+        deliveries(&list(&["--namespace", "other"]).await?),
+        vec![ds[2].clone()]
+    );
+    assert_eq!(
+        deliveries(&list(&["--orchestration", "nightly"]).await?),
+        vec![ds[3].clone()]
+    );
+    assert_eq!(
+        deliveries(
+            &list(&[
+                "--namespace",
+                "jangar",
+                "--state",
+                "pending",
+                "--older-than",
+                "1h"
+            ])
+            .await?
+        ),
+        vec![ds[1].clone(), ds[0].clone()]
+    );
+    assert!(deliveries(&list(&["--namespace", "nowhere"]).await?).is_empty());
+
+    let cut = list(&["--limit", "2"]).await?;
+    assert_eq!(deliveries(&cut), vec![ds[4].clone(), ds[3].clone()]);
+    assert_eq!(cut["truncated"], true);
+    let exact = list(&["--limit", "5"]).await?;
+    assert_eq!(
+        (deliveries(&exact).len(), exact["truncated"].as_bool()),
+        (5, Some(false))
+    );
+
+    let table = cli(&db, &["list", "--limit", "2"]).await?.expect(0)?.stdout;
+    assert!(table.contains("showing the newest 2"), "{table}");
+    assert!(table.starts_with("DELIVERY"), "{table}");
+    assert_fits_80_columns(&table);
+    let table = cli(&db, &["list"]).await?.expect(0)?.stdout;
+    assert!(table.ends_with("5 claims\n"), "{table}");
+    assert!(
+        table.contains("other/run-2") && table.contains("confirmed"),
+        "{table}"
+    );
+    assert_fits_80_columns(&table);
+    let empty = cli(&db, &["list", "--namespace", "nowhere"]).await?.expect(0)?;
+    assert_eq!(empty.stdout, "0 claims\n");
+    Ok(())
+}
+
+#[tokio::test]
+async fn stats_match_the_table() -> Result<()> {
+    let (db, certs, webhook) = start(&[]).await?;
+    let by_cluster = start_on(&db, &certs, &["--claim-scope", "cluster", "--migrations", "skip"]).await?;
+    let ds: Vec<String> = (0..6).map(|_| delivery()).collect();
+    for (i, d) in ds.iter().enumerate() {
+        let hook = if i < 4 { &webhook } else { &by_cluster };
+        admit(hook, &Review::create(d, &format!("run-{i}"))?, "claimed").await?;
+    }
+    confirm(&db, &ds[1]).await?;
+    confirm(&db, &ds[5]).await?;
+    db.age_claim(&ds[0], 8.0 * 86_400.0).await?; // past the 7-day retention, pending
+    db.age_claim(&ds[2], 300.0).await?; // pending, past the 120 s grace
+    db.age_claim(&ds[5], 10.0 * 86_400.0).await?; // past retention, confirmed, the oldest
+
+    let json = cli(&db, &["stats", "-o", "json"]).await?.expect(0)?.json()?;
+    let client = db.client().await?;
+    let one = |sql: &'static str| {
+        let client = &client;
+        async move { Ok::<i64, anyhow::Error>(client.query_one(sql, &[]).await?.get(0)) }
+    };
+    assert_eq!(
+        json["total"].as_i64(),
+        Some(one("SELECT count(*) FROM orchestration_dedupe_claims").await?)
+    );
+    assert_eq!(json["total"], 6);
+    assert_eq!(
+        (json["pending"].as_u64(), json["confirmed"].as_u64()),
+        (Some(4), Some(2))
+    );
+    let groups: Vec<(String, String, i64)> = client
+        .query(
+            "SELECT scope, state, count(*) FROM orchestration_dedupe_claims GROUP BY 1, 2 ORDER BY 1, 2",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let reported: Vec<(String, String, i64)> = json["byScopeAndState"]
+        .as_array()
+        .context("byScopeAndState")?
+        .iter()
+        .map(|g| {
+            (
+                g["scope"].as_str().unwrap_or("?").to_owned(),
+                g["state"].as_str().unwrap_or("?").to_owned(),
+                g["claims"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(reported, groups);
+    assert_eq!(
+        json["pastRetention"].as_i64(),
+        Some(
+            one("SELECT count(*) FROM orchestration_dedupe_claims WHERE claimed_at < now() - interval '7 days'")
+                .await?
+        )
+    );
+    assert_eq!(json["pastRetention"], 2);
+    assert_eq!(
+        json["pendingPastGrace"].as_i64(),
+        Some(
+            one("SELECT count(*) FROM orchestration_dedupe_claims WHERE state = 'pending' AND updated_at < now() - interval '120 seconds'")
+                .await?
+        )
+    );
+    assert_eq!(
+        json["pendingPastGrace"], 2,
+        "the 8-day-old pending claim and the 300 s one"
+    );
+    assert_eq!(json["oldest"]["deliveryId"], ds[5].as_str());
+    assert_eq!(json["oldest"]["scope"], "cluster");
+    assert_eq!(
+        json["tableBytes"].as_i64(),
+        Some(one("SELECT pg_total_relation_size('orchestration_dedupe_claims')").await?)
+    );
+    assert_eq!(
+        json["migrationVersion"].as_i64(),
+        Some(i64::from(
+            client
+                .query_one("SELECT max(version) FROM orchestration_dedupe_migrations", &[])
+                .await?
+                .get::<_, i32>(0)
+        ))
+    );
+    assert_eq!(
+        (
+            json["retentionDays"].as_u64(),
+            json["pendingGraceSeconds"].as_u64()
+        ),
+        (Some(7), Some(120))
+    );
+
+    // The flags move the thresholds.
+    let json = cli(
+        &db,
+        &[
+            "stats",
+            "-o",
+            "json",
+            "--retention-days",
+            "9",
+            "--pending-grace-seconds",
+            "600",
+        ],
+    )
+    .await?
+    .expect(0)?
+    .json()?;
+    assert_eq!(
+        (json["pastRetention"].as_u64(), json["pendingPastGrace"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    let table = cli(&db, &["stats"]).await?.expect(0)?.stdout;
+    for part in [
+        "6 (pending 4, confirmed 2)".to_owned(),
+        format!("{} (cluster)", ds[5]),
+        "2 (older than 7 d".to_owned(),
+        "2 (pending, idle longer than the 120 s grace)".to_owned(),
+        "schema version 1".to_owned(),
+    ] {
+        assert!(table.contains(&part), "{part:?} missing from\n{table}");
+    }
+    assert_fits_80_columns(&table);
+    Ok(())
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_naming_the_flag_or_argument() -> Result<()> {
+    let db = TestDb::new().await?;
+    for (args, names) in [
+        (&["get", ""][..], "DELIVERY_ID"),
+        (&["get", "not a delivery!"][..], "DELIVERY_ID"),
+        (&["release", "--yes"][..], "DELIVERY_ID"),
+        (&["list", "--older-than", "7"][..], "--older-than"),
+        (&["list", "--limit", "0"][..], "--limit"),
+        (&["list", "--state", "expired"][..], "--state"),
+        (&["stats", "--frobnicate"][..], "--frobnicate"),
+        (&["stats", "--migrations", "apply"][..], "--migrations"),
+        (&[][..], "Usage"),
+    ] {
+        let run = cli(&db, args).await?.expect(2)?;
+        assert!(run.stderr.contains(names), "{args:?}: {run:#?}");
+        assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
+    }
+    let run = cli_with(None, &["stats"]).await?.expect(2)?;
+    assert!(
+        run.one_error_line()?.contains("--database-url (DATABASE_URL)"),
+        "{run:#?}"
+    );
+    let help = cli(&db, &["--help"]).await?.expect(0)?.stdout;
+    for code in [
+        "0  success",
+        "1  the claim store failed",
+        "2  usage",
+        "3  no such claim",
+        "4  ambiguous",
+    ] {
+        assert!(help.contains(code), "{code:?} missing from --help:\n{help}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_such_claim_exits_3_with_one_line() -> Result<()> {
+    let db = TestDb::new().await?;
+    db.migrated_store().await?;
+    let d = delivery();
+    for format in ["table", "json"] {
+        let run = cli(&db, &["get", &d, "-o", format]).await?.expect(3)?;
+        assert_eq!(run.one_error_line()?, format!("error: no claim for delivery {d}"));
+        assert!(run.stdout.is_empty(), "{run:#?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn store_failures_exit_1_with_one_line() -> Result<()> {
+    // Nothing listens on this port (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let down = format!("postgres://postgres@127.0.0.1:{port}/postgres?connect_timeout=5");
+    for args in [
+        &["get", "d1"][..],
+        &["list"][..],
+        &["release", "d1", "--yes"][..],
+        &["stats", "-o", "json"][..],
+    ] {
+        let run = cli_with(Some(&down), args).await?.expect(1)?;
+        let line = run.one_error_line()?;
+        assert!(
+            line.starts_with("error: ") && line.contains("unavailable"),
+            "{args:?}: {run:#?}"
+        );
+        assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
+    }
+
+    // Reachable, but the schema was never migrated (the CLI never migrates): a store failure.
+    let db = TestDb::new().await?;
+    let run = cli(&db, &["stats"]).await?.expect(1)?;
+    assert!(
+        run.one_error_line()?.contains("orchestration_dedupe_claims"),
+        "{run:#?}"
+    );
+    let tables: i64 = db
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = $1",
+            &[&db.schema()],
+        )
+        .await?
+        .get(0);
+    assert_eq!(tables, 0, "the CLI created nothing");
+    Ok(())
+}
