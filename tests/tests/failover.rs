@@ -745,3 +745,59 @@ async fn pruners_never_interleave_across_a_restart() -> Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// Keepalives on the store's sockets.
+
+/// The webhook's connections to PostgreSQL carry TCP keepalives at the configured idle time
+/// (read back from the kernel with `ss`), not the system default of two hours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_connections_carry_the_configured_keepalives() -> Result<()> {
+    const IDLE_SECONDS: u64 = 3;
+    let node = blocking(|| PgNode::primary(Replication::Asynchronous))?;
+    let certs = TestCerts::new()?;
+    let idle = IDLE_SECONDS.to_string();
+    let webhook = Webhook::start(
+        &node.url(),
+        &certs,
+        &["--kube-lookup", "off", "--database-keepalive-idle-seconds", &idle],
+        &[],
+    )
+    .await?;
+    ensure_outcome(&webhook.client()?, "keepalive-probe", "run-a", "claimed").await?;
+    let filter = format!("( dport = :{} )", node.port());
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established", &filter])
+        .output()
+        .context("running ss (iproute2)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // e.g. `timer:(keepalive,2.9sec,0)` or `(keepalive,119min,0)` for the system default:
+    // the time left before the next probe.
+    let timers: Vec<f64> = text
+        .split("timer:(keepalive,")
+        .skip(1)
+        .filter_map(|rest| seconds(rest.split(',').next()?))
+        .collect();
+    ensure!(
+        !timers.is_empty(),
+        "no store connection with a keepalive timer:\n{text}"
+    );
+    ensure!(
+        timers.iter().all(|left| *left <= IDLE_SECONDS as f64),
+        "keepalive timers {timers:?} exceed the configured {IDLE_SECONDS}s idle:\n{text}"
+    );
+    Ok(())
+}
+
+/// `ss`'s timer value (`2.9sec`, `950ms`, `119min`) in seconds.
+fn seconds(value: &str) -> Option<f64> {
+    let split = value.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(number / 1_000.0),
+        "sec" => Some(number),
+        "min" => Some(number * 60.0),
+        _ => None,
+    }
+}
