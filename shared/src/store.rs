@@ -31,6 +31,8 @@ const CLAIM_ATTEMPTS: usize = 3;
 pub struct ClaimStore {
     pool: Pool,
     timeout: Duration,
+    /// For cancel requests on abandoned calls (see [`Checkout`]).
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for ClaimStore {
@@ -79,12 +81,17 @@ impl ClaimStore {
         Ok(Self {
             pool,
             timeout: config.timeout,
+            tls: config.tls.clone(),
         })
     }
 
     /// The per-call bound.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    async fn checkout(&self) -> Result<Checkout, StoreError> {
+        Checkout::get(&self.pool, &self.tls, self.timeout).await
     }
 
     /// Runs `work` on one pooled connection under `bound` (pool wait included). Every store
@@ -97,7 +104,7 @@ impl ClaimStore {
         work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let attempt = async {
-            let mut checkout = Checkout::get(&self.pool).await?;
+            let mut checkout = self.checkout().await?;
             let result = work(checkout.client()).await;
             checkout.settle(&result);
             result
@@ -134,7 +141,7 @@ impl ClaimStore {
     /// Applies pending migrations under the migration advisory lock. The migration
     /// transaction may wait for another replica's, so it is not bound by the store timeout.
     pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
-        let mut checkout = Checkout::get(&self.pool).await?;
+        let mut checkout = self.checkout().await?;
         let client = checkout.client();
         // statement_timeout would cut a long wait for the lock; lift it for this session's
         // migration and restore it after.
@@ -332,7 +339,7 @@ impl ClaimStore {
     pub async fn try_pruner_lock(&self) -> Result<Option<PrunerLock>, StoreError> {
         let bound = self.timeout;
         let attempt = async {
-            let mut checkout = Checkout::get(&self.pool).await?;
+            let mut checkout = self.checkout().await?;
             let result = async {
                 let row = checkout
                     .client()
@@ -436,14 +443,51 @@ impl PrunerLock {
 /// session is sound ([`settle`](Self::settle)); dropped unsettled (the call was cancelled or
 /// timed out mid-statement) or settled with a connection-level error, it takes the
 /// connection out of the pool (`Object::take`) and closes it.
+///
+/// A call abandoned mid-statement also gets a cancel request (best effort, in the
+/// background): closing the socket does not stop the server's backend, and
+/// `statement_timeout` does not cover a commit waiting for a synchronous standby, so without
+/// it an abandoned claim would keep its backend (and the claim's row lock) until the standby
+/// returns. Cancelled, the wait ends and the commit stays local (an orphan claim: pending,
+/// for a run that was answered 503).
 struct Checkout {
     object: Option<deadpool_postgres::Object>,
+    cancel: Canceller,
+}
+
+/// What it takes to cancel the statement in flight on one session.
+struct Canceller {
+    token: tokio_postgres::CancelToken,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    bound: Duration,
+}
+
+impl Canceller {
+    /// Sends the cancel request from a background task, bounded; nothing to wait for here.
+    fn fire(self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(self.bound, self.token.cancel_query(self.tls)).await;
+            });
+        }
+    }
 }
 
 impl Checkout {
-    async fn get(pool: &Pool) -> Result<Self, StoreError> {
+    async fn get(
+        pool: &Pool,
+        tls: &tokio_postgres_rustls::MakeRustlsConnect,
+        bound: Duration,
+    ) -> Result<Self, StoreError> {
+        let object = pool.get().await?;
+        let cancel = Canceller {
+            token: object.cancel_token(),
+            tls: tls.clone(),
+            bound,
+        };
         Ok(Self {
-            object: Some(pool.get().await?),
+            object: Some(object),
+            cancel,
         })
     }
 
@@ -454,31 +498,52 @@ impl Checkout {
             .unwrap_or_else(|| unreachable!("checkout used after settle"))
     }
 
-    /// Back to the pool if `result` leaves the session trustworthy, else discarded.
+    /// Back to the pool if `result` leaves the session trustworthy, else discarded (and a
+    /// call abandoned mid-statement cancelled).
     fn settle<T>(mut self, result: &Result<T, StoreError>) {
-        let keep = match result {
-            Ok(_) => true,
-            Err(e) => !discards_connection(e),
-        };
-        if keep {
+        match result {
+            // Abandoned mid-statement: cancel it too.
+            Err(StoreError::Timeout { .. }) => self.abandon(),
+            // Closed, or idle on a server it must not be used with: just close it.
+            Err(e) if discards_connection(e) => {
+                drop(self.object.take().map(deadpool_postgres::Object::take));
+            }
             // Dropped as an Object: back to the pool.
-            drop(self.object.take());
+            _ => drop(self.object.take()),
         }
-        // Otherwise Drop discards it.
     }
 
     /// Takes the connection out of the pool for good (the pruner lock's session).
     fn detach(mut self) -> Option<deadpool_postgres::ClientWrapper> {
         self.object.take().map(deadpool_postgres::Object::take)
     }
+
+    /// Discards the connection now, cancelling whatever it was running.
+    fn abandon(&mut self) {
+        if let Some(object) = self.object.take() {
+            let closing = deadpool_postgres::Object::take(object);
+            if !closing.is_closed() {
+                self.cancel.clone_token().fire();
+            }
+        }
+    }
+}
+
+impl Canceller {
+    fn clone_token(&self) -> Canceller {
+        Canceller {
+            token: self.token.clone(),
+            tls: self.tls.clone(),
+            bound: self.bound,
+        }
+    }
 }
 
 impl Drop for Checkout {
     fn drop(&mut self) {
-        if let Some(object) = self.object.take() {
-            // Out of the pool; dropping the wrapper closes the session.
-            drop(deadpool_postgres::Object::take(object));
-        }
+        // Still holding it: the call was dropped mid-way (its bound ran out) or failed at the
+        // connection level.
+        self.abandon();
     }
 }
 

@@ -515,6 +515,70 @@ async fn asynchronous_replication_shows_the_duplicate_window() -> Result<()> {
     Ok(())
 }
 
+/// The only synchronous standby is gone: commits wait. Every claim is answered 503 within
+/// the store timeout, a duplicate's too (the claim statement locks the row it finds, which
+/// is a write), and never allowed. The abandoned claim is cancelled, so its backend does not
+/// wait on for the standby: its commit stays local, an orphan claim (pending, for a run that
+/// was answered 503). Once the standby is back, the same run is admitted as a retry and
+/// another name is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_only_synchronous_standby_gone_means_503_and_an_orphan_claim() -> Result<()> {
+    let mut pair = PgPair::start(Replication::Synchronous).await?;
+    let certs = TestCerts::new()?;
+    let webhook = webhook_on(&pair.primary.url(), &certs).await?;
+    let client = webhook.client()?;
+    ensure_outcome(&client, "before", "run-a", "claimed").await?;
+
+    blocking(|| pair.standby.stop())?;
+    for (delivery, name) in [("orphan", "run-a"), ("before", "run-b"), ("orphan", "run-b")] {
+        let sent = Instant::now();
+        let answer = review(&client, delivery, name).await?;
+        let took = sent.elapsed();
+        ensure!(
+            matches!(answer, Outcome::Unavailable(_)),
+            "{delivery} for {name} without the synchronous standby was answered {answer:?}"
+        );
+        ensure!(
+            took <= STORE_TIMEOUT + ANSWER_SLACK,
+            "the 503 took {took:?}, over the store timeout {STORE_TIMEOUT:?} + {ANSWER_SLACK:?}"
+        );
+    }
+    // Cancelled, the abandoned claims' backends stop waiting: the orphan is committed locally
+    // (visible to a plain read on the primary) and nobody waits for the standby any more.
+    let primary = pair.primary.client().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let orphan = primary
+            .query_opt(
+                "SELECT run_name, state FROM orchestration_dedupe_claims WHERE delivery_id = 'orphan'",
+                &[],
+            )
+            .await?
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)));
+        let waiting: i64 = primary
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if orphan == Some(("run-a".into(), "pending".into())) && waiting == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "after the 503s: orphan {orphan:?}, {waiting} backends still waiting for the standby"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    blocking(|| pair.standby.start())?;
+    pair.primary.wait_for_standby(true).await?;
+    ensure_outcome(&client, "orphan", "run-a", "retry").await?;
+    ensure_outcome(&client, "orphan", "run-b", "duplicate").await?;
+    Ok(())
+}
+
 /// One CREATE that must answer `decision` (retrying 503s for a few seconds: the webhook may
 /// still be reconnecting after a failover).
 async fn ensure_outcome(client: &HttpsClient, delivery: &str, name: &str, decision: &str) -> Result<()> {
