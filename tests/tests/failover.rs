@@ -28,7 +28,8 @@ use tokio::sync::watch;
 const STORE_TIMEOUT: Duration = Duration::from_millis(1_000);
 const POOL_SIZE: usize = 8;
 /// The bound: the first successful claim comes at most this long after the new
-/// primary accepts connections. Measured here: well under 2 s (see docs/OPERATIONS.md).
+/// primary accepts connections. Measured here: 0.01-1.1 s with a 1 s store timeout (see
+/// docs/OPERATIONS.md, "PostgreSQL failover"); the margin absorbs a loaded machine.
 const RECOVERY_BOUND: Duration = Duration::from_secs(5);
 /// Slack on top of the store timeout for a 503 to reach the client (HTTP, TLS, a busy
 /// 2-core machine running several test binaries): generous, so the bound does not flake.
