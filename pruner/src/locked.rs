@@ -25,7 +25,9 @@ use tokio::sync::Mutex;
 use crate::prune::BatchStore;
 use crate::report;
 
-/// The store as the batch loop sees it: deletes only on the lock's session.
+/// The store as the batch loop sees it: deletes only on the lock's session. Batches delete by
+/// `claimed_at` range (`sql::DELETE_EXPIRED_RANGE`): about 5x cheaper per row than key by key,
+/// which the benchmark needed (docs/BENCHMARKS.md, "Pruner").
 pub struct LockedStore<'a> {
     store: &'a ClaimStore,
     /// `None` after the session holding the lock was lost and before it is taken again.

@@ -162,8 +162,9 @@ pub fn lock_retaken() {
 pub fn lock_lost_to_another() {
     tracing::warn!(
         "the session holding the pruner lock was lost (PostgreSQL restart or failover) and another \
-         pruner holds the lock now; stopped without deleting anything more (exit 0), the other \
-         pruner carries on"
+         pruner holds the lock now (or this pruner's lost session is still ending its last \
+         statement); stopped without deleting anything more (exit 0): whoever holds it carries \
+         on, else the next run"
     );
 }
 

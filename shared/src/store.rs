@@ -105,7 +105,10 @@ impl ClaimStore {
     ) -> Result<T, StoreError> {
         let attempt = async {
             let mut checkout = self.checkout().await?;
-            let result = work(checkout.client()).await;
+            let result = match checkout.client() {
+                Ok(client) => work(client).await,
+                Err(e) => Err(e),
+            };
             checkout.settle(&result);
             result
         };
@@ -142,10 +145,10 @@ impl ClaimStore {
     /// transaction may wait for another replica's, so it is not bound by the store timeout.
     pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
         let mut checkout = self.checkout().await?;
-        let client = checkout.client();
         // statement_timeout would cut a long wait for the lock; lift it for this session's
         // migration and restore it after.
         let result = async {
+            let client = checkout.client()?;
             client.batch_execute("SET statement_timeout = 0").await?;
             let result = migrate::apply(client).await;
             client.batch_execute("RESET statement_timeout").await?;
@@ -284,6 +287,9 @@ impl ClaimStore {
     /// by `statement_timeout` and `lock_timeout`. When more than `limit` claims share the
     /// oldest `claimed_at` (a range cannot split them), the same transaction deletes `limit`
     /// of them key by key ([`sql::DELETE_EXPIRED_BATCH`]) instead.
+    ///
+    /// On a pooled connection, without the pruner lock: for tests and benchmarks. The pruner
+    /// deletes through [`PrunerLock::delete_expired_range`], under its lock.
     pub async fn delete_expired_range(
         &self,
         from: DateTime<Utc>,
@@ -342,7 +348,7 @@ impl ClaimStore {
             let mut checkout = self.checkout().await?;
             let result = async {
                 let row = checkout
-                    .client()
+                    .client()?
                     .query_one(sql::PRUNER_TRY_LOCK, &[&PRUNER_LOCK_CLASS])
                     .await?;
                 Ok(row.try_get::<_, bool>(0)?)
@@ -491,11 +497,12 @@ impl Checkout {
         })
     }
 
-    fn client(&mut self) -> &mut deadpool_postgres::Object {
-        // Only `settle`/`detach` (which consume self) empty it.
+    /// The connection. Only `settle`, `detach` and `abandon` empty the guard, and the first
+    /// two consume it, so an error here means a call went on after abandoning its connection.
+    fn client(&mut self) -> Result<&mut deadpool_postgres::Object, StoreError> {
         self.object
             .as_mut()
-            .unwrap_or_else(|| unreachable!("checkout used after settle"))
+            .ok_or_else(|| StoreError::Unavailable("the connection was already discarded".into()))
     }
 
     /// Back to the pool if `result` leaves the session trustworthy, else discarded (and a
