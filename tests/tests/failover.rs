@@ -709,12 +709,9 @@ impl Pruner {
     }
 }
 
-/// A pruner is running when PostgreSQL restarts; a second pruner starts right after. Every
-/// committed delete ran on a session holding the lock, the two never interleave, each says
-/// how it ended, and the expired claims are all gone at the end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pruners_never_interleave_across_a_restart() -> Result<()> {
-    let mut node = blocking(|| PgNode::primary(Replication::Asynchronous))?;
+/// A server with the schema, the delete audit, and [`EXPIRED`] expired claims.
+async fn seeded_node() -> Result<PgNode> {
+    let node = blocking(|| PgNode::primary(Replication::Asynchronous))?;
     let store = ClaimStore::new(&StoreConfig::new(&node.url(), 1, Duration::from_secs(10))?)?;
     store.migrate().await?;
     drop(store);
@@ -731,24 +728,69 @@ async fn pruners_never_interleave_across_a_restart() -> Result<()> {
             &[&EXPIRED],
         )
         .await?;
-    drop(client);
+    Ok(node)
+}
 
-    let mut first = Pruner::start(&node.url(), "pruner-first")?;
-    // Let it commit some batches, then restart PostgreSQL under it.
+/// Waits until `n` delete batches have committed.
+async fn wait_for_batches(node: &PgNode, n: i64) -> Result<()> {
+    let client = node.client().await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let n: i64 = node
-            .client()
-            .await?
+        let done: i64 = client
             .query_one("SELECT count(*) FROM prune_audit", &[])
             .await?
             .get(0);
-        if n >= 10 {
-            break;
+        if done >= n {
+            return Ok(());
         }
-        ensure!(Instant::now() < deadline, "the first pruner committed no batches");
+        ensure!(
+            Instant::now() < deadline,
+            "the pruner committed {done} batches, not {n}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A lone pruner across a restart takes its lock back on a new session and finishes, every
+/// batch under the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_pruner_takes_its_lock_back_after_a_restart() -> Result<()> {
+    let mut node = seeded_node().await?;
+    let mut pruner = Pruner::start(&node.url(), "pruner-alone")?;
+    wait_for_batches(&node, 10).await?;
+    blocking(|| {
+        node.stop()?;
+        node.start()
+    })?;
+    let (code, out) = pruner.exit().await?;
+    ensure!(code == 0, "exit {code}:\n{out}");
+    ensure!(
+        out.contains("took the lock again"),
+        "no line about the lock:\n{out}"
+    );
+    let client = node.client().await?;
+    let unlocked: i64 = client
+        .query_one("SELECT count(*) FROM prune_audit WHERE NOT held", &[])
+        .await?
+        .get(0);
+    ensure!(unlocked == 0, "{unlocked} batches deleted without the lock");
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM orchestration_dedupe_claims", &[])
+        .await?
+        .get(0);
+    ensure!(left == 0, "{left} expired claims left");
+    Ok(())
+}
+
+/// A pruner is running when PostgreSQL restarts; a second pruner starts right after. Every
+/// committed delete ran on a session holding the lock, the two never interleave, each says
+/// how it ended, and the expired claims are all gone at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pruners_never_interleave_across_a_restart() -> Result<()> {
+    let mut node = seeded_node().await?;
+    let mut first = Pruner::start(&node.url(), "pruner-first")?;
+    // Let it commit some batches, then restart PostgreSQL under it.
+    wait_for_batches(&node, 10).await?;
     blocking(|| {
         node.stop()?;
         node.start()
