@@ -44,6 +44,7 @@ async fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let store_config = match StoreConfig::new(&args.common.database_url, args.pool_size, args.store_timeout())
         .and_then(|config| config.with_database_ca(args.common.database_ca.as_deref()))
+        .map(|config| config.with_tcp_health(args.common.tcp_health()))
     {
         Ok(config) => config,
         Err(e) => {

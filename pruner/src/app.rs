@@ -5,6 +5,7 @@ use dedupe_shared::{ClaimStore, MigrationMode};
 
 use crate::config::Settings;
 use crate::error::PruneError;
+use crate::locked::LockedStore;
 use crate::policy::Policy;
 use crate::prune::{self, Plan};
 use crate::report;
@@ -17,6 +18,8 @@ pub enum Ended {
     Pruned,
     DryRun,
     LockHeld,
+    /// The lock's session was lost mid-run and another pruner took the lock.
+    LockLost,
     Interrupted,
 }
 
@@ -56,7 +59,8 @@ pub async fn run(settings: &Settings, shutdown: &mut Shutdown) -> Result<Ended, 
     }
 
     // Held until this function returns; its session closing releases it even on a crash.
-    let Some(_lock) = store.try_pruner_lock().await.map_err(PruneError::Lock)? else {
+    // Every batch runs on this session (`locked`), so none can run without the lock.
+    let Some(lock) = store.try_pruner_lock().await.map_err(PruneError::Lock)? else {
         report::lock_held();
         return Ok(Ended::LockHeld);
     };
@@ -84,14 +88,21 @@ pub async fn run(settings: &Settings, shutdown: &mut Shutdown) -> Result<Ended, 
         batch_timeout: settings.batch_timeout,
         expired_at_start: count.map(|c| c.expired),
     };
-    let finished = prune::prune(
-        &store,
+    let locked = LockedStore::new(&store, lock);
+    let mut finished = prune::prune(
+        &locked,
         &plan,
         Policy::new(settings.policy.clone()),
         shutdown,
         rand::random::<f64>,
     )
     .await;
+    if locked.lost_to_another() {
+        finished.summary.stopped = "lock-lost";
+        report::summary(&finished.summary);
+        report::lock_lost_to_another();
+        return Ok(Ended::LockLost);
+    }
     report::summary(&finished.summary);
     finished.result.map(|_| Ended::Pruned)
 }

@@ -42,8 +42,10 @@ const RETRY_MAX_DELAY: Duration = Duration::from_secs(8);
 /// What each exit code means; the chart's podFailurePolicy relies on these.
 pub const EXIT_CODES: &str = "Exit codes:\n  \
 0  done: also nothing to do, another pruner holds the lock, the maximum runtime was reached,\n     \
-or SIGTERM/SIGINT arrived (the batch in flight is committed and the summary printed)\n  \
-1  runtime failure (store unreachable after retries, a batch failed)\n  \
+SIGTERM/SIGINT arrived (the batch in flight is committed and the summary printed), or the\n     \
+lock was lost with its session (restart, failover) and another pruner holds it now\n  \
+1  runtime failure (store unreachable after retries, also mid-run after a failover: the next\n     \
+run carries on; a batch failed)\n  \
 2  configuration error (bad flag or environment value)";
 
 /// dedupe-pruner: deletes dedupe claims older than the retention window, in batches.
@@ -116,7 +118,8 @@ impl Settings {
             POOL_SIZE,
             Duration::from_millis(args.store_timeout_ms),
         )?
-        .with_database_ca(args.common.database_ca.as_deref())?;
+        .with_database_ca(args.common.database_ca.as_deref())?
+        .with_tcp_health(args.common.tcp_health());
         let connect = RetryConfig {
             attempts: args.connect_attempts,
             base_delay: RETRY_BASE_DELAY,

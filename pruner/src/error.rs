@@ -33,7 +33,10 @@ pub enum PruneError {
         in_a_row: u32,
         last: StoreError,
     },
-    #[error("claim store unreachable during batch {batch} after {attempts} attempt(s): {last}")]
+    #[error(
+        "claim store unreachable during batch {batch} after {attempts} attempt(s) (restart or failover?); \
+         stopped with every committed batch kept and nothing half-deleted, the next run carries on: {last}"
+    )]
     LostStore {
         batch: u64,
         attempts: u32,

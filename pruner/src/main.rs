@@ -1,12 +1,14 @@
 //! dedupe-pruner: deletes expired dedupe claims in batches (run by a Kubernetes CronJob).
 //!
 //! Exit codes (see `config::EXIT_CODES`): 0 done (also nothing to do, lock held elsewhere,
-//! runtime limit reached, or stopped by SIGTERM/SIGINT after committing the batch in
-//! flight), 1 runtime failure, 2 configuration error.
+//! runtime limit reached, stopped by SIGTERM/SIGINT after committing the batch in flight, or
+//! the lock lost with its session and taken by another pruner), 1 runtime failure (also the
+//! store lost mid-run past the retries: the next run carries on), 2 configuration error.
 
 mod app;
 mod config;
 mod error;
+mod locked;
 mod policy;
 mod prune;
 mod report;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dedupe_shared::store::RangeBatch;
-use dedupe_shared::{ClaimStore, StoreError};
+use dedupe_shared::StoreError;
 use tokio::time::Instant;
 
 use crate::error::{classify, ErrorClass, PruneError};
@@ -26,19 +26,9 @@ pub trait BatchStore {
     ) -> impl Future<Output = Result<RangeBatch, StoreError>>;
 }
 
-/// Batches delete by `claimed_at` range (`sql::DELETE_EXPIRED_RANGE`): about 5x cheaper per
-/// row than key by key, which the benchmark needed (docs/BENCHMARKS.md, "Pruner").
-impl BatchStore for ClaimStore {
-    fn delete_batch(
-        &self,
-        from: DateTime<Utc>,
-        cutoff: DateTime<Utc>,
-        limit: u32,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<RangeBatch, StoreError>> {
-        self.delete_expired_range(from, cutoff, i64::from(limit), timeout)
-    }
-}
+// The store the binary uses is `locked::LockedStore`: batches on the pruner lock's own
+// session (issue 9). No impl for the pooled `ClaimStore`, so the pruner cannot delete without
+// the lock.
 
 /// What to prune.
 #[derive(Debug, Clone)]

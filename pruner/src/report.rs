@@ -29,7 +29,7 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Expired claims counted at start, when the count finished in time.
     pub expired_at_start: Option<u64>,
-    /// `done`, `max-runtime`, `signal` or `failed`.
+    /// `done`, `max-runtime`, `signal`, `lock-lost` or `failed`.
     pub stopped: &'static str,
     /// The longest batch transaction.
     pub longest_batch: Duration,
@@ -147,6 +147,25 @@ pub fn dry_run(cutoff: DateTime<Utc>, retention_days: u32, count: ExpiredCount) 
 
 pub fn lock_held() {
     tracing::info!("another prune holds the lock; nothing to do");
+}
+
+/// The session holding the lock was lost (restart, failover) and this pruner took the lock
+/// again on a new session before anyone else did.
+pub fn lock_retaken() {
+    tracing::warn!(
+        "the session holding the pruner lock was lost; took the lock again on a new session, carrying on"
+    );
+}
+
+/// The session holding the lock was lost, and another session held it when this pruner
+/// tried to take it back: stopping (exit 0).
+pub fn lock_lost_to_another() {
+    tracing::warn!(
+        "the session holding the pruner lock was lost (PostgreSQL restart or failover) and another \
+         pruner holds the lock now (or this pruner's lost session is still ending its last \
+         statement); stopped without deleting anything more (exit 0): whoever holds it carries \
+         on, else the next run"
+    );
 }
 
 pub fn count_skipped(error: &dyn std::fmt::Display) {

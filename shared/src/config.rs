@@ -19,6 +19,26 @@ pub const DEFAULT_PENDING_GRACE_SECONDS: u64 = 120;
 /// Default retention of claims before the pruner deletes them.
 pub const DEFAULT_RETENTION_DAYS: u32 = 7;
 
+// Dead-peer detection on store connections (failover). A node lost behind one address (a
+// Kubernetes Service) sends no FIN or RST: without these, an idle pooled connection to it
+// looks healthy until the kernel's defaults give up (2 h idle + 9 probes; ~15 min of
+// retransmissions for unacknowledged data). With them, an idle dead connection is closed
+// after idle + interval × retries = 5 + 2 × 3 = 11 s, and one with unacknowledged data after
+// the user timeout; deadpool's recycle then sees it closed and opens a new one. A call that
+// hits a dead connection first is bounded by the store timeout and discards it anyway
+// (see `store::Checkout`).
+/// Default seconds a store connection may be idle before TCP keepalive probes start.
+pub const DEFAULT_DATABASE_KEEPALIVE_IDLE_SECONDS: u64 = 5;
+/// Default seconds between unanswered TCP keepalive probes.
+pub const DEFAULT_DATABASE_KEEPALIVE_INTERVAL_SECONDS: u64 = 2;
+/// Default unanswered TCP keepalive probes before the connection is closed.
+pub const DEFAULT_DATABASE_KEEPALIVE_RETRIES: u32 = 3;
+/// Default TCP user timeout (Linux `TCP_USER_TIMEOUT`): how long sent data may stay
+/// unacknowledged before the connection is closed. Longer than the webhook's store timeout
+/// (that call is discarded first anyway) and short enough that the pruner's lock session or
+/// a migration notice a lost node within seconds.
+pub const DEFAULT_DATABASE_TCP_USER_TIMEOUT_MS: u64 = 10_000;
+
 /// Which parts of a run make up its claim key (`JANGAR_ORCHESTRATION_DEDUPE_CLAIM_SCOPE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, ValueEnum)]
 pub enum ClaimScope {
@@ -98,6 +118,61 @@ pub struct CommonArgs {
     /// Log format.
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Seconds a store connection may be idle before TCP keepalive probes start (a
+    /// `keepalives_idle` in the connection string wins).
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_KEEPALIVE_IDLE_SECONDS", default_value_t = DEFAULT_DATABASE_KEEPALIVE_IDLE_SECONDS, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub database_keepalive_idle_seconds: u64,
+
+    /// Seconds between unanswered TCP keepalive probes (`keepalives_interval` in the
+    /// connection string wins).
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_KEEPALIVE_INTERVAL_SECONDS", default_value_t = DEFAULT_DATABASE_KEEPALIVE_INTERVAL_SECONDS, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub database_keepalive_interval_seconds: u64,
+
+    /// Unanswered TCP keepalive probes before a store connection is closed
+    /// (`keepalives_retries` in the connection string wins).
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_KEEPALIVE_RETRIES", default_value_t = DEFAULT_DATABASE_KEEPALIVE_RETRIES, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub database_keepalive_retries: u32,
+
+    /// TCP user timeout of store connections in milliseconds: sent data unacknowledged this
+    /// long closes the connection (Linux; 0 = the system default; `tcp_user_timeout` in the
+    /// connection string wins).
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_TCP_USER_TIMEOUT_MS", default_value_t = DEFAULT_DATABASE_TCP_USER_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub database_tcp_user_timeout_ms: u64,
+}
+
+impl CommonArgs {
+    /// The dead-peer detection settings these flags ask for.
+    pub fn tcp_health(&self) -> TcpHealth {
+        TcpHealth {
+            keepalive_idle: Duration::from_secs(self.database_keepalive_idle_seconds),
+            keepalive_interval: Duration::from_secs(self.database_keepalive_interval_seconds),
+            keepalive_retries: self.database_keepalive_retries,
+            user_timeout: Duration::from_millis(self.database_tcp_user_timeout_ms),
+        }
+    }
+}
+
+/// TCP keepalive and user timeout of store connections: how fast a silent peer (a node lost
+/// behind a Service: no FIN, no RST) is noticed. Parameters the connection string sets win.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpHealth {
+    pub keepalive_idle: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_retries: u32,
+    /// Zero leaves the system default.
+    pub user_timeout: Duration,
+}
+
+impl Default for TcpHealth {
+    fn default() -> Self {
+        Self {
+            keepalive_idle: Duration::from_secs(DEFAULT_DATABASE_KEEPALIVE_IDLE_SECONDS),
+            keepalive_interval: Duration::from_secs(DEFAULT_DATABASE_KEEPALIVE_INTERVAL_SECONDS),
+            keepalive_retries: DEFAULT_DATABASE_KEEPALIVE_RETRIES,
+            user_timeout: Duration::from_millis(DEFAULT_DATABASE_TCP_USER_TIMEOUT_MS),
+        }
+    }
 }
 
 /// Validated store settings.
@@ -109,6 +184,8 @@ pub struct StoreConfig {
     pub pool_size: usize,
     /// Bound on each store call (pool wait + query), and the server-side statement timeout.
     pub timeout: Duration,
+    /// Dead-peer detection on every store connection (defaults unless `with_tcp_health`).
+    pub tcp_health: TcpHealth,
 }
 
 impl StoreConfig {
@@ -142,7 +219,14 @@ impl StoreConfig {
             tls: crate::store_tls::connector(None)?,
             pool_size,
             timeout,
+            tcp_health: TcpHealth::default(),
         })
+    }
+
+    /// Use these keepalive / user-timeout settings (from `CommonArgs::tcp_health`).
+    pub fn with_tcp_health(mut self, tcp_health: TcpHealth) -> Self {
+        self.tcp_health = tcp_health;
+        self
     }
 
     /// Verify PostgreSQL's certificate against the CA bundle at `ca` (PEM).
@@ -173,6 +257,7 @@ impl std::fmt::Debug for StoreConfig {
         f.debug_struct("StoreConfig")
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)
+            .field("tcp_health", &self.tcp_health)
             .finish_non_exhaustive()
     }
 }

@@ -5,7 +5,6 @@
 //! Nothing here is on the webhook's hot path. The one write, [`ClaimStore::release_claim`],
 //! locks what it matches and deletes only when that is exactly one row, in one transaction.
 
-use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -134,8 +133,7 @@ pub struct ClaimStats {
 impl ClaimStore {
     /// Every claim of `delivery_id`, in any scope (empty when none).
     pub async fn claims_of_delivery(&self, delivery_id: &str) -> Result<Vec<ClaimRecord>, StoreError> {
-        self.inspect_bounded(async {
-            let client = self.pool().get().await?;
+        self.on_connection(self.timeout(), async |client| {
             let statement = client.prepare_cached(CLAIMS_OF_DELIVERY).await?;
             read_records(&client.query(&statement, &[&delivery_id]).await?)
         })
@@ -156,8 +154,7 @@ impl ClaimStore {
             &fetch,
         ];
         let mut claims = self
-            .inspect_bounded(async {
-                let client = self.pool().get().await?;
+            .on_connection(self.timeout(), async |client| {
                 let statement = client.prepare_cached(LIST_CLAIMS).await?;
                 read_records(&client.query(&statement, &params).await?)
             })
@@ -178,8 +175,7 @@ impl ClaimStore {
         let scope = selector.scope.map(ClaimScope::as_str);
         let params: [&(dyn ToSql + Sync); 4] =
             [&delivery_id, &scope, &selector.namespace, &selector.orchestration];
-        self.inspect_bounded(async {
-            let client = self.pool().get().await?;
+        self.on_connection(self.timeout(), async |client| {
             let statement = client.prepare_cached(RELEASE_PREVIEW).await?;
             read_records(&client.query(&statement, &params).await?)
         })
@@ -197,8 +193,7 @@ impl ClaimStore {
         let scope = selector.scope.map(ClaimScope::as_str);
         let params: [&(dyn ToSql + Sync); 4] =
             [&delivery_id, &scope, &selector.namespace, &selector.orchestration];
-        self.inspect_bounded(async {
-            let mut client = self.pool().get().await?;
+        self.on_connection(self.timeout(), async |client| {
             let tx = client.transaction().await?;
             let matched = read_records(&tx.query(RELEASE_LOCK, &params).await?)?;
             let key = match matched.as_slice() {
@@ -237,8 +232,7 @@ impl ClaimStore {
         let days = i32::try_from(retention_days)
             .map_err(|_| StoreError::Query(format!("retention of {retention_days} days is out of range")))?;
         let grace_secs = pending_grace.as_secs_f64();
-        self.inspect_bounded(async {
-            let mut client = self.pool().get().await?;
+        self.on_connection(self.timeout(), async |client| {
             let tx = client
                 .build_transaction()
                 .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -273,17 +267,6 @@ impl ClaimStore {
             })
         })
         .await
-    }
-
-    /// Runs `f` under the store timeout (pool wait and queries together).
-    async fn inspect_bounded<T>(
-        &self,
-        f: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let timeout = self.timeout();
-        tokio::time::timeout(timeout, f)
-            .await
-            .unwrap_or(Err(StoreError::Timeout(timeout)))
     }
 }
 

@@ -13,7 +13,7 @@ pub mod store_tls;
 pub mod telemetry;
 
 pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, DeletedBatch, ExpiredCount, RunRef};
-pub use config::{ClaimScope, CommonArgs, LogFormat, MigrationMode, StoreConfig};
+pub use config::{ClaimScope, CommonArgs, LogFormat, MigrationMode, StoreConfig, TcpHealth};
 pub use error::{ConfigError, StoreError};
 pub use migrate::MigrationReport;
 pub use run::{RunView, DELIVERY_ID_LABEL};

@@ -2,7 +2,6 @@
 //! [`crate::sql`], bounded by the configured timeout; uniqueness comes from the table's
 //! primary key, never from a read-then-write here.
 
-use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,6 +18,10 @@ use crate::sql;
 /// First half of the pruner's advisory lock key ("prun" in ASCII).
 pub const PRUNER_LOCK_CLASS: i32 = 0x7072_756e;
 
+/// tokio-postgres' own `keepalives_idle` when the connection string does not set one (2 h):
+/// seeing it means "not set", so the flag applies.
+const LIBRARY_DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
 /// How many times `claim` re-reads after an insert lost to a holder its snapshot could not
 /// see (or that the pruner deleted meanwhile). One is almost always enough.
 const CLAIM_ATTEMPTS: usize = 3;
@@ -28,6 +31,8 @@ const CLAIM_ATTEMPTS: usize = 3;
 pub struct ClaimStore {
     pool: Pool,
     timeout: Duration,
+    /// For cancel requests on abandoned calls (see [`Checkout`]).
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for ClaimStore {
@@ -57,6 +62,7 @@ impl ClaimStore {
         if pg.get_application_name().is_none() {
             pg.application_name("orchestration-dedupe");
         }
+        apply_tcp_health(&mut pg, &config.tcp_health);
         let manager = Manager::from_config(
             pg,
             config.tls.clone(),
@@ -75,6 +81,7 @@ impl ClaimStore {
         Ok(Self {
             pool,
             timeout: config.timeout,
+            tls: config.tls.clone(),
         })
     }
 
@@ -83,21 +90,36 @@ impl ClaimStore {
         self.timeout
     }
 
-    /// The pool, for the operator queries in `inspect.rs` (which need transactions).
-    pub(crate) fn pool(&self) -> &Pool {
-        &self.pool
+    async fn checkout(&self) -> Result<Checkout, StoreError> {
+        Checkout::get(&self.pool, &self.tls, self.timeout).await
     }
 
-    /// Runs `f` under the store timeout.
-    async fn bounded<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, f)
+    /// Runs `work` on one pooled connection under `bound` (pool wait included). Every store
+    /// call goes through here (or through [`Checkout`] directly), so every call path gets the
+    /// connection hygiene: a connection whose call timed out, was cancelled, failed at the
+    /// connection level or hit a read-only server is closed, never handed out again.
+    pub(crate) async fn on_connection<T>(
+        &self,
+        bound: Duration,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let attempt = async {
+            let mut checkout = self.checkout().await?;
+            let result = match checkout.client() {
+                Ok(client) => work(client).await,
+                Err(e) => Err(e),
+            };
+            checkout.settle(&result);
+            result
+        };
+        // On timeout the attempt future is dropped, and the checkout with it: discarded.
+        tokio::time::timeout(bound, attempt)
             .await
-            .unwrap_or(Err(StoreError::Timeout(self.timeout)))
+            .unwrap_or(Err(StoreError::Timeout(bound)))
     }
 
     async fn query(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.on_connection(self.timeout, async |client| {
             let prepared = client.prepare_cached(statement).await?;
             Ok(client.query(&prepared, params).await?)
         })
@@ -122,12 +144,18 @@ impl ClaimStore {
     /// Applies pending migrations under the migration advisory lock. The migration
     /// transaction may wait for another replica's, so it is not bound by the store timeout.
     pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
-        let mut client = self.pool.get().await?;
+        let mut checkout = self.checkout().await?;
         // statement_timeout would cut a long wait for the lock; lift it for this session's
         // migration and restore it after.
-        client.batch_execute("SET statement_timeout = 0").await?;
-        let result = migrate::apply(&mut client).await;
-        client.batch_execute("RESET statement_timeout").await?;
+        let result = async {
+            let client = checkout.client()?;
+            client.batch_execute("SET statement_timeout = 0").await?;
+            let result = migrate::apply(client).await;
+            client.batch_execute("RESET statement_timeout").await?;
+            result
+        }
+        .await;
+        checkout.settle(&result);
         result
     }
 
@@ -259,6 +287,9 @@ impl ClaimStore {
     /// by `statement_timeout` and `lock_timeout`. When more than `limit` claims share the
     /// oldest `claimed_at` (a range cannot split them), the same transaction deletes `limit`
     /// of them key by key ([`sql::DELETE_EXPIRED_BATCH`]) instead.
+    ///
+    /// On a pooled connection, without the pruner lock: for tests and benchmarks. The pruner
+    /// deletes through [`PrunerLock::delete_expired_range`], under its lock.
     pub async fn delete_expired_range(
         &self,
         from: DateTime<Utc>,
@@ -281,28 +312,11 @@ impl ClaimStore {
         limit: i64,
         batch_timeout: Duration,
     ) -> Result<RangeBatch, StoreError> {
-        let ms = u64::try_from(batch_timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
         let bound = batch_timeout + self.timeout;
-        let work = async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
-            tx.batch_execute(&sql::set_local_timeouts(ms, ms)).await?;
-            let params: [&(dyn ToSql + Sync); 3] = [&from, &cutoff, &limit];
-            let mut batch = delete_step(&tx, shape, &params).await?;
-            if shape == BatchShape::Range && batch.deleted == 0 && batch.more {
-                batch = RangeBatch {
-                    more: true,
-                    ..delete_step(&tx, BatchShape::KeyByKey, &params).await?
-                };
-            }
-            tx.commit().await?;
-            Ok(batch)
-        };
-        tokio::time::timeout(bound, work)
-            .await
-            .unwrap_or(Err(StoreError::Timeout(bound)))
+        self.on_connection(bound, async |client| {
+            batch_transaction(client, shape, from, cutoff, limit, batch_timeout).await
+        })
+        .await
     }
 
     /// How many claims are older than `cutoff`, and the oldest (dry-run, progress).
@@ -322,24 +336,286 @@ impl ClaimStore {
     /// holds the lock. The lock lives as long as the returned guard: the guard owns a
     /// connection taken out of the pool, and dropping it closes that session, which releases
     /// the lock even if the process is killed.
+    ///
+    /// The lock is a session-level advisory lock, so it ends with its session (a PostgreSQL
+    /// restart or failover ends it). The pruner therefore deletes only through
+    /// [`PrunerLock::delete_expired_range`], on that very session: a batch can run only
+    /// while the session that holds the lock is alive, so a lost lock can never be
+    /// followed by a delete from the pruner that lost it.
     pub async fn try_pruner_lock(&self) -> Result<Option<PrunerLock>, StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
-            let row = client
-                .query_one(sql::PRUNER_TRY_LOCK, &[&PRUNER_LOCK_CLASS])
-                .await?;
-            let held: bool = row.try_get(0)?;
-            Ok(held.then(|| PrunerLock {
-                _session: deadpool_postgres::Object::take(client),
-            }))
-        })
-        .await
+        let bound = self.timeout;
+        let attempt = async {
+            let mut checkout = self.checkout().await?;
+            let result = async {
+                let row = checkout
+                    .client()?
+                    .query_one(sql::PRUNER_TRY_LOCK, &[&PRUNER_LOCK_CLASS])
+                    .await?;
+                Ok(row.try_get::<_, bool>(0)?)
+            }
+            .await;
+            if let Ok(true) = result {
+                // Held: the session leaves the pool for good (it must never serve another
+                // call, and closing it is what releases the lock).
+                return Ok(checkout.detach().map(|session| PrunerLock {
+                    session: Some(session),
+                    timeout: self.timeout,
+                }));
+            }
+            checkout.settle(&result);
+            result.map(|_| None)
+        };
+        // A timeout drops the checkout mid-statement: discarded, so a lock the server may
+        // still have granted is released with the closed session, not kept in the pool.
+        tokio::time::timeout(bound, attempt)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(bound)))
     }
 }
 
-/// Holds the pruner advisory lock for as long as it lives.
+/// Holds the pruner advisory lock for as long as it lives, on a session of its own (out of
+/// the pool). Dropping it closes the session, which releases the lock even if the process is
+/// killed. Batches run on this session, so they stop with it.
 pub struct PrunerLock {
-    _session: deadpool_postgres::ClientWrapper,
+    /// `None` once a call on it timed out or failed at the connection level: closed then,
+    /// and the lock with it (once the server notices).
+    session: Option<deadpool_postgres::ClientWrapper>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for PrunerLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrunerLock")
+            .field("lost", &self.is_lost())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PrunerLock {
+    /// True once the session holding the lock is gone (closed, or failed at the connection
+    /// level): the lock is gone with it and this guard can delete nothing more.
+    pub fn is_lost(&self) -> bool {
+        self.session.as_ref().is_none_or(|session| session.is_closed())
+    }
+
+    /// [`ClaimStore::delete_expired_range`] on the lock's own session. A call that times out
+    /// or fails at the connection level leaves the session unusable (the caller must take
+    /// the lock afresh); the server ends whatever it was running at `statement_timeout`,
+    /// still holding the lock until then, so no other pruner can start meanwhile.
+    pub async fn delete_expired_range(
+        &mut self,
+        from: DateTime<Utc>,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+        batch_timeout: Duration,
+    ) -> Result<RangeBatch, StoreError> {
+        let bound = batch_timeout + self.timeout;
+        let session = match self.session.as_mut() {
+            Some(session) if !session.is_closed() => session,
+            _ => {
+                return Err(StoreError::Unavailable(
+                    "the session holding the pruner lock was lost".into(),
+                ))
+            }
+        };
+        let work = batch_transaction(
+            session,
+            BatchShape::Range,
+            from,
+            cutoff,
+            limit.max(1),
+            batch_timeout,
+        );
+        let result = tokio::time::timeout(bound, work)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(bound)));
+        if let Err(e) = &result {
+            if discards_connection(e) {
+                // Never reused: its state is unknown, and closing it is what lets the server
+                // release the lock once it has ended the statement.
+                self.session = None;
+            }
+        }
+        result
+    }
+}
+
+/// One pooled connection checked out for one store call: the connection hygiene.
+///
+/// deadpool's `RecyclingMethod::Fast` only asks `is_closed()` when a connection comes back,
+/// so a session that is open but useless — its call timed out on a peer that went silent, it
+/// talks to a server that became a read-only standby — would be handed out again and again.
+/// This guard returns the connection to the pool only when the call's result says the
+/// session is sound ([`settle`](Self::settle)); dropped unsettled (the call was cancelled or
+/// timed out mid-statement) or settled with a connection-level error, it takes the
+/// connection out of the pool (`Object::take`) and closes it.
+///
+/// A call abandoned mid-statement also gets a cancel request (best effort, in the
+/// background): closing the socket does not stop the server's backend, and
+/// `statement_timeout` does not cover a commit waiting for a synchronous standby, so without
+/// it an abandoned claim would keep its backend (and the claim's row lock) until the standby
+/// returns. Cancelled, the wait ends and the commit stays local (an orphan claim: pending,
+/// for a run that was answered 503).
+struct Checkout {
+    object: Option<deadpool_postgres::Object>,
+    cancel: Canceller,
+}
+
+/// What it takes to cancel the statement in flight on one session.
+struct Canceller {
+    token: tokio_postgres::CancelToken,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    bound: Duration,
+}
+
+impl Canceller {
+    /// Sends the cancel request from a background task, bounded; nothing to wait for here.
+    fn fire(self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(self.bound, self.token.cancel_query(self.tls)).await;
+            });
+        }
+    }
+}
+
+impl Checkout {
+    async fn get(
+        pool: &Pool,
+        tls: &tokio_postgres_rustls::MakeRustlsConnect,
+        bound: Duration,
+    ) -> Result<Self, StoreError> {
+        let object = pool.get().await?;
+        let cancel = Canceller {
+            token: object.cancel_token(),
+            tls: tls.clone(),
+            bound,
+        };
+        Ok(Self {
+            object: Some(object),
+            cancel,
+        })
+    }
+
+    /// The connection. Only `settle`, `detach` and `abandon` empty the guard, and the first
+    /// two consume it, so an error here means a call went on after abandoning its connection.
+    fn client(&mut self) -> Result<&mut deadpool_postgres::Object, StoreError> {
+        self.object
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("the connection was already discarded".into()))
+    }
+
+    /// Back to the pool if `result` leaves the session trustworthy, else discarded (and a
+    /// call abandoned mid-statement cancelled).
+    fn settle<T>(mut self, result: &Result<T, StoreError>) {
+        match result {
+            // Abandoned mid-statement: cancel it too.
+            Err(StoreError::Timeout { .. }) => self.abandon(),
+            // Closed, or idle on a server it must not be used with: just close it.
+            Err(e) if discards_connection(e) => {
+                drop(self.object.take().map(deadpool_postgres::Object::take));
+            }
+            // Dropped as an Object: back to the pool.
+            _ => drop(self.object.take()),
+        }
+    }
+
+    /// Takes the connection out of the pool for good (the pruner lock's session).
+    fn detach(mut self) -> Option<deadpool_postgres::ClientWrapper> {
+        self.object.take().map(deadpool_postgres::Object::take)
+    }
+
+    /// Discards the connection now, cancelling whatever it was running.
+    fn abandon(&mut self) {
+        if let Some(object) = self.object.take() {
+            let closing = deadpool_postgres::Object::take(object);
+            if !closing.is_closed() {
+                self.cancel.clone_token().fire();
+            }
+        }
+    }
+}
+
+impl Canceller {
+    fn clone_token(&self) -> Canceller {
+        Canceller {
+            token: self.token.clone(),
+            tls: self.tls.clone(),
+            bound: self.bound,
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        // Still holding it: the call was dropped mid-way (its bound ran out) or failed at the
+        // connection level.
+        self.abandon();
+    }
+}
+
+/// SQLSTATEs after which a session is not reused: `25006` read_only_sql_transaction (the
+/// server is a standby now: a switchover brought the old primary back at the same address),
+/// class `08` connection exceptions, and class `57P` (server shutting down, crashed, not
+/// accepting connections, database dropped, idle session ended).
+fn discards_connection(error: &StoreError) -> bool {
+    match error {
+        // The call was abandoned mid-statement on a peer that did not answer in time.
+        StoreError::Timeout { .. } => true,
+        // Closed, or an I/O error under it.
+        StoreError::Unavailable { .. } => true,
+        // A client-side protocol or encoding failure: the session's state is unknown, and a
+        // new connection costs one handshake.
+        StoreError::Query { .. } => true,
+        StoreError::Database { .. } => error
+            .sqlstate()
+            .is_some_and(|code| code == "25006" || code.starts_with("08") || code.starts_with("57P")),
+        StoreError::UnexpectedRow { .. } | StoreError::Migration { .. } => false,
+    }
+}
+
+/// Applies the dead-peer detection settings, except those the connection string set itself.
+fn apply_tcp_health(pg: &mut tokio_postgres::Config, tcp: &crate::config::TcpHealth) {
+    if pg.get_keepalives_idle() == LIBRARY_DEFAULT_KEEPALIVE_IDLE {
+        pg.keepalives_idle(tcp.keepalive_idle);
+    }
+    if pg.get_keepalives_interval().is_none() {
+        pg.keepalives_interval(tcp.keepalive_interval);
+    }
+    if pg.get_keepalives_retries().is_none() {
+        pg.keepalives_retries(tcp.keepalive_retries);
+    }
+    if pg.get_tcp_user_timeout().is_none() && !tcp.user_timeout.is_zero() {
+        pg.tcp_user_timeout(tcp.user_timeout);
+    }
+}
+
+/// One prune batch on `client`: a transaction with `SET LOCAL` timeouts, the `shape`'s
+/// delete, and for a range that could not split its oldest timestamp the key-by-key delete
+/// instead. Not bounded here: the caller bounds it.
+async fn batch_transaction(
+    client: &mut deadpool_postgres::ClientWrapper,
+    shape: BatchShape,
+    from: DateTime<Utc>,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+    batch_timeout: Duration,
+) -> Result<RangeBatch, StoreError> {
+    let ms = u64::try_from(batch_timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let tx = client.transaction().await?;
+    tx.batch_execute(&sql::set_local_timeouts(ms, ms)).await?;
+    let params: [&(dyn ToSql + Sync); 3] = [&from, &cutoff, &limit];
+    let mut batch = delete_step(&tx, shape, &params).await?;
+    if shape == BatchShape::Range && batch.deleted == 0 && batch.more {
+        batch = RangeBatch {
+            more: true,
+            ..delete_step(&tx, BatchShape::KeyByKey, &params).await?
+        };
+    }
+    tx.commit().await?;
+    Ok(batch)
 }
 
 fn read_claim(row: &Row) -> Result<(bool, Claim), StoreError> {
@@ -404,4 +680,59 @@ async fn delete_step(
         // Only the range statement can tell whether claims remain past its bound.
         more: shape == BatchShape::Range && row.try_get::<_, bool>("more")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TcpHealth;
+
+    fn server(code: &str) -> StoreError {
+        StoreError::Database {
+            code: code.into(),
+            message: "ERROR: x".into(),
+        }
+    }
+
+    #[test]
+    fn connection_level_failures_and_read_only_servers_discard_the_connection() {
+        assert!(discards_connection(&StoreError::Timeout(Duration::from_secs(1))));
+        assert!(discards_connection(&StoreError::Unavailable(
+            "connection closed".into()
+        )));
+        assert!(discards_connection(&server("25006")), "read_only_sql_transaction");
+        assert!(discards_connection(&server("57P01")), "admin_shutdown");
+        assert!(discards_connection(&server("08006")), "connection_failure");
+    }
+
+    #[test]
+    fn ordinary_server_errors_keep_the_connection() {
+        // A statement or lock timeout, a conflict, a constraint: the session is sound.
+        for code in ["57014", "55P03", "40001", "23505", "42P01"] {
+            assert!(!discards_connection(&server(code)), "{code}");
+        }
+        assert!(!discards_connection(&StoreError::UnexpectedRow("x".into())));
+    }
+
+    #[test]
+    fn tcp_health_fills_what_the_connection_string_left_unset() -> Result<(), tokio_postgres::Error> {
+        let tcp = TcpHealth::default();
+        let mut pg: tokio_postgres::Config = "host=h dbname=d".parse()?;
+        apply_tcp_health(&mut pg, &tcp);
+        assert_eq!(pg.get_keepalives_idle(), tcp.keepalive_idle);
+        assert_eq!(pg.get_keepalives_interval(), Some(tcp.keepalive_interval));
+        assert_eq!(pg.get_keepalives_retries(), Some(tcp.keepalive_retries));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&tcp.user_timeout));
+
+        // tokio-postgres reads `tcp_user_timeout` in seconds (libpq: milliseconds).
+        let mut pg: tokio_postgres::Config =
+            "host=h keepalives_idle=30 keepalives_interval=7 keepalives_retries=9 tcp_user_timeout=4"
+                .parse()?;
+        apply_tcp_health(&mut pg, &tcp);
+        assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(pg.get_keepalives_interval(), Some(Duration::from_secs(7)));
+        assert_eq!(pg.get_keepalives_retries(), Some(9));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(4)));
+        Ok(())
+    }
 }

@@ -5,7 +5,9 @@
 pub mod fake_apiserver;
 pub mod fixtures;
 pub mod https;
+pub mod pg_cluster;
 pub mod postgres;
+pub mod tcp_proxy;
 pub mod testdb;
 pub mod webhook;
 
