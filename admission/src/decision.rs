@@ -118,14 +118,14 @@ impl Verdict {
     }
 }
 
-/// The knobs the decision depends on.
+/// The knobs the decision depends on. Whether the API-server lookup is on is not one of
+/// them: [`after_claim`] is handed the lookup itself (or `None`), so a decision to look up
+/// always comes with something to look up with.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub scope: ClaimScope,
     /// How long a pending claim is left alone before its run may be looked up.
     pub grace: Duration,
-    /// Whether the API-server lookup (and so take-over) is available.
-    pub lookup_enabled: bool,
 }
 
 /// A create that needs the claim store.
@@ -346,16 +346,27 @@ pub fn found_for_dry_run(run: &RunRef, current: Option<Claim>) -> Found {
     }
 }
 
-/// After the claim statement (or the dry-run read).
+/// After the claim statement (or the dry-run read). `L` is the API-server lookup; this
+/// module never calls it, it only hands it back with the claim to look up.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AfterClaim {
+pub enum AfterClaim<'l, L: ?Sized> {
     Answer(Verdict),
-    /// The pending claim is older than the grace period: ask the API server whether its
-    /// run exists before deciding.
-    LookUpHolder(Claim),
+    /// The pending claim is older than the grace period: ask the API server (through
+    /// `lookup`) whether its run exists before deciding.
+    LookUpHolder {
+        claim: Claim,
+        lookup: &'l L,
+    },
 }
 
-pub fn after_claim(plan: &ClaimPlan, found: Found, policy: &Policy) -> AfterClaim {
+/// `lookup` is `None` when the API-server lookup is off (`--kube-lookup off`, or no cluster
+/// configuration): then no claim is ever taken over.
+pub fn after_claim<'l, L: ?Sized>(
+    plan: &ClaimPlan,
+    found: Found,
+    policy: &Policy,
+    lookup: Option<&'l L>,
+) -> AfterClaim<'l, L> {
     let delivery = &plan.key.delivery_id;
     let claim = match found {
         Found::Vacant => {
@@ -390,8 +401,8 @@ pub fn after_claim(plan: &ClaimPlan, found: Found, policy: &Policy) -> AfterClai
         Found::Outcome(ClaimOutcome::HeldBy(claim)) => claim,
     };
     let stale = claim.state == ClaimState::Pending && claim.idle_for() >= grace_as_chrono(policy.grace);
-    if stale && policy.lookup_enabled && !claim.holder.same_run(&plan.run) {
-        return AfterClaim::LookUpHolder(claim);
+    if let Some(lookup) = lookup.filter(|_| stale && !claim.holder.same_run(&plan.run)) {
+        return AfterClaim::LookUpHolder { claim, lookup };
     }
     let note = match claim.state {
         ClaimState::Confirmed if claim.holder.same_run(&plan.run) => {
@@ -400,7 +411,7 @@ pub fn after_claim(plan: &ClaimPlan, found: Found, policy: &Policy) -> AfterClai
                 .to_owned()
         }
         ClaimState::Confirmed => "that run exists (confirmed)".to_owned(),
-        ClaimState::Pending if !policy.lookup_enabled => {
+        ClaimState::Pending if lookup.is_none() => {
             "the claim is pending and the API-server lookup is off, so it holds until retention expires".to_owned()
         }
         ClaimState::Pending => {
@@ -540,9 +551,11 @@ mod tests {
         Policy {
             scope: ClaimScope::Orchestration,
             grace: Duration::from_secs(120),
-            lookup_enabled: true,
         }
     }
+
+    /// Stands in for the API-server lookup: the decision only hands it back.
+    const LOOKUP: Option<&()> = Some(&());
 
     fn parse(body: &str, edit: impl FnOnce(&mut Value)) -> Request {
         let mut v: Value = serde_json::from_str(body).unwrap_or_default();
@@ -587,11 +600,11 @@ mod tests {
         }
     }
 
-    fn after(p: &ClaimPlan, outcome: ClaimOutcome, policy: &Policy) -> AfterClaim {
-        after_claim(p, Found::Outcome(outcome), policy)
+    fn after(p: &ClaimPlan, outcome: ClaimOutcome, policy: &Policy) -> AfterClaim<'static, ()> {
+        after_claim(p, Found::Outcome(outcome), policy, LOOKUP)
     }
 
-    fn answered(next: AfterClaim) -> Verdict {
+    fn answered(next: AfterClaim<'_, ()>) -> Verdict {
         match next {
             AfterClaim::Answer(v) => v,
             other => panic!("expected an answer, got {other:?}"),
@@ -678,7 +691,10 @@ mod tests {
         let stale = claim_by("run-ghost", ClaimState::Pending, 121);
         assert_eq!(
             after(&p, ClaimOutcome::HeldBy(stale.clone()), &policy()),
-            AfterClaim::LookUpHolder(stale)
+            AfterClaim::LookUpHolder {
+                claim: stale,
+                lookup: &()
+            }
         );
         // Inside the grace period: plain duplicate, with the time a take-over becomes possible.
         let young = claim_by("run-ghost", ClaimState::Pending, 119);
@@ -699,14 +715,15 @@ mod tests {
     #[test]
     fn with_lookup_off_a_stale_claim_holds_and_the_denial_says_so() {
         let p = claim_plan(CREATE, |_| {});
-        let off = Policy {
-            lookup_enabled: false,
-            ..policy()
-        };
-        let v = answered(after(
+        let v = answered(after_claim::<()>(
             &p,
-            ClaimOutcome::HeldBy(claim_by("run-ghost", ClaimState::Pending, 9_999)),
-            &off,
+            Found::Outcome(ClaimOutcome::HeldBy(claim_by(
+                "run-ghost",
+                ClaimState::Pending,
+                9_999,
+            ))),
+            &policy(),
+            None,
         ));
         assert_eq!(v.code, 409);
         assert!(
@@ -748,16 +765,21 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(p.dry_run);
-        let v = answered(after_claim(&p, found_for_dry_run(&p.run, None), &policy()));
+        let v = answered(after_claim(
+            &p,
+            found_for_dry_run(&p.run, None),
+            &policy(),
+            LOOKUP,
+        ));
         assert_eq!((v.allowed, v.decision), (true, Decision::DryRun));
         // Held by another: the same 409 a real create gets.
         let held = found_for_dry_run(&p.run, Some(claim_by("run-first", ClaimState::Confirmed, 1)));
-        let v = answered(after_claim(&p, held, &policy()));
+        let v = answered(after_claim(&p, held, &policy(), LOOKUP));
         assert_eq!((v.allowed, v.code), (false, 409));
         assert!(v.message.starts_with("dry run:"));
         // Same pending run: allowed as dry-run.
         let same = found_for_dry_run(&p.run, Some(claim_by("run-j7r8g", ClaimState::Pending, 1)));
-        let v = answered(after_claim(&p, same, &policy()));
+        let v = answered(after_claim(&p, same, &policy(), LOOKUP));
         assert_eq!((v.allowed, v.decision), (true, Decision::DryRun));
         // Stale holder gone: allowed, no take-over; holder exists: deny without confirming.
         let stale = claim_by("run-ghost", ClaimState::Pending, 500);

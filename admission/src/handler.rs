@@ -173,21 +173,18 @@ async fn create(app: &App, plan: &ClaimPlan) -> Result<Verdict, AdmitError> {
         } else {
             Found::Outcome(app.store.claim(&plan.key, &plan.run).await?)
         };
-        let claim = match decision::after_claim(plan, found, &app.policy) {
+        let (claim, lookup) = match decision::after_claim(plan, found, &app.policy, app.lookup.as_deref()) {
             AfterClaim::Answer(verdict) => return Ok(verdict),
-            AfterClaim::LookUpHolder(claim) => claim,
+            AfterClaim::LookUpHolder { claim, lookup } => (claim, lookup),
         };
-        let holder = match &app.lookup {
-            Some(lookup) => match lookup.run_exists(&claim.holder).await {
-                Ok(true) => Holder::Exists,
-                Ok(false) => Holder::Gone,
-                Err(e) => {
-                    app.metrics.lookup_errors.inc();
-                    tracing::warn!(error = %e, "API-server lookup failed; keeping the claim");
-                    Holder::Unknown(e.to_string())
-                }
-            },
-            None => Holder::Unknown("the API-server lookup is off".into()),
+        let holder = match lookup.run_exists(&claim.holder).await {
+            Ok(true) => Holder::Exists,
+            Ok(false) => Holder::Gone,
+            Err(e) => {
+                app.metrics.lookup_errors.inc();
+                tracing::warn!(error = %e, "API-server lookup failed; keeping the claim");
+                Holder::Unknown(e.to_string())
+            }
         };
         let holder_ref = claim.holder.clone();
         match decision::after_lookup(plan, claim, holder) {

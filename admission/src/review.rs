@@ -258,7 +258,7 @@ mod tests {
             }
             if let Ok(request) = parse(v.to_string().as_bytes()) {
                 for scope in [dedupe_shared::ClaimScope::Orchestration, dedupe_shared::ClaimScope::Cluster] {
-                    let policy = crate::decision::Policy { scope, grace: std::time::Duration::from_secs(120), lookup_enabled: true };
+                    let policy = crate::decision::Policy { scope, grace: std::time::Duration::from_secs(120) };
                     let _ = crate::decision::plan(&request, &policy);
                 }
             }
