@@ -14,7 +14,9 @@ use dedupe_shared::{
     Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, RunRef, RunView, DELIVERY_ID_LABEL,
 };
 
-use crate::review::{Op, Request};
+use kube::core::admission::Operation;
+
+use crate::review::{self, Request};
 
 /// The audit annotation `decision` and the `decision` log field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -179,18 +181,18 @@ pub fn plan(req: &Request, policy: &Policy) -> Plan {
             format!("the {sub} subresource carries no claim"),
         ));
     }
-    match (req.operation, &req.object, &req.old_object) {
-        (Op::Create, Some(object), _) => plan_create(object, req.dry_run, policy),
-        (Op::Update, Some(object), Some(old)) => plan_update(object, old, req.dry_run, policy),
-        (Op::Delete, _, Some(old)) => plan_delete(old, req.dry_run, policy),
-        (Op::Delete, _, None) => Plan::Answer(Verdict::allow(
+    match (&req.operation, &req.object, &req.old_object) {
+        (Operation::Create, Some(object), _) => plan_create(object, req.dry_run, policy),
+        (Operation::Update, Some(object), Some(old)) => plan_update(object, old, req.dry_run, policy),
+        (Operation::Delete, _, Some(old)) => plan_delete(old, req.dry_run, policy),
+        (Operation::Delete, _, None) => Plan::Answer(Verdict::allow(
             Decision::Ignored,
             "delete without the old object".into(),
         )),
         // CONNECT, or an object missing (review::parse rejects those for our resource).
         _ => Plan::Answer(Verdict::allow(
             Decision::Ignored,
-            format!("{} carries no claim", req.operation.as_str()),
+            format!("{} carries no claim", review::operation_name(&req.operation)),
         )),
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod decision;
+pub mod error;
 pub mod handler;
 pub mod lookup;
 pub mod metrics;
