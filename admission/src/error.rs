@@ -5,6 +5,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use dedupe_shared::error::Chain;
 use dedupe_shared::StoreError;
 use serde_json::json;
 
@@ -56,14 +57,7 @@ impl HttpError {
 
     /// The message the client sees: this error and its causes, outermost first.
     pub fn message(&self) -> String {
-        let mut message = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        message
+        Chain(self).to_string()
     }
 
     /// Counts the error in `orchestration_dedupe_http_errors_total`, logs it, and answers.

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use dedupe_admission::config::Args;
 use dedupe_admission::run;
+use dedupe_shared::error::Chain;
 
 /// Exit code for a configuration error (bad flag value, unreadable connection string).
 const EXIT_CONFIG: u8 = 2;
@@ -26,7 +27,7 @@ async fn main() -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
         Err(e) => {
-            tracing::error!("dedupe-admission failed: {:#}", anyhow::Error::from(e));
+            tracing::error!("dedupe-admission failed: {}", Chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -82,3 +82,20 @@ pub(crate) fn describe_pg_error(e: &tokio_postgres::Error) -> String {
         None => e.to_string(),
     }
 }
+
+/// Shows an error with its causes, outermost first, joined by ": ", for logs and messages.
+/// The error types here keep a cause as `source()` rather than in their own text, so a
+/// plain `{}` shows only the outermost part.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
