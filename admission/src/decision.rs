@@ -1,6 +1,25 @@
-//! The decision table of DESIGN.md as pure functions: (request, current claim, database
+//! The webhook's decision table, as pure functions: (request, current claim, database
 //! clock) → (answer, store action). No I/O here: `handler.rs` runs the store and API-server
-//! steps these functions ask for, and every row of the table is a unit test below.
+//! steps these functions ask for, and every row below is a unit test in this file.
+//!
+//! | request | answer (`decision` audit annotation) |
+//! | --- | --- |
+//! | CREATE with the label, no claim for its key | insert a `pending` claim naming this run, allow (`claimed`) |
+//! | CREATE, claim `pending` for this same run (same namespace/name: a retried create) | allow, record the new uid (`retry`) |
+//! | CREATE, claim held by another run, or `confirmed` for this name (the run existed and was deleted) | deny 409 `AlreadyExists`, naming the delivery and the holder (namespace/name, uid, when claimed) (`duplicate`) |
+//! | CREATE, claim `pending` and idle longer than the grace period, the API server has no such run | take the claim over (compare-and-swap on the holder), allow with a warning (`takeover`) |
+//! | … the same, and the run exists | mark the claim `confirmed`, deny 409 (`duplicate`) |
+//! | … the same, and the lookup fails | keep the claim, deny 409 saying why (`duplicate`) |
+//! | … the same, with the lookup off | no take-over: the claim holds until retention, and the 409 says so (`duplicate`) |
+//! | CREATE with `dryRun: true` | the same answer, never written (`dry-run` when it would be allowed) |
+//! | CREATE with an empty or invalid label value, an unreadable spec, `spec.deliveryId` different from the label, or no `spec.orchestrationRef.name` under scope `orchestration` | deny 422 `Invalid` naming the field (`invalid`) |
+//! | UPDATE that adds, changes or removes the label, or changes `spec.deliveryId` or `spec.orchestrationRef.name` | deny 422 `Invalid` (`immutable`) |
+//! | UPDATE or DELETE of a labelled run otherwise | allow; a `pending` claim becomes `confirmed` (`confirmed`), else nothing to do (`allowed`); a dry run writes nothing |
+//! | CREATE without the label; another resource; a subresource; CONNECT | allow, write nothing (`ignored`; a warning when `spec.deliveryId` is set without the label) |
+//!
+//! Before any decision, `handler.rs` answers what is not a usable AdmissionReview with an
+//! HTTP error (400, 413, 415; `error.rs`), and a store that fails or exceeds its timeout with
+//! 503, so the API server's failurePolicy applies: never a deny.
 //!
 //! A create goes: [`plan`] → `ClaimStore::claim` → [`after_claim`] → (only for a stale
 //! pending claim) the API-server lookup → [`after_lookup`] → `ClaimStore::take_over` →

@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use dedupe_shared::error::Chain;
 use dedupe_shared::ClaimStore;
 use tracing::Instrument;
 
@@ -125,7 +126,7 @@ async fn decide(app: &App, req: &review::Request, started: Instant) -> Result<Re
                 deliveryId = delivery,
                 claimKey = %claim_key,
                 latency_ms,
-                error = %e,
+                error = %Chain(&e),
                 "no decision: claim store unavailable, answering 503 so the failurePolicy applies"
             );
             Err(HttpError::Unavailable(e))
@@ -163,8 +164,9 @@ async fn create(app: &App, plan: &ClaimPlan) -> Result<Verdict, AdmitError> {
             Ok(false) => Holder::Gone,
             Err(e) => {
                 app.metrics.lookup_errors.inc();
-                tracing::warn!(error = %e, "API-server lookup failed; keeping the claim");
-                Holder::Unknown(e.to_string())
+                let error = Chain(&e).to_string();
+                tracing::warn!(%error, "API-server lookup failed; keeping the claim");
+                Holder::Unknown(error)
             }
         };
         let holder_ref = claim.holder.clone();
