@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dedupe_shared::run::{GROUP, KIND, RESOURCE, VERSION};
 use dedupe_shared::error::Chain;
+use dedupe_shared::run::{GROUP, KIND, RESOURCE, VERSION};
 use dedupe_shared::RunRef;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;

@@ -1,14 +1,15 @@
 //! Running the webhook: the claim store and its migrations, the serving certificate and its
 //! reloader, the API-server lookup, both listeners, and a graceful stop. [`run`] is what
 //! `main` calls; [`Server`] splits it into start and serve so a test can run the whole
-//! webhook in-process and stop it with a future of its own.
+//! webhook in-process and stop it with a [`Shutdown::manual`] of its own.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dedupe_shared::retry::{self, NotReached, RetryConfig};
+use dedupe_shared::shutdown::Shutdown;
 use dedupe_shared::{ClaimStore, ConfigError, MigrationMode, StoreConfig, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -22,9 +23,12 @@ use crate::server;
 use crate::tls::{ReloadEvent, TlsError, TlsReloader, TlsSettings};
 
 /// Attempts to reach the store for migrations at start (1 s, 2 s, 4 s, 8 s apart) before
-/// giving up, so a database that starts a little after the webhook does not crash-loop it.
-const MIGRATION_ATTEMPTS: u32 = 5;
-const MIGRATION_FIRST_DELAY: Duration = Duration::from_secs(1);
+/// giving up.
+const MIGRATION_RETRY: RetryConfig = RetryConfig {
+    attempts: 5,
+    base_delay: Duration::from_secs(1),
+    max_delay: Duration::from_secs(8),
+};
 
 /// Why the webhook could not start. [`RunError::is_config`] tells a configuration error
 /// (exit 2) from a runtime failure (exit 1).
@@ -40,6 +44,11 @@ pub enum RunError {
     Tls(#[source] TlsError),
     #[error(transparent)]
     Lookup(#[from] LookupSetupError),
+    #[error("cannot listen for SIGTERM/SIGINT")]
+    Signals(#[source] io::Error),
+    /// SIGTERM or SIGINT before the webhook was serving (e.g. while waiting for the store).
+    #[error("stopped before serving")]
+    Interrupted,
     #[error("binding {flag} {addr}")]
     Bind {
         flag: &'static str,
@@ -56,10 +65,22 @@ impl RunError {
     }
 }
 
-/// Runs the webhook until SIGTERM or SIGINT, then drains in-flight requests.
+/// Runs the webhook until SIGTERM or SIGINT, then drains in-flight requests. A signal
+/// before it serves (while waiting for the store) stops it too, without an error.
 pub async fn run(args: Args) -> Result<(), RunError> {
-    Server::start(&args).await?.serve(wait_for_signal()).await;
-    Ok(())
+    // Before anything is announced: from here on a signal means "drain", not "die".
+    let mut shutdown = Shutdown::install().map_err(RunError::Signals)?;
+    match Server::start(&args, &mut shutdown).await {
+        Ok(server) => {
+            server.serve(shutdown).await;
+            Ok(())
+        }
+        Err(RunError::Interrupted) => {
+            tracing::info!("stopped before serving");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A started webhook: store ready, certificate loaded, both listeners bound.
@@ -74,13 +95,14 @@ pub struct Server {
 
 impl Server {
     /// Everything up to serving: store (and migrations), certificate, lookup, listeners.
-    pub async fn start(args: &Args) -> Result<Self, RunError> {
+    /// `shutdown` cuts the wait for the store short ([`RunError::Interrupted`]).
+    pub async fn start(args: &Args, shutdown: &mut Shutdown) -> Result<Self, RunError> {
         install_crypto_provider();
         let store_config = StoreConfig::new(&args.common.database_url, args.pool_size, args.store_timeout())?
             .with_database_ca(args.common.database_ca.as_deref())?;
         let store = ClaimStore::new(&store_config).map_err(RunError::Store)?;
         if args.common.migrations == MigrationMode::Apply {
-            migrate(&store).await?;
+            migrate(&store, shutdown).await?;
         }
         let metrics = Arc::new(Metrics::new());
         let tls = TlsReloader::load(TlsSettings {
@@ -143,9 +165,9 @@ impl Server {
         &self.app
     }
 
-    /// Serves both listeners until `shutdown` resolves, then stops accepting and lets
+    /// Serves both listeners until `shutdown` is requested, then stops accepting and lets
     /// in-flight requests finish (up to `--shutdown-grace-seconds`).
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+    pub async fn serve(self, mut shutdown: Shutdown) {
         let Self {
             app,
             tls,
@@ -173,8 +195,8 @@ impl Server {
             stop_rx.clone(),
         );
         tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!("shutdown signal received");
+            shutdown.wait().await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
             let _ = stop_tx.send(true);
         });
         tokio::join!(
@@ -200,45 +222,16 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-async fn migrate(store: &ClaimStore) -> Result<(), RunError> {
-    let mut delay = MIGRATION_FIRST_DELAY;
-    let mut attempt = 1;
-    loop {
-        match store.migrate().await {
-            Ok(report) => {
-                tracing::info!(applied = ?report.applied, "schema migrations up to date");
-                return Ok(());
-            }
-            Err(e) if attempt < MIGRATION_ATTEMPTS => {
-                tracing::warn!(attempt, error = %e, "claim store not reachable for migrations; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            Err(e) => return Err(RunError::Migrations(e)),
+/// Applies the migrations, retrying while the store cannot be reached: a database that
+/// starts a little after the webhook must not crash-loop it.
+async fn migrate(store: &ClaimStore, shutdown: &mut Shutdown) -> Result<(), RunError> {
+    let retrying = |_: &StoreError| true;
+    match retry::until_reachable(&MIGRATION_RETRY, shutdown, retrying, || store.migrate()).await {
+        Ok(report) => {
+            tracing::info!(applied = ?report.applied, "schema migrations up to date");
+            Ok(())
         }
-    }
-}
-
-/// SIGTERM (Kubernetes) or SIGINT (a terminal). The handlers are installed when this is
-/// called, not when the future is first polled, so a signal sent as soon as the start-up
-/// log line appears is never met by the default action (dying without draining).
-fn wait_for_signal() -> impl Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT; the server runs until killed");
-                std::future::pending::<()>().await;
-            }
-        }
+        Err(NotReached::Interrupted) => Err(RunError::Interrupted),
+        Err(NotReached::Exhausted { last, .. } | NotReached::Fatal(last)) => Err(RunError::Migrations(last)),
     }
 }

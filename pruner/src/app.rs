@@ -1,6 +1,7 @@
 //! One run of the pruner, start to end: reach the store, migrate, take the lock, take the
 //! cutoff, prune, report. Returns a typed failure for `main` to turn into exit code 1.
 
+use dedupe_shared::shutdown::Shutdown;
 use dedupe_shared::{ClaimStore, MigrationMode};
 
 use crate::config::Settings;
@@ -9,7 +10,6 @@ use crate::policy::Policy;
 use crate::prune::{self, Plan};
 use crate::report;
 use crate::retry::{self, NotReached};
-use crate::signal::Shutdown;
 
 /// How a successful run ended (all exit 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,6 @@ mod policy;
 mod prune;
 mod report;
 mod retry;
-mod signal;
 
 use std::process::ExitCode;
 
@@ -48,7 +47,8 @@ fn run(settings: &config::Settings) -> anyhow::Result<app::Ended> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let mut shutdown = signal::Shutdown::install().context("installing the SIGTERM/SIGINT handlers")?;
+        let mut shutdown =
+            dedupe_shared::shutdown::Shutdown::install().context("installing the SIGTERM/SIGINT handlers")?;
         Ok(app::run(settings, &mut shutdown).await?)
     })
 }

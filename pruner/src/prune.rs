@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::error::{classify, ErrorClass, PruneError};
 use crate::policy::{Decision, GiveUp, Outcome, Policy, StopReason};
 use crate::report::{self, Progress, Summary};
-use crate::signal::Shutdown;
+use dedupe_shared::shutdown::Shutdown;
 
 /// The one store operation the loop needs (a trait so the loop is tested without a database).
 pub trait BatchStore {

@@ -13,6 +13,7 @@ use axum::Router;
 use dedupe_admission::decision::Policy;
 use dedupe_admission::metrics::Metrics;
 use dedupe_admission::{ops_router, webhook_router, App};
+use dedupe_shared::shutdown::Shutdown;
 use dedupe_shared::ClaimScope;
 use dedupe_tests::https::Reply;
 use dedupe_tests::{Answer, Review, TestDb};
@@ -489,12 +490,10 @@ async fn the_library_runs_the_whole_webhook_in_process() -> Result<()> {
         "--kube-lookup",
         "off",
     ])?;
-    let server = dedupe_admission::Server::start(&args).await?;
+    let (stop, mut shutdown) = Shutdown::manual();
+    let server = dedupe_admission::Server::start(&args, &mut shutdown).await?;
     let (addr, ops_addr) = (server.webhook_addr()?, server.ops_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
+    let serving = tokio::spawn(server.serve(shutdown));
 
     let client = dedupe_tests::HttpsClient::new(addr, certs.ca_pem(), dedupe_tests::webhook::SERVER_NAME)?;
     let review = Review::create(&delivery(), "run-in-process")?;
@@ -508,7 +507,7 @@ async fn the_library_runs_the_whole_webhook_in_process() -> Result<()> {
     );
     assert!(text.contains(&expiry), "{expiry} missing from\n{text}");
 
-    let _ = stop.send(());
+    stop.send(Some("the test"))?;
     tokio::time::timeout(Duration::from_secs(30), serving).await??;
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
