@@ -6,8 +6,8 @@ use dedupe_shared::{ClaimStore, MigrationMode};
 
 use crate::config::Settings;
 use crate::error::PruneError;
-use crate::policy::Policy;
-use crate::prune::{self, Plan};
+use crate::policy::BatchPolicy;
+use crate::prune::{self, PruneTask};
 use crate::report;
 use crate::retry::{self, NotReached};
 
@@ -79,15 +79,15 @@ pub async fn run(settings: &Settings, shutdown: &mut Shutdown) -> Result<Ended, 
         settings.policy.pause,
         count,
     );
-    let plan = Plan {
+    let task = PruneTask {
         cutoff,
         batch_timeout: settings.batch_timeout,
         expired_at_start: count.map(|c| c.expired),
     };
     let finished = prune::prune(
         &store,
-        &plan,
-        Policy::new(settings.policy.clone()),
+        &task,
+        BatchPolicy::new(settings.policy.clone()),
         shutdown,
         rand::random::<f64>,
     )

@@ -8,7 +8,7 @@ use clap::Parser;
 use dedupe_shared::config::DEFAULT_RETENTION_DAYS;
 use dedupe_shared::{CommonArgs, ConfigError, LogFormat, MigrationMode, StoreConfig};
 
-use crate::policy::PolicyConfig;
+use crate::policy::BatchPolicyConfig;
 use crate::retry::RetryConfig;
 
 /// Rows deleted per batch transaction. Chosen by the benchmark (docs/BENCHMARKS.md,
@@ -103,7 +103,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub retention_days: u32,
     pub dry_run: bool,
-    pub policy: PolicyConfig,
+    pub policy: BatchPolicyConfig,
     pub batch_timeout: Duration,
     pub connect: RetryConfig,
 }
@@ -128,7 +128,7 @@ impl Settings {
             log_format: args.common.log_format,
             retention_days: args.retention_days,
             dry_run: args.dry_run,
-            policy: PolicyConfig::new(
+            policy: BatchPolicyConfig::new(
                 args.batch_size,
                 Duration::from_millis(args.batch_pause_ms),
                 args.max_runtime(),

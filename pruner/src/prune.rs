@@ -9,7 +9,7 @@ use dedupe_shared::{ClaimStore, StoreError};
 use tokio::time::Instant;
 
 use crate::error::{classify, ErrorClass, PruneError};
-use crate::policy::{Decision, GiveUp, Outcome, Policy, StopReason};
+use crate::policy::{BatchPolicy, GiveUp, NextStep, Outcome, StopReason};
 use crate::report::{self, Progress, Summary};
 use dedupe_shared::shutdown::Shutdown;
 
@@ -42,7 +42,7 @@ impl BatchStore for ClaimStore {
 
 /// What to prune.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct PruneTask {
     /// Claims with `claimed_at` strictly before this go (database clock − retention).
     pub cutoff: DateTime<Utc>,
     /// statement_timeout and lock_timeout of each batch.
@@ -70,8 +70,8 @@ fn floor() -> DateTime<Utc> {
 /// `[0, 1)` for the pauses.
 pub async fn prune<S: BatchStore>(
     store: &S,
-    plan: &Plan,
-    mut policy: Policy,
+    task: &PruneTask,
+    mut policy: BatchPolicy,
     shutdown: &mut Shutdown,
     mut jitter: impl FnMut() -> f64,
 ) -> Finished {
@@ -91,7 +91,7 @@ pub async fn prune<S: BatchStore>(
         // Never raced against the signal: a batch in flight runs to its commit (or its
         // timeout), so nothing is left half-done.
         let result = store
-            .delete_batch(from, plan.cutoff, size, plan.batch_timeout)
+            .delete_batch(from, task.cutoff, size, task.batch_timeout)
             .await;
         let took = batch_started.elapsed();
         let (outcome, error) = match result {
@@ -133,18 +133,18 @@ pub async fn prune<S: BatchStore>(
             },
         };
         let pause = match policy.after_batch(outcome, started.elapsed(), jitter()) {
-            Decision::Continue { pause } => {
+            NextStep::Continue { pause } => {
                 if let (Outcome::Unavailable, Some(e)) = (outcome, &error) {
                     report::store_lost(pause, e);
                 }
                 pause
             }
-            Decision::Shrink { from, to, pause } => {
+            NextStep::Shrink { from, to, pause } => {
                 report::shrunk(from, to);
                 pause
             }
-            Decision::Stop(stop) => break Ok(stop),
-            Decision::GiveUp(give_up) => {
+            NextStep::Stop(stop) => break Ok(stop),
+            NextStep::GiveUp(give_up) => {
                 let last = error.unwrap_or_else(|| StoreError::Query("no error recorded".into()));
                 break Err(match give_up {
                     GiveUp::Timeouts { batch_size, in_a_row } => PruneError::Timeouts {
@@ -172,7 +172,7 @@ pub async fn prune<S: BatchStore>(
             deleted,
             batches,
             elapsed: started.elapsed(),
-            expired_at_start: plan.expired_at_start,
+            expired_at_start: task.expired_at_start,
             stopped: match &result {
                 Ok(stop) => stop.as_str(),
                 Err(_) => "failed",
@@ -189,7 +189,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::policy::PolicyConfig;
+    use crate::policy::BatchPolicyConfig;
     use crate::retry::RetryConfig;
 
     type Script = Box<dyn FnMut(&Call) -> Result<RangeBatch, StoreError> + Send>;
@@ -267,16 +267,16 @@ mod tests {
         Box::new(move |_| Err(e()))
     }
 
-    fn plan() -> Plan {
-        Plan {
+    fn task() -> PruneTask {
+        PruneTask {
             cutoff: at(1_000),
             batch_timeout: Duration::from_secs(1),
             expired_at_start: Some(250),
         }
     }
 
-    fn policy(batch_size: u32, max_runtime: Duration) -> Policy {
-        Policy::new(PolicyConfig::new(
+    fn policy(batch_size: u32, max_runtime: Duration) -> BatchPolicy {
+        BatchPolicy::new(BatchPolicyConfig::new(
             batch_size,
             Duration::ZERO,
             max_runtime,
@@ -295,7 +295,7 @@ mod tests {
         // The second batch is short (ties at its bound) but not the last.
         let store = FakeStore::new(vec![deleted(100, 10), deleted(98, 20), last(52, 30)]);
         let (_tx, mut shutdown) = Shutdown::manual();
-        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         assert_eq!(f.result.ok(), Some(StopReason::Done));
         assert_eq!((f.summary.deleted, f.summary.batches), (250, 3));
         assert_eq!(f.summary.remaining_estimate(), Some(0));
@@ -317,7 +317,7 @@ mod tests {
             })
         });
         let store = FakeStore::new(vec![deleted(100, 10), signal_mid_batch, deleted(100, 30)]);
-        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         assert_eq!(f.result.ok(), Some(StopReason::Signal));
         assert_eq!(
             (f.summary.deleted, f.summary.batches),
@@ -332,7 +332,7 @@ mod tests {
     async fn a_signal_during_a_long_pause_stops_without_waiting_it_out() {
         let (tx, mut shutdown) = Shutdown::manual();
         let store = FakeStore::new(vec![deleted(100, 10), deleted(100, 20)]);
-        let slow = Policy::new(PolicyConfig::new(
+        let slow = BatchPolicy::new(BatchPolicyConfig::new(
             100,
             HOUR,
             HOUR * 24,
@@ -343,8 +343,8 @@ mod tests {
             },
         ));
         let started = std::time::Instant::now();
-        let plan = plan();
-        let run = prune(&store, &plan, slow, &mut shutdown, || 0.5);
+        let task = task();
+        let run = prune(&store, &task, slow, &mut shutdown, || 0.5);
         let signal = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let _ = tx.send(Some("SIGINT"));
@@ -369,7 +369,7 @@ mod tests {
             last(3, 11),
         ]);
         let (_tx, mut shutdown) = Shutdown::manual();
-        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         assert_eq!(f.result.ok(), Some(StopReason::Done));
         let limits: Vec<u32> = store.calls().iter().map(|c| c.limit).collect();
         assert_eq!(limits, vec![100, 100, 100, 10, 10]);
@@ -386,7 +386,7 @@ mod tests {
             }),
         ]);
         let (_tx, mut shutdown) = Shutdown::manual();
-        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         match f.result {
             Err(PruneError::Batch { batch, .. }) => assert_eq!(batch, 2),
             other => panic!("expected a batch failure, got {other:?}"),
@@ -399,12 +399,12 @@ mod tests {
         let lost = || StoreError::Unavailable("connection closed".into());
         let store = FakeStore::new(vec![failing(lost), deleted(100, 10), last(0, 0)]);
         let (_tx, mut shutdown) = Shutdown::manual();
-        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         assert_eq!(f.result.ok(), Some(StopReason::Done));
         assert_eq!(f.summary.deleted, 100);
 
         let store = FakeStore::new(vec![failing(lost), failing(lost), failing(lost)]);
-        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         assert!(
             matches!(f.result, Err(PruneError::LostStore { attempts: 3, .. })),
             "{:?}",
@@ -426,7 +426,7 @@ mod tests {
         let (_tx, mut shutdown) = Shutdown::manual();
         let f = prune(
             &store,
-            &plan(),
+            &task(),
             policy(100, Duration::from_millis(10)),
             &mut shutdown,
             || 0.5,

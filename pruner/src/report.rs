@@ -60,7 +60,7 @@ fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000.0).round() / 1_000.0
 }
 
-/// The plan, once the cutoff is known.
+/// The task, once the cutoff is known.
 pub fn starting(
     cutoff: DateTime<Utc>,
     retention_days: u32,
