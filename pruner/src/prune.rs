@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dedupe_shared::store::RangeBatch;
+use dedupe_shared::store::PrunedBatch;
 use dedupe_shared::{ClaimStore, StoreError};
 use tokio::time::Instant;
 
@@ -23,7 +23,7 @@ pub trait BatchStore {
         cutoff: DateTime<Utc>,
         limit: u32,
         timeout: Duration,
-    ) -> impl Future<Output = Result<RangeBatch, StoreError>>;
+    ) -> impl Future<Output = Result<PrunedBatch, StoreError>>;
 }
 
 /// Batches delete by `claimed_at` range (`sql::DELETE_EXPIRED_RANGE`): about 5x cheaper per
@@ -35,8 +35,8 @@ impl BatchStore for ClaimStore {
         cutoff: DateTime<Utc>,
         limit: u32,
         timeout: Duration,
-    ) -> impl Future<Output = Result<RangeBatch, StoreError>> {
-        self.delete_expired_range(from, cutoff, i64::from(limit), timeout)
+    ) -> impl Future<Output = Result<PrunedBatch, StoreError>> {
+        self.prune_batch(from, cutoff, i64::from(limit), timeout)
     }
 }
 
@@ -192,7 +192,7 @@ mod tests {
     use crate::policy::BatchPolicyConfig;
     use crate::retry::RetryConfig;
 
-    type Script = Box<dyn FnMut(&Call) -> Result<RangeBatch, StoreError> + Send>;
+    type Script = Box<dyn FnMut(&Call) -> Result<PrunedBatch, StoreError> + Send>;
 
     #[derive(Debug, Clone, PartialEq)]
     struct Call {
@@ -226,7 +226,7 @@ mod tests {
             _cutoff: DateTime<Utc>,
             limit: u32,
             _timeout: Duration,
-        ) -> Result<RangeBatch, StoreError> {
+        ) -> Result<PrunedBatch, StoreError> {
             let call = Call { from, limit };
             if let Ok(mut calls) = self.calls.lock() {
                 calls.push(call.clone());
@@ -255,7 +255,7 @@ mod tests {
 
     fn batch(n: u64, newest: i64, more: bool) -> Script {
         Box::new(move |_| {
-            Ok(RangeBatch {
+            Ok(PrunedBatch {
                 deleted: n,
                 newest: (n > 0).then(|| at(newest)),
                 more,
@@ -310,7 +310,7 @@ mod tests {
         let (tx, mut shutdown) = Shutdown::manual();
         let signal_mid_batch: Script = Box::new(move |_| {
             let _ = tx.send(Some("SIGTERM"));
-            Ok(RangeBatch {
+            Ok(PrunedBatch {
                 deleted: 100,
                 newest: Some(at(20)),
                 more: true,
@@ -416,7 +416,7 @@ mod tests {
     async fn the_runtime_limit_stops_between_batches() {
         let slow_batch: Script = Box::new(|_| {
             std::thread::sleep(Duration::from_millis(20));
-            Ok(RangeBatch {
+            Ok(PrunedBatch {
                 deleted: 100,
                 newest: Some(at(1)),
                 more: true,

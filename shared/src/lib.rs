@@ -13,8 +13,8 @@ pub mod store;
 pub mod store_tls;
 pub mod telemetry;
 
-pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, DeletedBatch, ExpiredCount, RunRef};
-pub use config::{ClaimScope, CommonArgs, LogFormat, MigrationMode, StoreConfig};
+pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ExpiredCount, RunRef};
+pub use config::{CommonArgs, LogFormat, MigrationMode, StoreConfig};
 pub use error::{ConfigError, StoreError};
 pub use migrate::MigrationReport;
 pub use run::{RunView, DELIVERY_ID_LABEL};

@@ -107,11 +107,11 @@ pub const CONFIRM_HOLDER: &str = "UPDATE orchestration_dedupe_claims c
 /// The pruner's cutoff: the database clock minus the retention window, taken once.
 pub const PRUNE_CUTOFF: &str = "SELECT now() - make_interval(days => $1) AS cutoff, now() AS observed_at";
 
-/// Delete up to `$3` claims with `$1 <= claimed_at < $2`, oldest first, skipping rows a
+/// Delete up to `$3` claims with `$1 <= claimed_at < $2`, oldest first, key by key, skipping rows a
 /// concurrent admission holds locked. `$1` lets the pruner carry its position forward so a
 /// batch does not re-walk the dead index entries the previous batches left behind.
 /// Returns the count deleted and the newest `claimed_at` among them.
-pub const DELETE_EXPIRED_BATCH: &str = "WITH doomed AS (
+pub const DELETE_EXPIRED_KEYS: &str = "WITH doomed AS (
         SELECT delivery_id, scope, namespace, orchestration
           FROM orchestration_dedupe_claims
          WHERE claimed_at >= $1 AND claimed_at < $2
@@ -174,10 +174,10 @@ pub fn set_local_timeouts(statement_timeout_ms: u64, lock_timeout_ms: u64) -> St
 /// claims with `$1 <= claimed_at < $2`, oldest first. The bound is the `claimed_at` of the
 /// (`$3`+1)-th oldest such claim and only claims strictly before it go, so a batch never
 /// exceeds `$3` rows; they are found through the `claimed_at` index and deleted in place,
-/// with none of [`DELETE_EXPIRED_BATCH`]'s per-row primary-key lookups (about 5x cheaper
+/// with none of [`DELETE_EXPIRED_KEYS`]'s per-row primary-key lookups (about 5x cheaper
 /// per row on the pruner benchmark, docs/BENCHMARKS.md).
 ///
-/// Unlike [`DELETE_EXPIRED_BATCH`] it does not skip locked rows: it waits (bounded by the
+/// Unlike [`DELETE_EXPIRED_KEYS`] it does not skip locked rows: it waits (bounded by the
 /// batch's `lock_timeout`) for an admission statement holding one, and READ COMMITTED then
 /// re-checks the range on the row's new version, so a claim renewed meanwhile (take-over)
 /// is not deleted. Admission statements lock one row each, so no deadlock cycle can form.
@@ -185,7 +185,7 @@ pub fn set_local_timeouts(statement_timeout_ms: u64, lock_timeout_ms: u64) -> St
 /// Returns the count deleted, the newest `claimed_at` among them, and `more`: whether
 /// claims at or past the bound are left in the range. `more` with nothing deleted means
 /// more than `$3` claims share the oldest `claimed_at`; the caller then falls back to
-/// [`DELETE_EXPIRED_BATCH`] for that batch.
+/// [`DELETE_EXPIRED_KEYS`] for that batch.
 pub const DELETE_EXPIRED_RANGE: &str = "WITH bound AS (
         SELECT claimed_at
           FROM orchestration_dedupe_claims

@@ -10,7 +10,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, DeletedBatch, ExpiredCount, RunRef};
+use crate::claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, ExpiredCount, RunRef};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::migrate::{self, MigrationReport};
@@ -76,11 +76,6 @@ impl ClaimStore {
             pool,
             timeout: config.timeout,
         })
-    }
-
-    /// The per-call bound.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// Runs `f` under the store timeout.
@@ -229,38 +224,19 @@ impl ClaimStore {
         Ok(row.try_get("cutoff")?)
     }
 
-    /// Deletes up to `limit` claims with `from <= claimed_at < cutoff`, oldest first, key by
-    /// key ([`sql::DELETE_EXPIRED_BATCH`]), in one short transaction bounded by
-    /// `statement_timeout` and `lock_timeout`. Rows locked by a concurrent admission are
-    /// skipped, never waited for.
-    pub async fn delete_expired_batch(
-        &self,
-        from: DateTime<Utc>,
-        cutoff: DateTime<Utc>,
-        limit: i64,
-        batch_timeout: Duration,
-    ) -> Result<DeletedBatch, StoreError> {
-        let batch = self
-            .delete_in_batch_transaction(BatchShape::KeyByKey, from, cutoff, limit, batch_timeout)
-            .await?;
-        Ok(DeletedBatch {
-            deleted: batch.deleted,
-            newest: batch.newest,
-        })
-    }
-
-    /// Deletes up to `limit` claims with `from <= claimed_at < cutoff`, oldest first, as one
-    /// `claimed_at` range ([`sql::DELETE_EXPIRED_RANGE`]) in one short transaction bounded
-    /// by `statement_timeout` and `lock_timeout`. When more than `limit` claims share the
+    /// One prune batch (the only meaning of "batch" here: one short transaction of the
+    /// pruner): deletes up to `limit` claims with `from <= claimed_at < cutoff`, oldest
+    /// first, as one `claimed_at` range ([`sql::DELETE_EXPIRED_RANGE`]), bounded by
+    /// `statement_timeout` and `lock_timeout`. When more than `limit` claims share the
     /// oldest `claimed_at` (a range cannot split them), the same transaction deletes `limit`
-    /// of them key by key ([`sql::DELETE_EXPIRED_BATCH`]) instead.
-    pub async fn delete_expired_range(
+    /// of them key by key ([`sql::DELETE_EXPIRED_KEYS`]) instead.
+    pub async fn prune_batch(
         &self,
         from: DateTime<Utc>,
         cutoff: DateTime<Utc>,
         limit: i64,
         batch_timeout: Duration,
-    ) -> Result<RangeBatch, StoreError> {
+    ) -> Result<PrunedBatch, StoreError> {
         self.delete_in_batch_transaction(BatchShape::Range, from, cutoff, limit.max(1), batch_timeout)
             .await
     }
@@ -275,7 +251,7 @@ impl ClaimStore {
         cutoff: DateTime<Utc>,
         limit: i64,
         batch_timeout: Duration,
-    ) -> Result<RangeBatch, StoreError> {
+    ) -> Result<PrunedBatch, StoreError> {
         let ms = u64::try_from(batch_timeout.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -287,7 +263,7 @@ impl ClaimStore {
             let params: [&(dyn ToSql + Sync); 3] = [&from, &cutoff, &limit];
             let mut batch = delete_step(&tx, shape, &params).await?;
             if shape == BatchShape::Range && batch.deleted == 0 && batch.more {
-                batch = RangeBatch {
+                batch = PrunedBatch {
                     more: true,
                     ..delete_step(&tx, BatchShape::KeyByKey, &params).await?
                 };
@@ -359,9 +335,9 @@ fn read_claim(row: &Row) -> Result<(bool, Claim), StoreError> {
     ))
 }
 
-/// What [`ClaimStore::delete_expired_range`] did.
+/// What [`ClaimStore::prune_batch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RangeBatch {
+pub struct PrunedBatch {
     pub deleted: u64,
     /// The newest `claimed_at` among the deleted rows (the next batch can start there).
     pub newest: Option<DateTime<Utc>>,
@@ -372,7 +348,7 @@ pub struct RangeBatch {
 /// Which delete statement a prune batch runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BatchShape {
-    /// [`sql::DELETE_EXPIRED_BATCH`]: the N oldest keys, skipping locked rows.
+    /// [`sql::DELETE_EXPIRED_KEYS`]: the N oldest keys, skipping locked rows.
     KeyByKey,
     /// [`sql::DELETE_EXPIRED_RANGE`]: everything below the (N+1)-th oldest `claimed_at`.
     Range,
@@ -383,9 +359,9 @@ async fn delete_step(
     tx: &deadpool_postgres::Transaction<'_>,
     shape: BatchShape,
     params: &[&(dyn ToSql + Sync)],
-) -> Result<RangeBatch, StoreError> {
+) -> Result<PrunedBatch, StoreError> {
     let statement = match shape {
-        BatchShape::KeyByKey => sql::DELETE_EXPIRED_BATCH,
+        BatchShape::KeyByKey => sql::DELETE_EXPIRED_KEYS,
         BatchShape::Range => sql::DELETE_EXPIRED_RANGE,
     };
     let prepared = tx.prepare_cached(statement).await?;
@@ -393,7 +369,7 @@ async fn delete_step(
     let row = rows
         .first()
         .ok_or_else(|| StoreError::UnexpectedRow(format!("{shape:?} delete returned nothing")))?;
-    Ok(RangeBatch {
+    Ok(PrunedBatch {
         deleted: u64::try_from(row.try_get::<_, i64>("deleted")?).unwrap_or(0),
         newest: row.try_get("newest")?,
         // Only the range statement can tell whether claims remain past its bound.
