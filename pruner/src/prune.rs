@@ -26,8 +26,8 @@ pub trait BatchStore {
     ) -> impl Future<Output = Result<PrunedBatch, StoreError>>;
 }
 
-/// Batches delete by `claimed_at` range (`sql::DELETE_EXPIRED_RANGE`): about 5x cheaper per
-/// row than key by key, which the benchmark needed (docs/BENCHMARKS.md, "Pruner").
+/// Batches delete by `claimed_at` range (`sql::DELETE_EXPIRED_RANGE`): cheaper per row than
+/// key by key, which the benchmark needed (docs/BENCHMARKS.md, "Pruner").
 impl BatchStore for ClaimStore {
     fn delete_batch(
         &self,
