@@ -11,6 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use dedupe_shared::error::Chain;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -72,10 +73,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     match app.store.ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "not ready: claim store unreachable");
+            let reason = Chain(&e).to_string();
+            tracing::warn!(error = %reason, "not ready: claim store unreachable");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"ready": false, "reason": e.to_string()})),
+                Json(json!({"ready": false, "reason": reason})),
             )
                 .into_response()
         }

@@ -35,7 +35,8 @@ fn main() -> ExitCode {
     match run(&settings) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "prune failed");
+            let error: &(dyn std::error::Error + 'static) = e.as_ref();
+            tracing::error!(error = %dedupe_shared::error::Chain(error), "prune failed");
             ExitCode::from(EXIT_RUNTIME_FAILURE)
         }
     }

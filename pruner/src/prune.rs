@@ -359,7 +359,7 @@ mod tests {
     async fn repeated_timeouts_shrink_the_batch_and_the_prune_goes_on() {
         let timeout = || StoreError::Database {
             code: "57014".into(),
-            message: "ERROR: canceling statement due to statement timeout".into(),
+            source: "ERROR: canceling statement due to statement timeout".into(),
         };
         let store = FakeStore::new(vec![
             failing(timeout),
@@ -382,7 +382,7 @@ mod tests {
             deleted(100, 10),
             failing(|| StoreError::Database {
                 code: "42501".into(),
-                message: "ERROR: permission denied".into(),
+                source: "ERROR: permission denied".into(),
             }),
         ]);
         let (_tx, mut shutdown) = Shutdown::manual();

@@ -71,7 +71,7 @@ impl ClaimStore {
             .create_timeout(Some(config.timeout))
             .recycle_timeout(Some(config.timeout))
             .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         Ok(Self {
             pool,
             timeout: config.timeout,
@@ -215,8 +215,9 @@ impl ClaimStore {
 
     /// The database clock minus `retention_days`: the pruner's cutoff, taken once.
     pub async fn prune_cutoff(&self, retention_days: u32) -> Result<DateTime<Utc>, StoreError> {
-        let days = i32::try_from(retention_days)
-            .map_err(|_| StoreError::Query(format!("retention of {retention_days} days is out of range")))?;
+        let days = i32::try_from(retention_days).map_err(|e| {
+            StoreError::Query(format!("retention of {retention_days} days is out of range: {e}").into())
+        })?;
         let rows = self.query(sql::PRUNE_CUTOFF, &[&days]).await?;
         let row = rows
             .first()
