@@ -95,21 +95,6 @@ impl InProcess {
         )
         .await
     }
-
-    async fn claim_rows(&self, delivery: &str) -> Result<Vec<(String, String, String)>> {
-        Ok(self
-            .db
-            .client()
-            .await?
-            .query(
-                "SELECT run_name, run_uid, state FROM orchestration_dedupe_claims WHERE delivery_id = $1",
-                &[&delivery],
-            )
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect())
-    }
 }
 
 async fn call(router: Router, request: Request<Body>) -> Result<Reply> {
@@ -141,7 +126,7 @@ async fn retried_create_of_the_same_name_is_a_retry_and_records_the_new_uid() ->
     assert!(a.allowed());
     assert_eq!(a.decision(), "retry");
     assert_eq!(
-        w.claim_rows(&d).await?,
+        w.db.claim_rows(&d).await?,
         vec![("run-fixed".into(), retry.object_uid(), "pending".into())]
     );
     Ok(())
@@ -158,7 +143,7 @@ async fn updates_and_deletes_confirm_and_a_deleted_run_keeps_its_delivery() -> R
     let update = Review::load("update-label-changed")?.delivery(&d).new_uids();
     let a = w.answer(&update).await?;
     assert_eq!((a.allowed(), a.decision()), (true, "confirmed"));
-    assert_eq!(w.claim_rows(&d).await?[0].2, "confirmed");
+    assert_eq!(w.db.claim_rows(&d).await?[0].2, "confirmed");
     let a = w.answer(&update.clone().new_uids()).await?;
     assert_eq!(
         (a.allowed(), a.decision()),
@@ -170,7 +155,7 @@ async fn updates_and_deletes_confirm_and_a_deleted_run_keeps_its_delivery() -> R
     let a = w.answer(&delete).await?;
     assert_eq!((a.allowed(), a.decision()), (true, "allowed"));
     assert_eq!(
-        w.claim_rows(&d).await?.len(),
+        w.db.claim_rows(&d).await?.len(),
         1,
         "deleting a run does not free its delivery"
     );
@@ -190,7 +175,7 @@ async fn delete_of_a_pending_run_confirms_it() -> Result<()> {
     assert_eq!(w.answer(&create).await?.decision(), "claimed");
     let a = w.answer(&Review::load("delete")?.delivery(&d).new_uids()).await?;
     assert_eq!((a.allowed(), a.decision()), (true, "confirmed"));
-    assert_eq!(w.claim_rows(&d).await?[0].2, "confirmed");
+    assert_eq!(w.db.claim_rows(&d).await?[0].2, "confirmed");
     Ok(())
 }
 
@@ -201,7 +186,7 @@ async fn dry_run_answers_the_same_and_never_writes() -> Result<()> {
     let dry = Review::load("create-dry-run")?.delivery(&d).new_uids();
     let a = w.answer(&dry).await?;
     assert_eq!((a.allowed(), a.decision()), (true, "dry-run"));
-    assert!(w.claim_rows(&d).await?.is_empty(), "a dry run must not claim");
+    assert!(w.db.claim_rows(&d).await?.is_empty(), "a dry run must not claim");
 
     w.claimed(&d, "run-real").await?;
     let a = w.answer(&dry.clone().new_uids()).await?;
@@ -214,7 +199,7 @@ async fn dry_run_answers_the_same_and_never_writes() -> Result<()> {
         .new_uids()
         .dry_run(true);
     assert!(w.answer(&del).await?.allowed());
-    assert_eq!(w.claim_rows(&d).await?[0].2, "pending");
+    assert_eq!(w.db.claim_rows(&d).await?[0].2, "pending");
     Ok(())
 }
 
@@ -242,7 +227,7 @@ async fn bad_keys_are_422_and_key_changes_on_update_are_immutable() -> Result<()
     let a = w.answer(&mismatch).await?;
     assert_eq!((a.code(), a.decision()), (422, "invalid"));
     assert!(a.message().contains("spec.deliveryId"));
-    assert!(w.claim_rows(&d).await?.is_empty());
+    assert!(w.db.claim_rows(&d).await?.is_empty());
 
     // The recorded `kubectl label --overwrite` of the delivery-id label.
     let relabel = Review::load("update-label-changed")?.new_uids();
@@ -275,7 +260,7 @@ async fn requests_that_are_not_ours_are_allowed_and_write_nothing() -> Result<()
 
     let pod = Review::create(&d, "run-p")?.edit(|v| v["request"]["resource"]["resource"] = "pods".into());
     assert_eq!(w.answer(&pod).await?.decision(), "ignored");
-    assert!(w.claim_rows(&d).await?.is_empty());
+    assert!(w.db.claim_rows(&d).await?.is_empty());
     Ok(())
 }
 

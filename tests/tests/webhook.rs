@@ -50,19 +50,6 @@ async fn claimed(webhook: &Webhook, delivery: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn claim_rows(db: &TestDb, delivery: &str) -> Result<Vec<(String, String, String)>> {
-    let client = db.client().await?;
-    Ok(client
-        .query(
-            "SELECT run_name, run_uid, state FROM orchestration_dedupe_claims WHERE delivery_id = $1",
-            &[&delivery],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
-}
-
 #[tokio::test]
 async fn first_create_is_claimed_and_the_duplicate_is_denied_naming_it() -> Result<()> {
     let (db, _certs, webhook) = start(&[]).await?;
@@ -73,7 +60,7 @@ async fn first_create_is_claimed_and_the_duplicate_is_denied_naming_it() -> Resu
     assert!(a.allowed(), "{:?}", a.0);
     assert_eq!(a.decision(), "claimed");
     assert_eq!(
-        claim_rows(&db, &d).await?,
+        db.claim_rows(&d).await?,
         vec![("run-first".into(), first.object_uid(), "pending".into())]
     );
 
@@ -97,7 +84,7 @@ async fn first_create_is_claimed_and_the_duplicate_is_denied_naming_it() -> Resu
             a.message()
         );
     }
-    assert_eq!(claim_rows(&db, &d).await?.len(), 1, "the duplicate wrote nothing");
+    assert_eq!(db.claim_rows(&d).await?.len(), 1, "the duplicate wrote nothing");
 
     // The log has one decision event per request, findable with rg 'deliveryId|idempotent'.
     let logs = webhook.logs();
@@ -141,7 +128,7 @@ async fn stale_pending_claim_of_a_run_that_never_appeared_is_taken_over() -> Res
     assert_eq!((a.allowed(), a.decision()), (true, "takeover"), "{:?}", a.0);
     assert!(a.warnings().iter().any(|w| w.contains("jangar/run-ghost")));
     assert_eq!(
-        claim_rows(&db, &d).await?,
+        db.claim_rows(&d).await?,
         vec![("run-new".into(), takeover.object_uid(), "pending".into())]
     );
     // Looked up by namespace/name, never by uid.
@@ -170,7 +157,7 @@ async fn stale_pending_claim_whose_run_exists_is_confirmed_and_denied() -> Resul
     let a = answer(&webhook, &Review::create(&d, "run-new")?).await?;
     assert_eq!((a.allowed(), a.code(), a.decision()), (false, 409, "duplicate"));
     assert!(a.message().contains("jangar/run-alive"));
-    let (holder, _uid, state) = claim_rows(&db, &d).await?.remove(0);
+    let (holder, _uid, state) = db.claim_rows(&d).await?.remove(0);
     assert_eq!((holder.as_str(), state.as_str()), ("run-alive", "confirmed"));
     Ok(())
 }
@@ -217,7 +204,7 @@ async fn concurrent_creates_of_one_delivery_over_https_have_exactly_one_winner()
             denied.iter().all(|m| m.contains(&winner)),
             "round {round}: a denial names another run"
         );
-        assert_eq!(claim_rows(&db, &d).await?.len(), 1);
+        assert_eq!(db.claim_rows(&d).await?.len(), 1);
     }
     Ok(())
 }
@@ -494,6 +481,6 @@ async fn the_api_server_lookup_works_over_https_with_the_kubeconfig_ca() -> Resu
     assert_eq!((a.allowed(), a.code()), (false, 409), "{:?}", a.0);
     assert!(a.message().contains("that run exists"), "{}", a.message());
     assert_eq!(api.requests().len(), 1);
-    assert_eq!(claim_rows(&db, &d).await?[0].2, "confirmed");
+    assert_eq!(db.claim_rows(&d).await?[0].2, "confirmed");
     Ok(())
 }
