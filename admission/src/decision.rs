@@ -1,6 +1,25 @@
-//! The decision table of DESIGN.md as pure functions: (request, current claim, database
+//! The webhook's decision table, as pure functions: (request, current claim, database
 //! clock) → (answer, store action). No I/O here: `handler.rs` runs the store and API-server
-//! steps these functions ask for, and every row of the table is a unit test below.
+//! steps these functions ask for, and every row below is a unit test in this file.
+//!
+//! | request | answer (`decision` audit annotation) |
+//! | --- | --- |
+//! | CREATE with the label, no claim for its key | insert a `pending` claim naming this run, allow (`claimed`) |
+//! | CREATE, claim `pending` for this same run (same namespace/name: a retried create) | allow, record the new uid (`retry`) |
+//! | CREATE, claim held by another run, or `confirmed` for this name (the run existed and was deleted) | deny 409 `AlreadyExists`, naming the delivery and the holder (namespace/name, uid, when claimed) (`duplicate`) |
+//! | CREATE, claim `pending` and idle longer than the grace period, the API server has no such run | take the claim over (compare-and-swap on the holder), allow with a warning (`takeover`) |
+//! | … the same, and the run exists | mark the claim `confirmed`, deny 409 (`duplicate`) |
+//! | … the same, and the lookup fails | keep the claim, deny 409 saying why (`duplicate`) |
+//! | … the same, with the lookup off | no take-over: the claim holds until retention, and the 409 says so (`duplicate`) |
+//! | CREATE with `dryRun: true` | the same answer, never written (`dry-run` when it would be allowed) |
+//! | CREATE with an empty or invalid label value, an unreadable spec, `spec.deliveryId` different from the label, or no `spec.orchestrationRef.name` under scope `orchestration` | deny 422 `Invalid` naming the field (`invalid`) |
+//! | UPDATE that adds, changes or removes the label, or changes `spec.deliveryId` or `spec.orchestrationRef.name` | deny 422 `Invalid` (`immutable`) |
+//! | UPDATE or DELETE of a labelled run otherwise | allow; a `pending` claim becomes `confirmed` (`confirmed`), else nothing to do (`allowed`); a dry run writes nothing |
+//! | CREATE without the label; another resource; a subresource; CONNECT | allow, write nothing (`ignored`; a warning when `spec.deliveryId` is set without the label) |
+//!
+//! Before any decision, `handler.rs` answers what is not a usable AdmissionReview with an
+//! HTTP error (400, 413, 415; `error.rs`), and a store that fails or exceeds its timeout with
+//! 503, so the API server's failurePolicy applies: never a deny.
 //!
 //! A create goes: [`plan`] → `ClaimStore::claim` → [`after_claim`] → (only for a stale
 //! pending claim) the API-server lookup → [`after_lookup`] → `ClaimStore::take_over` →
@@ -14,7 +33,9 @@ use dedupe_shared::{
     Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, RunRef, RunView, DELIVERY_ID_LABEL,
 };
 
-use crate::review::{Op, Request};
+use kube::core::admission::Operation;
+
+use crate::review::{self, Request};
 
 /// The audit annotation `decision` and the `decision` log field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,14 +139,14 @@ impl Verdict {
     }
 }
 
-/// The knobs the decision depends on.
+/// The knobs the decision depends on. Whether the API-server lookup is on is not one of
+/// them: [`after_claim`] is handed the lookup itself (or `None`), so a decision to look up
+/// always comes with something to look up with.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub scope: ClaimScope,
     /// How long a pending claim is left alone before its run may be looked up.
     pub grace: Duration,
-    /// Whether the API-server lookup (and so take-over) is available.
-    pub lookup_enabled: bool,
 }
 
 /// A create that needs the claim store.
@@ -179,18 +200,18 @@ pub fn plan(req: &Request, policy: &Policy) -> Plan {
             format!("the {sub} subresource carries no claim"),
         ));
     }
-    match (req.operation, &req.object, &req.old_object) {
-        (Op::Create, Some(object), _) => plan_create(object, req.dry_run, policy),
-        (Op::Update, Some(object), Some(old)) => plan_update(object, old, req.dry_run, policy),
-        (Op::Delete, _, Some(old)) => plan_delete(old, req.dry_run, policy),
-        (Op::Delete, _, None) => Plan::Answer(Verdict::allow(
+    match (&req.operation, &req.object, &req.old_object) {
+        (Operation::Create, Some(object), _) => plan_create(object, req.dry_run, policy),
+        (Operation::Update, Some(object), Some(old)) => plan_update(object, old, req.dry_run, policy),
+        (Operation::Delete, _, Some(old)) => plan_delete(old, req.dry_run, policy),
+        (Operation::Delete, _, None) => Plan::Answer(Verdict::allow(
             Decision::Ignored,
             "delete without the old object".into(),
         )),
         // CONNECT, or an object missing (review::parse rejects those for our resource).
         _ => Plan::Answer(Verdict::allow(
             Decision::Ignored,
-            format!("{} carries no claim", req.operation.as_str()),
+            format!("{} carries no claim", review::operation_name(&req.operation)),
         )),
     }
 }
@@ -346,16 +367,27 @@ pub fn found_for_dry_run(run: &RunRef, current: Option<Claim>) -> Found {
     }
 }
 
-/// After the claim statement (or the dry-run read).
+/// After the claim statement (or the dry-run read). `L` is the API-server lookup; this
+/// module never calls it, it only hands it back with the claim to look up.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AfterClaim {
+pub enum AfterClaim<'l, L: ?Sized> {
     Answer(Verdict),
-    /// The pending claim is older than the grace period: ask the API server whether its
-    /// run exists before deciding.
-    LookUpHolder(Claim),
+    /// The pending claim is older than the grace period: ask the API server (through
+    /// `lookup`) whether its run exists before deciding.
+    LookUpHolder {
+        claim: Claim,
+        lookup: &'l L,
+    },
 }
 
-pub fn after_claim(plan: &ClaimPlan, found: Found, policy: &Policy) -> AfterClaim {
+/// `lookup` is `None` when the API-server lookup is off (`--kube-lookup off`, or no cluster
+/// configuration): then no claim is ever taken over.
+pub fn after_claim<'l, L: ?Sized>(
+    plan: &ClaimPlan,
+    found: Found,
+    policy: &Policy,
+    lookup: Option<&'l L>,
+) -> AfterClaim<'l, L> {
     let delivery = &plan.key.delivery_id;
     let claim = match found {
         Found::Vacant => {
@@ -390,8 +422,8 @@ pub fn after_claim(plan: &ClaimPlan, found: Found, policy: &Policy) -> AfterClai
         Found::Outcome(ClaimOutcome::HeldBy(claim)) => claim,
     };
     let stale = claim.state == ClaimState::Pending && claim.idle_for() >= grace_as_chrono(policy.grace);
-    if stale && policy.lookup_enabled && !claim.holder.same_run(&plan.run) {
-        return AfterClaim::LookUpHolder(claim);
+    if let Some(lookup) = lookup.filter(|_| stale && !claim.holder.same_run(&plan.run)) {
+        return AfterClaim::LookUpHolder { claim, lookup };
     }
     let note = match claim.state {
         ClaimState::Confirmed if claim.holder.same_run(&plan.run) => {
@@ -400,7 +432,7 @@ pub fn after_claim(plan: &ClaimPlan, found: Found, policy: &Policy) -> AfterClai
                 .to_owned()
         }
         ClaimState::Confirmed => "that run exists (confirmed)".to_owned(),
-        ClaimState::Pending if !policy.lookup_enabled => {
+        ClaimState::Pending if lookup.is_none() => {
             "the claim is pending and the API-server lookup is off, so it holds until retention expires".to_owned()
         }
         ClaimState::Pending => {
@@ -540,9 +572,11 @@ mod tests {
         Policy {
             scope: ClaimScope::Orchestration,
             grace: Duration::from_secs(120),
-            lookup_enabled: true,
         }
     }
+
+    /// Stands in for the API-server lookup: the decision only hands it back.
+    const LOOKUP: Option<&()> = Some(&());
 
     fn parse(body: &str, edit: impl FnOnce(&mut Value)) -> Request {
         let mut v: Value = serde_json::from_str(body).unwrap_or_default();
@@ -587,11 +621,11 @@ mod tests {
         }
     }
 
-    fn after(p: &ClaimPlan, outcome: ClaimOutcome, policy: &Policy) -> AfterClaim {
-        after_claim(p, Found::Outcome(outcome), policy)
+    fn after(p: &ClaimPlan, outcome: ClaimOutcome, policy: &Policy) -> AfterClaim<'static, ()> {
+        after_claim(p, Found::Outcome(outcome), policy, LOOKUP)
     }
 
-    fn answered(next: AfterClaim) -> Verdict {
+    fn answered(next: AfterClaim<'_, ()>) -> Verdict {
         match next {
             AfterClaim::Answer(v) => v,
             other => panic!("expected an answer, got {other:?}"),
@@ -678,7 +712,10 @@ mod tests {
         let stale = claim_by("run-ghost", ClaimState::Pending, 121);
         assert_eq!(
             after(&p, ClaimOutcome::HeldBy(stale.clone()), &policy()),
-            AfterClaim::LookUpHolder(stale)
+            AfterClaim::LookUpHolder {
+                claim: stale,
+                lookup: &()
+            }
         );
         // Inside the grace period: plain duplicate, with the time a take-over becomes possible.
         let young = claim_by("run-ghost", ClaimState::Pending, 119);
@@ -699,14 +736,15 @@ mod tests {
     #[test]
     fn with_lookup_off_a_stale_claim_holds_and_the_denial_says_so() {
         let p = claim_plan(CREATE, |_| {});
-        let off = Policy {
-            lookup_enabled: false,
-            ..policy()
-        };
-        let v = answered(after(
+        let v = answered(after_claim::<()>(
             &p,
-            ClaimOutcome::HeldBy(claim_by("run-ghost", ClaimState::Pending, 9_999)),
-            &off,
+            Found::Outcome(ClaimOutcome::HeldBy(claim_by(
+                "run-ghost",
+                ClaimState::Pending,
+                9_999,
+            ))),
+            &policy(),
+            None,
         ));
         assert_eq!(v.code, 409);
         assert!(
@@ -748,16 +786,21 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(p.dry_run);
-        let v = answered(after_claim(&p, found_for_dry_run(&p.run, None), &policy()));
+        let v = answered(after_claim(
+            &p,
+            found_for_dry_run(&p.run, None),
+            &policy(),
+            LOOKUP,
+        ));
         assert_eq!((v.allowed, v.decision), (true, Decision::DryRun));
         // Held by another: the same 409 a real create gets.
         let held = found_for_dry_run(&p.run, Some(claim_by("run-first", ClaimState::Confirmed, 1)));
-        let v = answered(after_claim(&p, held, &policy()));
+        let v = answered(after_claim(&p, held, &policy(), LOOKUP));
         assert_eq!((v.allowed, v.code), (false, 409));
         assert!(v.message.starts_with("dry run:"));
         // Same pending run: allowed as dry-run.
         let same = found_for_dry_run(&p.run, Some(claim_by("run-j7r8g", ClaimState::Pending, 1)));
-        let v = answered(after_claim(&p, same, &policy()));
+        let v = answered(after_claim(&p, same, &policy(), LOOKUP));
         assert_eq!((v.allowed, v.decision), (true, Decision::DryRun));
         // Stale holder gone: allowed, no take-over; holder exists: deny without confirming.
         let stale = claim_by("run-ghost", ClaimState::Pending, 500);

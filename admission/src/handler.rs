@@ -1,20 +1,23 @@
-//! The request path: `POST /validate` → check the HTTP envelope (415/413/400) → parse the
-//! AdmissionReview → run the decision (`decision.rs`) against the claim store and, for a
-//! stale pending claim, the API server → answer. A store failure is a 503, never a deny.
+//! The request path: `POST /validate` → check the HTTP envelope (415/413/400, as
+//! [`HttpError`]) → parse the AdmissionReview → run the decision (`decision.rs`) against the
+//! claim store and, for a stale pending claim, the API server → answer. A store failure is
+//! a 503, never a deny.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dedupe_shared::{ClaimStore, StoreError};
-use serde_json::json;
+use dedupe_shared::error::Chain;
+use dedupe_shared::ClaimStore;
 use tracing::Instrument;
 
 use crate::decision::{self, AfterClaim, AfterLookup, ClaimPlan, Found, Holder, Plan, Policy, Verdict};
+use crate::error::{AdmitError, HttpError};
 use crate::lookup::RunLookup;
 use crate::metrics::{Metrics, OperationLabels, RequestLabels};
 use crate::review;
@@ -32,20 +35,19 @@ pub struct App {
     pub max_body_bytes: usize,
 }
 
-/// Why no decision could be made (HTTP 503, so the API server applies its failurePolicy).
-#[derive(Debug, thiserror::Error)]
-pub enum AdmitError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("the claim kept changing under concurrent take-overs; retry")]
-    Contention,
-}
-
-/// `POST /validate`.
-pub async fn validate(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+/// `POST /validate`. The body arrives already read, up to the router's body limit
+/// ([`crate::server::webhook_router`]); past the limit, axum hands over the rejection.
+pub async fn validate(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
     let _in_flight = InFlight::enter(&app.metrics);
-    validate_inner(&app, &headers, body, started).await
+    match validate_inner(&app, &headers, body, started).await {
+        Ok(response) => response,
+        Err(e) => e.counted(&app.metrics),
+    }
 }
 
 /// Counts a request in flight until dropped — also when the API server hangs up and the
@@ -65,91 +67,71 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn validate_inner(app: &App, headers: &HeaderMap, body: Body, started: Instant) -> Response {
-    if let Err(content_type) = check_content_type(headers) {
-        return http_error(
-            &app.metrics,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type must be application/json, got {content_type:?}"),
-        );
-    }
-    let too_large = || {
-        http_error(
-            &app.metrics,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "request body is larger than the limit of {} bytes",
-                app.max_body_bytes
-            ),
-        )
-    };
-    // No early answer on a large Content-Length: a client still writing its body would see
-    // a reset instead of the 413. Reading stops at the limit either way, so memory is bounded.
-    let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(e) if is_length_limit(&e) => return too_large(),
-        Err(e) => {
-            return http_error(
-                &app.metrics,
-                StatusCode::BAD_REQUEST,
-                format!("could not read the request body: {e}"),
-            )
+async fn validate_inner(
+    app: &App,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    started: Instant,
+) -> Result<Response, HttpError> {
+    check_content_type(headers)?;
+    // axum reads at most the limit (also when Content-Length claims more) and answers only
+    // after reading, so a client still writing its body gets the 413, not a reset.
+    let bytes = body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            HttpError::PayloadTooLarge {
+                limit: app.max_body_bytes,
+            }
         }
-    };
-    let req = match review::parse(&bytes) {
-        Ok(req) => req,
-        Err(e) => return http_error(&app.metrics, StatusCode::BAD_REQUEST, e.to_string()),
-    };
+        other => HttpError::Body(axum::Error::new(other)),
+    })?;
+    let req = review::parse(&bytes)?;
     // `run` rather than `name`: the JSON formatter also writes the span's own name as "name".
     let span = tracing::info_span!(
         "admission",
         uid = %req.uid,
-        operation = req.operation.as_str(),
+        operation = review::operation_name(&req.operation),
         run = %format_args!("{}/{}", req.namespace, req.name),
         dryRun = req.dry_run,
     );
-    async move {
-        let plan = decision::plan(&req, &app.policy);
-        let outcome = admit(app, &plan).await;
-        let key = plan.key();
-        let latency = started.elapsed();
-        let operation = req.operation.as_str();
-        app.metrics
-            .latency
-            .get_or_create(&OperationLabels { operation })
-            .observe(latency.as_secs_f64());
-        let latency_ms = latency.as_secs_f64() * 1000.0;
-        let delivery = key.map(|k| k.delivery_id.as_str()).unwrap_or_default();
-        let claim_key = key.map(|k| k.to_string()).unwrap_or_default();
-        match outcome {
-            Ok(verdict) => {
-                let decision = verdict.decision.as_str();
-                app.metrics
-                    .requests
-                    .get_or_create(&RequestLabels { operation, decision })
-                    .inc();
-                log_decision(&verdict, delivery, &claim_key, latency_ms);
-                Json(review::respond(&req.uid, &verdict)).into_response()
-            }
-            Err(e) => {
-                app.metrics.store_errors.inc();
-                tracing::error!(
-                    deliveryId = delivery,
-                    claimKey = %claim_key,
-                    latency_ms,
-                    error = %e,
-                    "no decision: claim store unavailable, answering 503 so the failurePolicy applies"
-                );
-                http_error(
-                    &app.metrics,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("no decision could be made: {e}"),
-                )
-            }
+    decide(app, &req, started).instrument(span).await
+}
+
+/// Plans, runs the store steps, records the decision and writes the answer.
+async fn decide(app: &App, req: &review::Request, started: Instant) -> Result<Response, HttpError> {
+    let plan = decision::plan(req, &app.policy);
+    let outcome = admit(app, &plan).await;
+    let key = plan.key();
+    let latency = started.elapsed();
+    let operation = review::operation_name(&req.operation);
+    app.metrics
+        .latency
+        .get_or_create(&OperationLabels { operation })
+        .observe(latency.as_secs_f64());
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    let delivery = key.map(|k| k.delivery_id.as_str()).unwrap_or_default();
+    let claim_key = key.map(|k| k.to_string()).unwrap_or_default();
+    match outcome {
+        Ok(verdict) => {
+            let decision = verdict.decision.as_str();
+            app.metrics
+                .requests
+                .get_or_create(&RequestLabels { operation, decision })
+                .inc();
+            log_decision(&verdict, delivery, &claim_key, latency_ms);
+            Ok(Json(review::respond(&req.uid, &verdict)).into_response())
+        }
+        Err(e) => {
+            app.metrics.store_errors.inc();
+            tracing::error!(
+                deliveryId = delivery,
+                claimKey = %claim_key,
+                latency_ms,
+                error = %Chain(&e),
+                "no decision: claim store unavailable, answering 503 so the failurePolicy applies"
+            );
+            Err(HttpError::Unavailable(e))
         }
     }
-    .instrument(span)
-    .await
 }
 
 /// Runs the store and API-server steps the decision asks for.
@@ -173,21 +155,19 @@ async fn create(app: &App, plan: &ClaimPlan) -> Result<Verdict, AdmitError> {
         } else {
             Found::Outcome(app.store.claim(&plan.key, &plan.run).await?)
         };
-        let claim = match decision::after_claim(plan, found, &app.policy) {
+        let (claim, lookup) = match decision::after_claim(plan, found, &app.policy, app.lookup.as_deref()) {
             AfterClaim::Answer(verdict) => return Ok(verdict),
-            AfterClaim::LookUpHolder(claim) => claim,
+            AfterClaim::LookUpHolder { claim, lookup } => (claim, lookup),
         };
-        let holder = match &app.lookup {
-            Some(lookup) => match lookup.run_exists(&claim.holder).await {
-                Ok(true) => Holder::Exists,
-                Ok(false) => Holder::Gone,
-                Err(e) => {
-                    app.metrics.lookup_errors.inc();
-                    tracing::warn!(error = %e, "API-server lookup failed; keeping the claim");
-                    Holder::Unknown(e.to_string())
-                }
-            },
-            None => Holder::Unknown("the API-server lookup is off".into()),
+        let holder = match lookup.run_exists(&claim.holder).await {
+            Ok(true) => Holder::Exists,
+            Ok(false) => Holder::Gone,
+            Err(e) => {
+                app.metrics.lookup_errors.inc();
+                let error = Chain(&e).to_string();
+                tracing::warn!(%error, "API-server lookup failed; keeping the claim");
+                Holder::Unknown(error)
+            }
         };
         let holder_ref = claim.holder.clone();
         match decision::after_lookup(plan, claim, holder) {
@@ -235,7 +215,7 @@ fn log_decision(verdict: &Verdict, delivery: &str, claim_key: &str, latency_ms: 
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).
-fn check_content_type(headers: &HeaderMap) -> Result<(), String> {
+fn check_content_type(headers: &HeaderMap) -> Result<(), HttpError> {
     let value = headers
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("<not text>"))
@@ -244,33 +224,6 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), String> {
     if essence.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else {
-        Err(value.to_owned())
+        Err(HttpError::UnsupportedMediaType(value.to_owned()))
     }
-}
-
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
-}
-
-/// A JSON error body for requests that get no AdmissionReview answer.
-pub fn http_error(metrics: &Metrics, status: StatusCode, message: String) -> Response {
-    metrics.http_error(status.as_u16());
-    if status.is_server_error() {
-        tracing::warn!(status = status.as_u16(), "{message}");
-    } else {
-        tracing::info!(status = status.as_u16(), "rejected request: {message}");
-    }
-    let body = json!({
-        "status": status.as_u16(),
-        "error": status.canonical_reason().unwrap_or_default(),
-        "message": message,
-    });
-    (status, Json(body)).into_response()
 }

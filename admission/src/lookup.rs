@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dedupe_shared::error::Chain;
 use dedupe_shared::run::{GROUP, KIND, RESOURCE, VERSION};
 use dedupe_shared::RunRef;
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -21,16 +22,22 @@ pub trait RunLookup: Send + Sync {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
-    #[error("API server lookup of {run} failed: {reason}")]
-    Failed { run: String, reason: String },
+    #[error("API server lookup of {run} failed")]
+    Failed {
+        run: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("API server lookup of {run} timed out after {timeout:?}")]
     Timeout { run: String, timeout: Duration },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupSetupError {
-    #[error("--kube-lookup on: no usable cluster configuration (in-cluster or kubeconfig): {0}")]
-    NoConfig(String),
+    #[error("--kube-lookup on: no usable cluster configuration (in-cluster or kubeconfig)")]
+    NoConfig(#[source] kube::config::InferConfigError),
+    #[error("--kube-lookup: cannot build a client from the cluster configuration")]
+    Client(#[source] kube::Error),
 }
 
 /// `GET /apis/orchestration.proompteng.ai/v1alpha1/namespaces/{ns}/orchestrationruns/{name}`.
@@ -47,9 +54,9 @@ impl RunLookup for KubeRunLookup {
             Api::namespaced_with(self.client.clone(), &run.namespace, &self.resource);
         match tokio::time::timeout(self.timeout, api.get_opt(&run.name)).await {
             Ok(Ok(found)) => Ok(found.is_some()),
-            Ok(Err(e)) => Err(LookupError::Failed {
+            Ok(Err(source)) => Err(LookupError::Failed {
                 run: run.to_string(),
-                reason: e.to_string(),
+                source,
             }),
             Err(_) => Err(LookupError::Timeout {
                 run: run.to_string(),
@@ -73,14 +80,14 @@ pub async fn from_flag(
         Ok(config) => config,
         Err(e) if mode == KubeLookup::Auto => {
             tracing::warn!(
-                error = %e,
+                error = %Chain(&e),
                 "no cluster configuration found: API-server lookup is off, so stale pending claims are never taken over"
             );
             return Ok(None);
         }
-        Err(e) => return Err(LookupSetupError::NoConfig(e.to_string())),
+        Err(e) => return Err(LookupSetupError::NoConfig(e)),
     };
-    let client = kube::Client::try_from(config).map_err(|e| LookupSetupError::NoConfig(e.to_string()))?;
+    let client = kube::Client::try_from(config).map_err(LookupSetupError::Client)?;
     let gvk = GroupVersionKind::gvk(GROUP, VERSION, KIND);
     Ok(Some(KubeRunLookup {
         client,

@@ -35,23 +35,13 @@ pub enum ReviewError {
     },
 }
 
-/// The operations the webhook distinguishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Create,
-    Update,
-    Delete,
-    Connect,
-}
-
-impl Op {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Create => "CREATE",
-            Op::Update => "UPDATE",
-            Op::Delete => "DELETE",
-            Op::Connect => "CONNECT",
-        }
+/// The operation's name as the API server spells it (metrics label, log field).
+pub fn operation_name(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
     }
 }
 
@@ -59,7 +49,7 @@ impl Op {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub uid: String,
-    pub operation: Op,
+    pub operation: Operation,
     /// True for `orchestrationruns` of group `orchestration.proompteng.ai` (any version:
     /// the webhook is registered with `matchPolicy: Equivalent`).
     pub is_orchestration_run: bool,
@@ -86,12 +76,6 @@ pub fn parse(body: &[u8]) -> Result<Request, ReviewError> {
     if req.uid.is_empty() {
         return Err(ReviewError::MissingUid);
     }
-    let operation = match req.operation {
-        Operation::Create => Op::Create,
-        Operation::Update => Op::Update,
-        Operation::Delete => Op::Delete,
-        Operation::Connect => Op::Connect,
-    };
     let is_orchestration_run = req.resource.group == GROUP && req.resource.resource == RESOURCE;
     let namespace = req.namespace.clone().unwrap_or_default();
     let view = |o: &DynamicObject| {
@@ -117,16 +101,16 @@ pub fn parse(body: &[u8]) -> Result<Request, ReviewError> {
             resource: resource.clone(),
             field,
         };
-        match operation {
-            Op::Create if object.is_none() => return Err(missing("CREATE", "object")),
-            Op::Update if object.is_none() => return Err(missing("UPDATE", "object")),
-            Op::Update if old_object.is_none() => return Err(missing("UPDATE", "oldObject")),
+        match req.operation {
+            Operation::Create if object.is_none() => return Err(missing("CREATE", "object")),
+            Operation::Update if object.is_none() => return Err(missing("UPDATE", "object")),
+            Operation::Update if old_object.is_none() => return Err(missing("UPDATE", "oldObject")),
             _ => {}
         }
     }
     Ok(Request {
         uid: req.uid,
-        operation,
+        operation: req.operation,
         is_orchestration_run,
         sub_resource: req.sub_resource,
         dry_run: req.dry_run,
@@ -147,9 +131,11 @@ pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
         status.code = verdict.code;
         status
     };
-    // `AdmissionResponse` is non-exhaustive; `invalid` is its one constructor that needs no
-    // `AdmissionRequest` (consumed by `parse`), and it already carries the v1 apiVersion/kind.
-    // Every field it sets is overwritten below.
+    // Not `AdmissionResponse::from(&AdmissionRequest)`: `parse` keeps only the fields the
+    // decision needs, not kube's whole request (and a streaming parser need not build one).
+    // `AdmissionResponse` is non-exhaustive, and `invalid` is its one constructor without a
+    // request: it brings the v1 apiVersion/kind we keep; uid, allowed and result are set
+    // below, and patch/patchType stay unset (a validating webhook never patches).
     let mut response = AdmissionResponse::invalid("");
     response.uid = uid.to_owned();
     response.allowed = verdict.allowed;
@@ -258,7 +244,7 @@ mod tests {
             }
             if let Ok(request) = parse(v.to_string().as_bytes()) {
                 for scope in [dedupe_shared::ClaimScope::Orchestration, dedupe_shared::ClaimScope::Cluster] {
-                    let policy = crate::decision::Policy { scope, grace: std::time::Duration::from_secs(120), lookup_enabled: true };
+                    let policy = crate::decision::Policy { scope, grace: std::time::Duration::from_secs(120) };
                     let _ = crate::decision::plan(&request, &policy);
                 }
             }

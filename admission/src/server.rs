@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use dedupe_shared::error::Chain;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::error::HttpError;
 use crate::handler::{self, App};
 use crate::tls::TlsReloader;
 
@@ -33,9 +35,13 @@ const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 
 /// Routes of the HTTPS listener.
+/// Routes of the HTTPS listener. `--max-body-bytes` is axum's body limit for the
+/// handler's body extractor (413 past it, see [`handler::validate`]).
 pub fn webhook_router(app: Arc<App>) -> Router {
+    let limit = app.max_body_bytes;
     Router::new()
         .route("/validate", post(handler::validate))
+        .layer(DefaultBodyLimit::max(limit))
         .fallback(not_found)
         .with_state(app)
 }
@@ -50,10 +56,10 @@ pub fn ops_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-async fn not_found(uri: axum::http::Uri) -> Response {
-    let body =
-        json!({"status": 404, "error": "Not Found", "message": format!("no route for {}", uri.path())});
-    (StatusCode::NOT_FOUND, Json(body)).into_response()
+async fn not_found(uri: axum::http::Uri) -> HttpError {
+    HttpError::NotFound {
+        path: uri.path().to_owned(),
+    }
 }
 
 /// The process is alive and serving.
@@ -67,10 +73,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     match app.store.ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "not ready: claim store unreachable");
+            let reason = Chain(&e).to_string();
+            tracing::warn!(error = %reason, "not ready: claim store unreachable");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"ready": false, "reason": e.to_string()})),
+                Json(json!({"ready": false, "reason": reason})),
             )
                 .into_response()
         }

@@ -1,16 +1,16 @@
 //! One run of the pruner, start to end: reach the store, migrate, take the lock, take the
 //! cutoff, prune, report. Returns a typed failure for `main` to turn into exit code 1.
 
+use dedupe_shared::shutdown::Shutdown;
 use dedupe_shared::{ClaimStore, MigrationMode};
 
 use crate::config::Settings;
 use crate::error::PruneError;
 use crate::locked::LockedStore;
-use crate::policy::Policy;
-use crate::prune::{self, Plan};
+use crate::policy::BatchPolicy;
+use crate::prune::{self, PruneTask};
 use crate::report;
 use crate::retry::{self, NotReached};
-use crate::signal::Shutdown;
 
 /// How a successful run ended (all exit 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +83,7 @@ pub async fn run(settings: &Settings, shutdown: &mut Shutdown) -> Result<Ended, 
         settings.policy.pause,
         count,
     );
-    let plan = Plan {
+    let task = PruneTask {
         cutoff,
         batch_timeout: settings.batch_timeout,
         expired_at_start: count.map(|c| c.expired),
@@ -91,8 +91,8 @@ pub async fn run(settings: &Settings, shutdown: &mut Shutdown) -> Result<Ended, 
     let locked = LockedStore::new(&store, lock);
     let mut finished = prune::prune(
         &locked,
-        &plan,
-        Policy::new(settings.policy.clone()),
+        &task,
+        BatchPolicy::new(settings.policy.clone()),
         shutdown,
         rand::random::<f64>,
     )

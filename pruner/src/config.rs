@@ -8,19 +8,17 @@ use clap::Parser;
 use dedupe_shared::config::DEFAULT_RETENTION_DAYS;
 use dedupe_shared::{CommonArgs, ConfigError, LogFormat, MigrationMode, StoreConfig};
 
-use crate::policy::PolicyConfig;
+use crate::policy::BatchPolicyConfig;
 use crate::retry::RetryConfig;
 
-/// Rows deleted per batch transaction. Chosen by the benchmark (docs/BENCHMARKS.md,
-/// "Pruner"): per-batch overhead is amortised by ~5,000 rows (throughput flat from 5,000 to
-/// 50,000), and a 10,000-row batch took 10–27 ms there, far inside the 250 ms bound even on
-/// slower storage.
+/// Rows deleted per batch transaction: large enough that the per-batch overhead is
+/// amortised, small enough that a batch stays far inside the 250 ms bound even on slower
+/// storage. Chosen by the pruner benchmark; the figures are in docs/BENCHMARKS.md, "Pruner".
 pub const DEFAULT_BATCH_SIZE: u32 = 10_000;
-/// Pause between batches (jittered by ±20 %). Chosen by the benchmark: concurrent claims
-/// are slowed only while a batch runs, so the pause sets how much of the claim stream a
-/// prune touches; ~10 % duty (100 ms after a ~10 ms batch) kept the claims' p99 within
-/// ~1.3x of the same stream just before, where 0–50 ms gave 1.8–5x. It still deletes
-/// ~90,000 claims/s, far more than a night needs.
+/// Pause between batches (jittered by ±20 %). Concurrent claims are slowed only while a
+/// batch runs, so the pause sets how much of the claim stream a prune touches; shorter
+/// pauses raised the claims' p99 well past the target while this one still deletes far more
+/// than a night needs. Chosen by the pruner benchmark (docs/BENCHMARKS.md, "Pruner").
 pub const DEFAULT_BATCH_PAUSE_MS: u64 = 100;
 /// Stop starting new batches after this long; the next night carries on.
 pub const DEFAULT_MAX_RUNTIME_SECONDS: u64 = 1_800;
@@ -105,7 +103,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub retention_days: u32,
     pub dry_run: bool,
-    pub policy: PolicyConfig,
+    pub policy: BatchPolicyConfig,
     pub batch_timeout: Duration,
     pub connect: RetryConfig,
 }
@@ -131,7 +129,7 @@ impl Settings {
             log_format: args.common.log_format,
             retention_days: args.retention_days,
             dry_run: args.dry_run,
-            policy: PolicyConfig::new(
+            policy: BatchPolicyConfig::new(
                 args.batch_size,
                 Duration::from_millis(args.batch_pause_ms),
                 args.max_runtime(),

@@ -4,42 +4,48 @@ use std::time::Duration;
 
 use dedupe_shared::StoreError;
 
-/// A failure that ends the run with exit code 1.
+/// A failure that ends the run with exit code 1. The store error is the `source()`, shown
+/// after this message by `main` (`{:#}`).
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
-    #[error("claim store unreachable after {attempts} attempt(s) over {:.1}s: {last}", elapsed.as_secs_f64())]
+    #[error("claim store unreachable after {attempts} attempt(s) over {:.1}s", elapsed.as_secs_f64())]
     Unreachable {
         attempts: u32,
         elapsed: Duration,
+        #[source]
         last: StoreError,
     },
-    #[error("connecting to the claim store failed: {0}")]
-    Connect(StoreError),
-    #[error("applying the schema migrations failed: {0}")]
-    Migrate(StoreError),
-    #[error("taking the pruner advisory lock failed: {0}")]
-    Lock(StoreError),
-    #[error("reading the cutoff from the database clock failed: {0}")]
-    Cutoff(StoreError),
-    #[error("counting expired claims failed: {0}")]
-    Count(StoreError),
-    #[error("batch {batch} failed: {error}")]
-    Batch { batch: u64, error: StoreError },
-    #[error(
-        "batches kept timing out ({in_a_row} in a row at the smallest size, {batch_size}); last error: {last}"
-    )]
+    #[error("connecting to the claim store failed")]
+    Connect(#[source] StoreError),
+    #[error("applying the schema migrations failed")]
+    Migrate(#[source] StoreError),
+    #[error("taking the pruner advisory lock failed")]
+    Lock(#[source] StoreError),
+    #[error("reading the cutoff from the database clock failed")]
+    Cutoff(#[source] StoreError),
+    #[error("counting expired claims failed")]
+    Count(#[source] StoreError),
+    #[error("batch {batch} failed")]
+    Batch {
+        batch: u64,
+        #[source]
+        error: StoreError,
+    },
+    #[error("batches kept timing out ({in_a_row} in a row at the smallest size, {batch_size}); last error")]
     Timeouts {
         batch_size: u32,
         in_a_row: u32,
+        #[source]
         last: StoreError,
     },
     #[error(
         "claim store unreachable during batch {batch} after {attempts} attempt(s) (restart or failover?); \
-         stopped with every committed batch kept and nothing half-deleted, the next run carries on: {last}"
+         stopped with every committed batch kept and nothing half-deleted, the next run carries on"
     )]
     LostStore {
         batch: u64,
         attempts: u32,
+        #[source]
         last: StoreError,
     },
 }
@@ -102,7 +108,7 @@ mod tests {
         match sqlstate(s) {
             Some(code) => StoreError::Database {
                 code: code.into(),
-                message: s.into(),
+                source: s.into(),
             },
             None => StoreError::Query(s.into()),
         }

@@ -4,7 +4,7 @@
 //! PostgreSQL restart or failover ends every session. A pruner that reconnected and went on
 //! deleting through fresh pooled connections would delete without the lock while a second
 //! pruner holds it (their batches interleaved, issue 9). So every batch runs on the session
-//! that holds the lock ([`PrunerLock::delete_expired_range`]): when that session is gone, no
+//! that holds the lock ([`PrunerLock::prune_batch`]): when that session is gone, no
 //! batch of this pruner can run. The next batch first takes the lock again on a new session:
 //! - taken: carry on (nobody else can have run meanwhile without the lock, and nobody can
 //!   now);
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dedupe_shared::store::RangeBatch;
+use dedupe_shared::store::PrunedBatch;
 use dedupe_shared::{ClaimStore, PrunerLock, StoreError};
 use tokio::sync::Mutex;
 
@@ -59,7 +59,7 @@ impl BatchStore for LockedStore<'_> {
         cutoff: DateTime<Utc>,
         limit: u32,
         timeout: Duration,
-    ) -> Result<RangeBatch, StoreError> {
+    ) -> Result<PrunedBatch, StoreError> {
         let mut held = self.lock.lock().await;
         if held.as_ref().is_none_or(PrunerLock::is_lost) {
             // Closing the old session (if still open) before asking again.
@@ -80,10 +80,7 @@ impl BatchStore for LockedStore<'_> {
             }
         }
         match held.as_mut() {
-            Some(lock) => {
-                lock.delete_expired_range(from, cutoff, i64::from(limit), timeout)
-                    .await
-            }
+            Some(lock) => lock.prune_batch(from, cutoff, i64::from(limit), timeout).await,
             None => Err(StoreError::Unavailable("no session holds the pruner lock".into())),
         }
     }

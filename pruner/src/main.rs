@@ -13,7 +13,6 @@ mod policy;
 mod prune;
 mod report;
 mod retry;
-mod signal;
 
 use std::process::ExitCode;
 
@@ -38,7 +37,8 @@ fn main() -> ExitCode {
     match run(&settings) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "prune failed");
+            let error: &(dyn std::error::Error + 'static) = e.as_ref();
+            tracing::error!(error = %dedupe_shared::error::Chain(error), "prune failed");
             ExitCode::from(EXIT_RUNTIME_FAILURE)
         }
     }
@@ -50,7 +50,8 @@ fn run(settings: &config::Settings) -> anyhow::Result<app::Ended> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let mut shutdown = signal::Shutdown::install().context("installing the SIGTERM/SIGINT handlers")?;
+        let mut shutdown =
+            dedupe_shared::shutdown::Shutdown::install().context("installing the SIGTERM/SIGINT handlers")?;
         Ok(app::run(settings, &mut shutdown).await?)
     })
 }

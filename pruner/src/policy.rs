@@ -17,7 +17,7 @@ pub const MIN_BATCH_SIZE: u32 = 1;
 
 /// The knobs of the loop.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PolicyConfig {
+pub struct BatchPolicyConfig {
     pub batch_size: u32,
     pub pause: Duration,
     pub max_runtime: Duration,
@@ -25,7 +25,7 @@ pub struct PolicyConfig {
     pub retry: RetryConfig,
 }
 
-impl PolicyConfig {
+impl BatchPolicyConfig {
     pub fn new(batch_size: u32, pause: Duration, max_runtime: Duration, retry: RetryConfig) -> Self {
         Self {
             batch_size: batch_size.max(MIN_BATCH_SIZE),
@@ -80,8 +80,8 @@ pub enum GiveUp {
 
 /// What to do next.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Decision {
-    /// Pause, then run the next batch (of [`Policy::batch_size`]).
+pub enum NextStep {
+    /// Pause, then run the next batch (of [`BatchPolicy::batch_size`]).
     Continue {
         pause: Duration,
     },
@@ -97,15 +97,15 @@ pub enum Decision {
 
 /// The loop's state.
 #[derive(Debug, Clone)]
-pub struct Policy {
-    config: PolicyConfig,
+pub struct BatchPolicy {
+    config: BatchPolicyConfig,
     batch_size: u32,
     timeouts_in_a_row: u32,
     unavailable_in_a_row: u32,
 }
 
-impl Policy {
-    pub fn new(config: PolicyConfig) -> Self {
+impl BatchPolicy {
+    pub fn new(config: BatchPolicyConfig) -> Self {
         Self {
             batch_size: config.batch_size,
             config,
@@ -132,7 +132,7 @@ impl Policy {
 
     /// Decides after a batch. `elapsed` is the run's time so far; `jitter` a uniform sample
     /// in `[0, 1)` (the caller's randomness, so this stays deterministic under test).
-    pub fn after_batch(&mut self, outcome: Outcome, elapsed: Duration, jitter: f64) -> Decision {
+    pub fn after_batch(&mut self, outcome: Outcome, elapsed: Duration, jitter: f64) -> NextStep {
         let decision = match outcome {
             Outcome::Deleted { deleted, exhausted } => {
                 self.timeouts_in_a_row = 0;
@@ -140,9 +140,9 @@ impl Policy {
                 // Nothing deleted is also the end: no progress is possible this run (say
                 // every remaining row was held locked), and the next run carries on.
                 if exhausted || deleted == 0 {
-                    return Decision::Stop(StopReason::Done);
+                    return NextStep::Stop(StopReason::Done);
                 }
-                Decision::Continue {
+                NextStep::Continue {
                     pause: self.jittered_pause(jitter),
                 }
             }
@@ -150,20 +150,20 @@ impl Policy {
                 self.unavailable_in_a_row = 0;
                 self.timeouts_in_a_row += 1;
                 if self.timeouts_in_a_row < SHRINK_AFTER_TIMEOUTS {
-                    Decision::Continue {
+                    NextStep::Continue {
                         pause: self.jittered_pause(jitter),
                     }
                 } else if self.batch_size > MIN_BATCH_SIZE {
                     let from = self.batch_size;
                     self.batch_size = (from / SHRINK_FACTOR).max(MIN_BATCH_SIZE);
                     self.timeouts_in_a_row = 0;
-                    Decision::Shrink {
+                    NextStep::Shrink {
                         from,
                         to: self.batch_size,
                         pause: self.jittered_pause(jitter),
                     }
                 } else {
-                    return Decision::GiveUp(GiveUp::Timeouts {
+                    return NextStep::GiveUp(GiveUp::Timeouts {
                         batch_size: self.batch_size,
                         in_a_row: self.timeouts_in_a_row,
                     });
@@ -172,22 +172,22 @@ impl Policy {
             Outcome::Unavailable => {
                 self.unavailable_in_a_row += 1;
                 if self.unavailable_in_a_row >= self.config.retry.attempts {
-                    return Decision::GiveUp(GiveUp::Unavailable {
+                    return NextStep::GiveUp(GiveUp::Unavailable {
                         attempts: self.unavailable_in_a_row,
                     });
                 }
-                Decision::Continue {
+                NextStep::Continue {
                     pause: self.config.retry.delay_after(self.unavailable_in_a_row),
                 }
             }
         };
         // Sleeping past the runtime limit only to stop afterwards helps nobody.
         let pause = match decision {
-            Decision::Continue { pause } | Decision::Shrink { pause, .. } => pause,
+            NextStep::Continue { pause } | NextStep::Shrink { pause, .. } => pause,
             _ => Duration::ZERO,
         };
         if elapsed.saturating_add(pause) >= self.config.max_runtime {
-            return Decision::Stop(StopReason::MaxRuntime);
+            return NextStep::Stop(StopReason::MaxRuntime);
         }
         decision
     }
@@ -213,8 +213,8 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn policy(batch_size: u32, pause_ms: u64, max_runtime_s: u64) -> Policy {
-        Policy::new(PolicyConfig::new(
+    fn policy(batch_size: u32, pause_ms: u64, max_runtime_s: u64) -> BatchPolicy {
+        BatchPolicy::new(BatchPolicyConfig::new(
             batch_size,
             MS * pause_ms as u32,
             Duration::from_secs(max_runtime_s),
@@ -245,20 +245,20 @@ mod tests {
         let mut p = policy(100, 50, 60);
         assert_eq!(
             p.after_batch(more(100), Duration::ZERO, 0.5),
-            Decision::Continue { pause: MS * 50 }
+            NextStep::Continue { pause: MS * 50 }
         );
         // Short but not exhausted (ties at a range bound): go on.
         assert_eq!(
             p.after_batch(more(97), Duration::ZERO, 0.5),
-            Decision::Continue { pause: MS * 50 }
+            NextStep::Continue { pause: MS * 50 }
         );
         assert_eq!(
             p.after_batch(last(100), Duration::ZERO, 0.5),
-            Decision::Stop(StopReason::Done)
+            NextStep::Stop(StopReason::Done)
         );
         assert_eq!(
             p.after_batch(last(3), Duration::ZERO, 0.5),
-            Decision::Stop(StopReason::Done)
+            NextStep::Stop(StopReason::Done)
         );
     }
 
@@ -267,7 +267,7 @@ mod tests {
         let mut p = policy(100, 0, 60);
         assert_eq!(
             p.after_batch(more(0), Duration::ZERO, 0.5),
-            Decision::Stop(StopReason::Done)
+            NextStep::Stop(StopReason::Done)
         );
     }
 
@@ -288,11 +288,11 @@ mod tests {
         let mut p = policy(100, 2_000, 10);
         assert_eq!(
             p.after_batch(more(100), Duration::from_secs(9), 0.5),
-            Decision::Stop(StopReason::MaxRuntime)
+            NextStep::Stop(StopReason::MaxRuntime)
         );
         assert!(matches!(
             p.after_batch(more(100), Duration::from_secs(7), 0.5),
-            Decision::Continue { .. }
+            NextStep::Continue { .. }
         ));
     }
 
@@ -302,16 +302,16 @@ mod tests {
         let t = Duration::ZERO;
         assert!(matches!(
             p.after_batch(Outcome::TimedOut, t, 0.0),
-            Decision::Continue { .. }
+            NextStep::Continue { .. }
         ));
         assert!(matches!(
             p.after_batch(Outcome::TimedOut, t, 0.0),
-            Decision::Continue { .. }
+            NextStep::Continue { .. }
         ));
         assert_eq!(p.batch_size(), 10_000, "two timeouts are not enough");
         assert_eq!(
             p.after_batch(Outcome::TimedOut, t, 0.0),
-            Decision::Shrink {
+            NextStep::Shrink {
                 from: 10_000,
                 to: 1_000,
                 pause: Duration::ZERO
@@ -320,7 +320,7 @@ mod tests {
         assert_eq!(p.batch_size(), 1_000);
         assert_eq!(
             p.after_batch(more(1_000), t, 0.0),
-            Decision::Continue {
+            NextStep::Continue {
                 pause: Duration::ZERO
             }
         );
@@ -345,10 +345,10 @@ mod tests {
         let mut sizes = vec![p.batch_size()];
         let give_up = loop {
             match p.after_batch(Outcome::TimedOut, t, 0.0) {
-                Decision::Shrink { to, .. } => sizes.push(to),
-                Decision::Continue { .. } => {}
-                Decision::GiveUp(g) => break g,
-                Decision::Stop(s) => panic!("unexpected stop {s:?}"),
+                NextStep::Shrink { to, .. } => sizes.push(to),
+                NextStep::Continue { .. } => {}
+                NextStep::GiveUp(g) => break g,
+                NextStep::Stop(s) => panic!("unexpected stop {s:?}"),
             }
         };
         assert_eq!(sizes, vec![10, 1]);
@@ -367,15 +367,15 @@ mod tests {
         let t = Duration::ZERO;
         assert_eq!(
             p.after_batch(Outcome::Unavailable, t, 0.0),
-            Decision::Continue { pause: MS * 500 }
+            NextStep::Continue { pause: MS * 500 }
         );
         assert_eq!(
             p.after_batch(Outcome::Unavailable, t, 0.0),
-            Decision::Continue { pause: MS * 1000 }
+            NextStep::Continue { pause: MS * 1000 }
         );
         assert_eq!(
             p.after_batch(Outcome::Unavailable, t, 0.0),
-            Decision::GiveUp(GiveUp::Unavailable { attempts: 3 })
+            NextStep::GiveUp(GiveUp::Unavailable { attempts: 3 })
         );
     }
 

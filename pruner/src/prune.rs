@@ -4,14 +4,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dedupe_shared::store::RangeBatch;
+use dedupe_shared::store::PrunedBatch;
 use dedupe_shared::StoreError;
 use tokio::time::Instant;
 
 use crate::error::{classify, ErrorClass, PruneError};
-use crate::policy::{Decision, GiveUp, Outcome, Policy, StopReason};
+use crate::policy::{BatchPolicy, GiveUp, NextStep, Outcome, StopReason};
 use crate::report::{self, Progress, Summary};
-use crate::signal::Shutdown;
+use dedupe_shared::shutdown::Shutdown;
 
 /// The one store operation the loop needs (a trait so the loop is tested without a database).
 pub trait BatchStore {
@@ -23,7 +23,7 @@ pub trait BatchStore {
         cutoff: DateTime<Utc>,
         limit: u32,
         timeout: Duration,
-    ) -> impl Future<Output = Result<RangeBatch, StoreError>>;
+    ) -> impl Future<Output = Result<PrunedBatch, StoreError>>;
 }
 
 // The store the binary uses is `locked::LockedStore`: batches on the pruner lock's own
@@ -32,7 +32,7 @@ pub trait BatchStore {
 
 /// What to prune.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct PruneTask {
     /// Claims with `claimed_at` strictly before this go (database clock − retention).
     pub cutoff: DateTime<Utc>,
     /// statement_timeout and lock_timeout of each batch.
@@ -60,8 +60,8 @@ fn floor() -> DateTime<Utc> {
 /// `[0, 1)` for the pauses.
 pub async fn prune<S: BatchStore>(
     store: &S,
-    plan: &Plan,
-    mut policy: Policy,
+    task: &PruneTask,
+    mut policy: BatchPolicy,
     shutdown: &mut Shutdown,
     mut jitter: impl FnMut() -> f64,
 ) -> Finished {
@@ -81,7 +81,7 @@ pub async fn prune<S: BatchStore>(
         // Never raced against the signal: a batch in flight runs to its commit (or its
         // timeout), so nothing is left half-done.
         let result = store
-            .delete_batch(from, plan.cutoff, size, plan.batch_timeout)
+            .delete_batch(from, task.cutoff, size, task.batch_timeout)
             .await;
         let took = batch_started.elapsed();
         let (outcome, error) = match result {
@@ -123,18 +123,18 @@ pub async fn prune<S: BatchStore>(
             },
         };
         let pause = match policy.after_batch(outcome, started.elapsed(), jitter()) {
-            Decision::Continue { pause } => {
+            NextStep::Continue { pause } => {
                 if let (Outcome::Unavailable, Some(e)) = (outcome, &error) {
                     report::store_lost(pause, e);
                 }
                 pause
             }
-            Decision::Shrink { from, to, pause } => {
+            NextStep::Shrink { from, to, pause } => {
                 report::shrunk(from, to);
                 pause
             }
-            Decision::Stop(stop) => break Ok(stop),
-            Decision::GiveUp(give_up) => {
+            NextStep::Stop(stop) => break Ok(stop),
+            NextStep::GiveUp(give_up) => {
                 let last = error.unwrap_or_else(|| StoreError::Query("no error recorded".into()));
                 break Err(match give_up {
                     GiveUp::Timeouts { batch_size, in_a_row } => PruneError::Timeouts {
@@ -162,7 +162,7 @@ pub async fn prune<S: BatchStore>(
             deleted,
             batches,
             elapsed: started.elapsed(),
-            expired_at_start: plan.expired_at_start,
+            expired_at_start: task.expired_at_start,
             stopped: match &result {
                 Ok(stop) => stop.as_str(),
                 Err(_) => "failed",
@@ -179,10 +179,10 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::policy::PolicyConfig;
+    use crate::policy::BatchPolicyConfig;
     use crate::retry::RetryConfig;
 
-    type Script = Box<dyn FnMut(&Call) -> Result<RangeBatch, StoreError> + Send>;
+    type Script = Box<dyn FnMut(&Call) -> Result<PrunedBatch, StoreError> + Send>;
 
     #[derive(Debug, Clone, PartialEq)]
     struct Call {
@@ -216,7 +216,7 @@ mod tests {
             _cutoff: DateTime<Utc>,
             limit: u32,
             _timeout: Duration,
-        ) -> Result<RangeBatch, StoreError> {
+        ) -> Result<PrunedBatch, StoreError> {
             let call = Call { from, limit };
             if let Ok(mut calls) = self.calls.lock() {
                 calls.push(call.clone());
@@ -245,7 +245,7 @@ mod tests {
 
     fn batch(n: u64, newest: i64, more: bool) -> Script {
         Box::new(move |_| {
-            Ok(RangeBatch {
+            Ok(PrunedBatch {
                 deleted: n,
                 newest: (n > 0).then(|| at(newest)),
                 more,
@@ -257,16 +257,16 @@ mod tests {
         Box::new(move |_| Err(e()))
     }
 
-    fn plan() -> Plan {
-        Plan {
+    fn task() -> PruneTask {
+        PruneTask {
             cutoff: at(1_000),
             batch_timeout: Duration::from_secs(1),
             expired_at_start: Some(250),
         }
     }
 
-    fn policy(batch_size: u32, max_runtime: Duration) -> Policy {
-        Policy::new(PolicyConfig::new(
+    fn policy(batch_size: u32, max_runtime: Duration) -> BatchPolicy {
+        BatchPolicy::new(BatchPolicyConfig::new(
             batch_size,
             Duration::ZERO,
             max_runtime,
@@ -285,7 +285,7 @@ mod tests {
         // The second batch is short (ties at its bound) but not the last.
         let store = FakeStore::new(vec![deleted(100, 10), deleted(98, 20), last(52, 30)]);
         let (_tx, mut shutdown) = Shutdown::manual();
-        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         assert_eq!(f.result.ok(), Some(StopReason::Done));
         assert_eq!((f.summary.deleted, f.summary.batches), (250, 3));
         assert_eq!(f.summary.remaining_estimate(), Some(0));
@@ -300,14 +300,14 @@ mod tests {
         let (tx, mut shutdown) = Shutdown::manual();
         let signal_mid_batch: Script = Box::new(move |_| {
             let _ = tx.send(Some("SIGTERM"));
-            Ok(RangeBatch {
+            Ok(PrunedBatch {
                 deleted: 100,
                 newest: Some(at(20)),
                 more: true,
             })
         });
         let store = FakeStore::new(vec![deleted(100, 10), signal_mid_batch, deleted(100, 30)]);
-        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         assert_eq!(f.result.ok(), Some(StopReason::Signal));
         assert_eq!(
             (f.summary.deleted, f.summary.batches),
@@ -322,7 +322,7 @@ mod tests {
     async fn a_signal_during_a_long_pause_stops_without_waiting_it_out() {
         let (tx, mut shutdown) = Shutdown::manual();
         let store = FakeStore::new(vec![deleted(100, 10), deleted(100, 20)]);
-        let slow = Policy::new(PolicyConfig::new(
+        let slow = BatchPolicy::new(BatchPolicyConfig::new(
             100,
             HOUR,
             HOUR * 24,
@@ -333,8 +333,8 @@ mod tests {
             },
         ));
         let started = std::time::Instant::now();
-        let plan = plan();
-        let run = prune(&store, &plan, slow, &mut shutdown, || 0.5);
+        let task = task();
+        let run = prune(&store, &task, slow, &mut shutdown, || 0.5);
         let signal = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let _ = tx.send(Some("SIGINT"));
@@ -349,7 +349,7 @@ mod tests {
     async fn repeated_timeouts_shrink_the_batch_and_the_prune_goes_on() {
         let timeout = || StoreError::Database {
             code: "57014".into(),
-            message: "ERROR: canceling statement due to statement timeout".into(),
+            source: "ERROR: canceling statement due to statement timeout".into(),
         };
         let store = FakeStore::new(vec![
             failing(timeout),
@@ -359,7 +359,7 @@ mod tests {
             last(3, 11),
         ]);
         let (_tx, mut shutdown) = Shutdown::manual();
-        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         assert_eq!(f.result.ok(), Some(StopReason::Done));
         let limits: Vec<u32> = store.calls().iter().map(|c| c.limit).collect();
         assert_eq!(limits, vec![100, 100, 100, 10, 10]);
@@ -372,11 +372,11 @@ mod tests {
             deleted(100, 10),
             failing(|| StoreError::Database {
                 code: "42501".into(),
-                message: "ERROR: permission denied".into(),
+                source: "ERROR: permission denied".into(),
             }),
         ]);
         let (_tx, mut shutdown) = Shutdown::manual();
-        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         match f.result {
             Err(PruneError::Batch { batch, .. }) => assert_eq!(batch, 2),
             other => panic!("expected a batch failure, got {other:?}"),
@@ -389,12 +389,12 @@ mod tests {
         let lost = || StoreError::Unavailable("connection closed".into());
         let store = FakeStore::new(vec![failing(lost), deleted(100, 10), last(0, 0)]);
         let (_tx, mut shutdown) = Shutdown::manual();
-        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         assert_eq!(f.result.ok(), Some(StopReason::Done));
         assert_eq!(f.summary.deleted, 100);
 
         let store = FakeStore::new(vec![failing(lost), failing(lost), failing(lost)]);
-        let f = prune(&store, &plan(), policy(100, HOUR), &mut shutdown, || 0.5).await;
+        let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         assert!(
             matches!(f.result, Err(PruneError::LostStore { attempts: 3, .. })),
             "{:?}",
@@ -406,7 +406,7 @@ mod tests {
     async fn the_runtime_limit_stops_between_batches() {
         let slow_batch: Script = Box::new(|_| {
             std::thread::sleep(Duration::from_millis(20));
-            Ok(RangeBatch {
+            Ok(PrunedBatch {
                 deleted: 100,
                 newest: Some(at(1)),
                 more: true,
@@ -416,7 +416,7 @@ mod tests {
         let (_tx, mut shutdown) = Shutdown::manual();
         let f = prune(
             &store,
-            &plan(),
+            &task(),
             policy(100, Duration::from_millis(10)),
             &mut shutdown,
             || 0.5,

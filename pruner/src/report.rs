@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dedupe_shared::ExpiredCount;
+use dedupe_shared::error::Chain;
+use dedupe_shared::{ExpiredCount, StoreError};
 
 /// One committed batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,7 +61,7 @@ fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000.0).round() / 1_000.0
 }
 
-/// The plan, once the cutoff is known.
+/// The task, once the cutoff is known.
 pub fn starting(
     cutoff: DateTime<Utc>,
     retention_days: u32,
@@ -104,11 +105,11 @@ pub fn summary(s: &Summary) {
     );
 }
 
-pub fn batch_timed_out(batch_size: u32, elapsed: Duration, error: &dyn std::fmt::Display) {
+pub fn batch_timed_out(batch_size: u32, elapsed: Duration, error: &StoreError) {
     tracing::warn!(
         batch_size,
         batch_ms = ms(elapsed),
-        error = %error,
+        error = %Chain(error),
         "batch timed out and was rolled back; retrying"
     );
 }
@@ -121,10 +122,10 @@ pub fn shrunk(from: u32, to: u32) {
     );
 }
 
-pub fn store_lost(retry_in: Duration, error: &dyn std::fmt::Display) {
+pub fn store_lost(retry_in: Duration, error: &StoreError) {
     tracing::warn!(
         retry_in_ms = ms(retry_in),
-        error = %error,
+        error = %Chain(error),
         "claim store not reachable during the prune; retrying the batch"
     );
 }
@@ -168,9 +169,9 @@ pub fn lock_lost_to_another() {
     );
 }
 
-pub fn count_skipped(error: &dyn std::fmt::Display) {
+pub fn count_skipped(error: &StoreError) {
     tracing::warn!(
-        error = %error,
+        error = %Chain(error),
         "counting expired claims did not finish in time; pruning without an estimate"
     );
 }

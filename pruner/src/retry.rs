@@ -1,185 +1,58 @@
-//! Bounded retries with exponential back-off, for reaching the store.
+//! Reaching the store at start: the shared back-off ([`dedupe_shared::retry`]), retrying
+//! only what waiting can fix (the pruner's error classes: unavailable or timed out).
 
 use std::future::Future;
-use std::time::{Duration, Instant};
 
+use dedupe_shared::retry;
+pub use dedupe_shared::retry::{NotReached, RetryConfig};
+use dedupe_shared::shutdown::Shutdown;
 use dedupe_shared::StoreError;
 
 use crate::error::{classify, ErrorClass};
-use crate::signal::Shutdown;
-
-/// How often and how patiently to try.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryConfig {
-    /// Attempts in all (at least 1).
-    pub attempts: u32,
-    /// Wait after the first failure; doubles after each further one.
-    pub base_delay: Duration,
-    /// Cap on a single wait.
-    pub max_delay: Duration,
-}
-
-impl RetryConfig {
-    /// The wait after the `failures`-th failure in a row (1-based).
-    pub fn delay_after(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(30);
-        self.base_delay
-            .saturating_mul(1u32 << doublings)
-            .min(self.max_delay)
-    }
-}
-
-/// Why [`until_reachable`] stopped trying.
-#[derive(Debug)]
-pub enum NotReached {
-    /// Every attempt failed; `last` is the last error.
-    Exhausted {
-        attempts: u32,
-        elapsed: Duration,
-        last: StoreError,
-    },
-    /// An error that waiting will not fix (a rejected query).
-    Fatal(StoreError),
-    /// SIGTERM/SIGINT arrived while waiting.
-    Interrupted,
-}
 
 /// Runs `op` until it succeeds, the attempts run out, the error is not one of
 /// unavailability, or a shutdown signal arrives (waits are cut short by it).
 pub async fn until_reachable<T, F, Fut>(
     config: &RetryConfig,
     shutdown: &mut Shutdown,
-    mut op: F,
-) -> Result<T, NotReached>
+    op: F,
+) -> Result<T, NotReached<StoreError>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    let started = Instant::now();
-    let attempts = config.attempts.max(1);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let error = match op().await {
-            Ok(value) => return Ok(value),
-            Err(e) => e,
-        };
-        if classify(&error) == ErrorClass::Other {
-            return Err(NotReached::Fatal(error));
-        }
-        if attempt >= attempts {
-            return Err(NotReached::Exhausted {
-                attempts: attempt,
-                elapsed: started.elapsed(),
-                last: error,
-            });
-        }
-        let delay = config.delay_after(attempt);
-        tracing::warn!(
-            attempt,
-            attempts,
-            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            error = %error,
-            "claim store not reachable yet; retrying"
-        );
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.wait() => return Err(NotReached::Interrupted),
-        }
-    }
+    retry::until_reachable(config, shutdown, |e| classify(e) != ErrorClass::Other, op).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    fn config(attempts: u32) -> RetryConfig {
-        RetryConfig {
-            attempts,
+    #[tokio::test]
+    async fn a_rejected_query_is_not_retried_and_a_lost_store_is() {
+        let (_tx, mut shutdown) = Shutdown::manual();
+        let config = RetryConfig {
+            attempts: 5,
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(4),
-        }
-    }
-
-    #[test]
-    fn delays_double_up_to_the_cap() {
-        let c = RetryConfig {
-            attempts: 10,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(8),
         };
-        let ms: Vec<u128> = (1..=7).map(|n| c.delay_after(n).as_millis()).collect();
-        assert_eq!(ms, vec![500, 1000, 2000, 4000, 8000, 8000, 8000]);
-        assert_eq!(c.delay_after(u32::MAX), Duration::from_secs(8));
-    }
-
-    #[tokio::test]
-    async fn gives_up_after_the_attempts_with_the_last_error() {
-        let (_tx, mut shutdown) = Shutdown::manual();
         let mut calls = 0;
-        let r: Result<(), _> = until_reachable(&config(3), &mut shutdown, || {
-            calls += 1;
-            let n = calls;
-            async move { Err(StoreError::Unavailable(format!("refused #{n}"))) }
-        })
-        .await;
-        assert_eq!(calls, 3);
-        match r {
-            Err(NotReached::Exhausted { attempts, last, .. }) => {
-                assert_eq!(attempts, 3);
-                assert!(last.to_string().contains("refused #3"), "{last}");
-            }
-            other => panic!("expected Exhausted, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn succeeds_once_the_store_answers() {
-        let (_tx, mut shutdown) = Shutdown::manual();
-        let mut calls = 0;
-        let r = until_reachable(&config(5), &mut shutdown, || {
-            calls += 1;
-            let n = calls;
-            async move {
-                if n < 3 {
-                    Err(StoreError::Timeout(Duration::from_millis(1)))
-                } else {
-                    Ok(n)
-                }
-            }
-        })
-        .await;
-        assert_eq!(r.ok(), Some(3));
-    }
-
-    #[tokio::test]
-    async fn a_rejected_query_is_not_retried() {
-        let (_tx, mut shutdown) = Shutdown::manual();
-        let mut calls = 0;
-        let r: Result<(), _> = until_reachable(&config(5), &mut shutdown, || {
+        let r: Result<(), _> = until_reachable(&config, &mut shutdown, || {
             calls += 1;
             async { Err(StoreError::Query("ERROR: permission denied (42501)".into())) }
         })
         .await;
         assert_eq!(calls, 1);
         assert!(matches!(r, Err(NotReached::Fatal(_))));
-    }
 
-    #[tokio::test]
-    async fn a_signal_cuts_the_wait_short() {
-        let (tx, mut shutdown) = Shutdown::manual();
-        let slow = RetryConfig {
-            attempts: 5,
-            base_delay: Duration::from_secs(3600),
-            max_delay: Duration::from_secs(3600),
-        };
-        let _ = tx.send(Some("SIGTERM"));
-        let started = Instant::now();
-        let r: Result<(), _> = until_reachable(&slow, &mut shutdown, || async {
-            Err(StoreError::Unavailable("refused".into()))
+        let mut calls = 0;
+        let r: Result<(), _> = until_reachable(&config, &mut shutdown, || {
+            calls += 1;
+            async { Err(StoreError::Unavailable("connection refused".into())) }
         })
         .await;
-        assert!(matches!(r, Err(NotReached::Interrupted)));
-        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(calls, 5);
+        assert!(matches!(r, Err(NotReached::Exhausted { attempts: 5, .. })));
     }
 }

@@ -1,12 +1,35 @@
 //! The claim model: what a claim key is, who holds it and what a claim attempt found.
 
 use chrono::{DateTime, Utc};
+use clap::ValueEnum;
 use std::fmt;
-
-use crate::config::ClaimScope;
 
 /// Kubernetes label values are at most 63 characters; so is a delivery id.
 pub const MAX_DELIVERY_ID_LEN: usize = 63;
+
+/// Which parts of a run make up its claim key (`--claim-scope`, parsed by clap from the
+/// `ValueEnum` names, which are also the values stored in the `scope` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, ValueEnum)]
+pub enum ClaimScope {
+    /// (namespace, spec.orchestrationRef.name, delivery-id)
+    #[default]
+    Orchestration,
+    /// (namespace, delivery-id)
+    Namespace,
+    /// (delivery-id): provider ids are globally unique
+    Cluster,
+}
+
+impl ClaimScope {
+    /// The stored value (and flag value) of the scope.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimScope::Orchestration => "orchestration",
+            ClaimScope::Namespace => "namespace",
+            ClaimScope::Cluster => "cluster",
+        }
+    }
+}
 
 /// The unique key of a claim. Parts outside the scope are empty strings, so the database's
 /// primary key over all four columns enforces uniqueness for every scope alike.
@@ -137,22 +160,6 @@ pub enum ClaimOutcome {
     HeldBy(Claim),
 }
 
-impl ClaimOutcome {
-    pub fn claim(&self) -> &Claim {
-        match self {
-            ClaimOutcome::Claimed(c) | ClaimOutcome::SameRun(c) | ClaimOutcome::HeldBy(c) => c,
-        }
-    }
-}
-
-/// What the pruner's batch-delete primitive did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeletedBatch {
-    pub deleted: u64,
-    /// The newest `claimed_at` among the deleted rows (the next batch can start there).
-    pub newest: Option<DateTime<Utc>>,
-}
-
 /// How many claims are past a cutoff, and the oldest of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpiredCount {
@@ -163,6 +170,17 @@ pub struct ExpiredCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stored names are the flag's names: one list, no second parser to drift.
+    #[test]
+    fn scope_names_are_the_flag_values() {
+        for scope in ClaimScope::value_variants() {
+            let flag = scope.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(flag.as_deref(), Some(scope.as_str()));
+            assert_eq!(ClaimScope::from_str(scope.as_str(), false).ok(), Some(*scope));
+        }
+        assert!(ClaimScope::from_str("global", false).is_err());
+    }
 
     #[test]
     fn scope_drops_the_parts_it_ignores() {

@@ -39,43 +39,6 @@ pub const DEFAULT_DATABASE_KEEPALIVE_RETRIES: u32 = 3;
 /// a migration notice a lost node within seconds.
 pub const DEFAULT_DATABASE_TCP_USER_TIMEOUT_MS: u64 = 10_000;
 
-/// Which parts of a run make up its claim key (`JANGAR_ORCHESTRATION_DEDUPE_CLAIM_SCOPE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, ValueEnum)]
-pub enum ClaimScope {
-    /// (namespace, spec.orchestrationRef.name, delivery-id)
-    #[default]
-    Orchestration,
-    /// (namespace, delivery-id)
-    Namespace,
-    /// (delivery-id): provider ids are globally unique
-    Cluster,
-}
-
-impl ClaimScope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClaimScope::Orchestration => "orchestration",
-            ClaimScope::Namespace => "namespace",
-            ClaimScope::Cluster => "cluster",
-        }
-    }
-}
-
-impl FromStr for ClaimScope {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "orchestration" => Ok(ClaimScope::Orchestration),
-            "namespace" => Ok(ClaimScope::Namespace),
-            "cluster" => Ok(ClaimScope::Cluster),
-            other => Err(ConfigError::Invalid {
-                flag: "--claim-scope (JANGAR_ORCHESTRATION_DEDUPE_CLAIM_SCOPE)",
-                reason: format!("`{other}` is not one of orchestration, namespace, cluster"),
-            }),
-        }
-    }
-}
-
 /// Whether to apply the embedded migrations at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum MigrationMode {
@@ -291,16 +254,5 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(e.unwrap_or_default().contains("--store-timeout-ms"));
-    }
-
-    #[test]
-    fn scope_parses_and_names_the_flag_on_error() {
-        assert_eq!("cluster".parse::<ClaimScope>().ok(), Some(ClaimScope::Cluster));
-        let e = "global"
-            .parse::<ClaimScope>()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(e.contains("JANGAR_ORCHESTRATION_DEDUPE_CLAIM_SCOPE"), "{e}");
     }
 }

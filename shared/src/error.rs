@@ -9,29 +9,39 @@ pub enum ConfigError {
     Invalid { flag: &'static str, reason: String },
 }
 
+/// The cause of a store error as the driver or pool reported it (also plain text, for an
+/// error this crate finds itself): kept as `source()`, shown with [`Chain`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A failure talking to the claim store. Every variant means "no decision could be made":
-/// the webhook answers 503 so the API server applies its failurePolicy.
+/// the webhook answers 503 so the API server applies its failurePolicy. The cause is the
+/// error's `source()`, not part of its own text: show it whole with [`Chain`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("claim store did not answer within {0:?}")]
     Timeout(Duration),
     /// No usable connection: none could be made or taken from the pool, or the one in use
     /// was lost (closed, I/O error). Worth retrying once the store is back.
-    #[error("claim store unavailable: {0}")]
-    Unavailable(String),
-    #[error("claim store query failed: {0}")]
-    Query(String),
+    #[error("claim store unavailable")]
+    Unavailable(#[source] Cause),
+    #[error("claim store query failed")]
+    Query(#[source] Cause),
     /// An error the server reported, with its SQLSTATE (`57014` statement timeout, …), so
     /// callers can tell kinds apart without reading the message.
-    #[error("claim store query failed: {message} ({code})")]
-    Database { code: String, message: String },
+    #[error("claim store query failed ({code})")]
+    Database {
+        code: String,
+        #[source]
+        source: Cause,
+    },
     #[error("claim store returned an unexpected row: {0}")]
     UnexpectedRow(String),
-    #[error("migration {version} ({name}) failed: {reason}")]
+    #[error("migration {version} ({name}) failed")]
     Migration {
         version: i32,
         name: &'static str,
-        reason: String,
+        #[source]
+        source: Cause,
     },
 }
 
@@ -40,10 +50,10 @@ impl From<tokio_postgres::Error> for StoreError {
         match e.as_db_error() {
             Some(db) => StoreError::Database {
                 code: db.code().code().to_owned(),
-                message: format!("{}: {}", db.severity(), db.message()),
+                source: Box::new(e),
             },
-            None if is_connection_loss(&e) => StoreError::Unavailable(describe_pg_error(&e)),
-            None => StoreError::Query(describe_pg_error(&e)),
+            None if is_connection_loss(&e) => StoreError::Unavailable(Box::new(e)),
+            None => StoreError::Query(Box::new(e)),
         }
     }
 }
@@ -60,10 +70,7 @@ impl StoreError {
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        match e {
-            deadpool_postgres::PoolError::Backend(e) => StoreError::Unavailable(describe_pg_error(&e)),
-            other => StoreError::Unavailable(other.to_string()),
-        }
+        StoreError::Unavailable(Box::new(e))
     }
 }
 
@@ -72,13 +79,60 @@ fn is_connection_loss(e: &tokio_postgres::Error) -> bool {
     e.is_closed() || std::error::Error::source(e).is_some_and(|source| source.is::<std::io::Error>())
 }
 
-/// tokio-postgres' `Display` says only "db error"; the server's message is in the source.
-pub(crate) fn describe_pg_error(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
+/// Shows an error with its causes, outermost first, joined by ": ", for logs and messages.
+/// The error types here keep a cause as `source()` rather than in their own text, so a
+/// plain `{}` shows only the outermost part. Some libraries (tokio-postgres, deadpool) do
+/// both; a cause their text already ends with is not repeated.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !shown.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            shown = text;
+            source = cause.source();
+        }
+        Ok(())
     }
-    match std::error::Error::source(e) {
-        Some(source) => format!("{e}: {source}"),
-        None => e.to_string(),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_shows_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = StoreError::Unavailable(Box::new(io));
+        assert_eq!(Chain(&e).to_string(), "claim store unavailable: refused");
+
+        /// Says its cause in its own text and returns it as the source, as tokio-postgres does.
+        #[derive(Debug)]
+        struct Both(std::io::Error);
+        impl std::fmt::Display for Both {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "error connecting to server: {}", self.0)
+            }
+        }
+        impl std::error::Error for Both {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let both = Both(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ));
+        let e = StoreError::Unavailable(Box::new(both));
+        assert_eq!(
+            Chain(&e).to_string(),
+            "claim store unavailable: error connecting to server: refused"
+        );
     }
 }

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use crate::claim::ClaimScope;
 use crate::claim::{Claim, ClaimKey, ClaimState, RunRef};
-use crate::config::ClaimScope;
 use crate::error::StoreError;
 use crate::store::ClaimStore;
 
@@ -229,8 +229,9 @@ impl ClaimStore {
         retention_days: u32,
         pending_grace: Duration,
     ) -> Result<ClaimStats, StoreError> {
-        let days = i32::try_from(retention_days)
-            .map_err(|_| StoreError::Query(format!("retention of {retention_days} days is out of range")))?;
+        let days = i32::try_from(retention_days).map_err(|_| {
+            StoreError::Query(format!("retention of {retention_days} days is out of range").into())
+        })?;
         let grace_secs = pending_grace.as_secs_f64();
         self.on_connection(self.timeout(), async |client| {
             let tx = client
@@ -299,8 +300,8 @@ fn read_record(row: &Row) -> Result<ClaimRecord, StoreError> {
 }
 
 fn parse_scope(scope: &str) -> Result<ClaimScope, StoreError> {
-    scope
-        .parse()
+    // The stored names are the flag values (a test in claim.rs ties them together).
+    <ClaimScope as clap::ValueEnum>::from_str(scope, false)
         .map_err(|_| StoreError::UnexpectedRow(format!("scope `{scope}`")))
 }
 

@@ -6,14 +6,16 @@ pub mod config;
 pub mod error;
 pub mod inspect;
 pub mod migrate;
+pub mod retry;
 pub mod run;
+pub mod shutdown;
 pub mod sql;
 pub mod store;
 pub mod store_tls;
 pub mod telemetry;
 
-pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, DeletedBatch, ExpiredCount, RunRef};
-pub use config::{ClaimScope, CommonArgs, LogFormat, MigrationMode, StoreConfig, TcpHealth};
+pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ExpiredCount, RunRef};
+pub use config::{CommonArgs, LogFormat, MigrationMode, StoreConfig, TcpHealth};
 pub use error::{ConfigError, StoreError};
 pub use migrate::MigrationReport;
 pub use run::{RunView, DELIVERY_ID_LABEL};

@@ -1,7 +1,7 @@
 //! Embedded, versioned schema migrations, applied in one transaction under an advisory
 //! lock so that many replicas starting at once all succeed and the schema is created once.
 
-use crate::error::{describe_pg_error, StoreError};
+use crate::error::StoreError;
 use crate::sql;
 
 /// One embedded migration. Versions only ever grow; a released file is never edited.
@@ -47,7 +47,7 @@ pub(crate) async fn apply(client: &mut tokio_postgres::Client) -> Result<Migrati
         tx.batch_execute(m.sql).await.map_err(|e| StoreError::Migration {
             version: m.version,
             name: m.name,
-            reason: describe_pg_error(&e),
+            source: Box::new(e),
         })?;
         tx.execute(sql::MIGRATION_HISTORY_RECORD, &[&m.version, &m.name])
             .await?;

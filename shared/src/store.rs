@@ -9,7 +9,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, DeletedBatch, ExpiredCount, RunRef};
+use crate::claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, ExpiredCount, RunRef};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::migrate::{self, MigrationReport};
@@ -77,7 +77,7 @@ impl ClaimStore {
             .create_timeout(Some(config.timeout))
             .recycle_timeout(Some(config.timeout))
             .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         Ok(Self {
             pool,
             timeout: config.timeout,
@@ -85,8 +85,8 @@ impl ClaimStore {
         })
     }
 
-    /// The per-call bound.
-    pub fn timeout(&self) -> Duration {
+    /// The per-call bound (the operator queries in `inspect.rs` use it too).
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
@@ -253,8 +253,9 @@ impl ClaimStore {
 
     /// The database clock minus `retention_days`: the pruner's cutoff, taken once.
     pub async fn prune_cutoff(&self, retention_days: u32) -> Result<DateTime<Utc>, StoreError> {
-        let days = i32::try_from(retention_days)
-            .map_err(|_| StoreError::Query(format!("retention of {retention_days} days is out of range")))?;
+        let days = i32::try_from(retention_days).map_err(|e| {
+            StoreError::Query(format!("retention of {retention_days} days is out of range: {e}").into())
+        })?;
         let rows = self.query(sql::PRUNE_CUTOFF, &[&days]).await?;
         let row = rows
             .first()
@@ -262,41 +263,22 @@ impl ClaimStore {
         Ok(row.try_get("cutoff")?)
     }
 
-    /// Deletes up to `limit` claims with `from <= claimed_at < cutoff`, oldest first, key by
-    /// key ([`sql::DELETE_EXPIRED_BATCH`]), in one short transaction bounded by
-    /// `statement_timeout` and `lock_timeout`. Rows locked by a concurrent admission are
-    /// skipped, never waited for.
-    pub async fn delete_expired_batch(
-        &self,
-        from: DateTime<Utc>,
-        cutoff: DateTime<Utc>,
-        limit: i64,
-        batch_timeout: Duration,
-    ) -> Result<DeletedBatch, StoreError> {
-        let batch = self
-            .delete_in_batch_transaction(BatchShape::KeyByKey, from, cutoff, limit, batch_timeout)
-            .await?;
-        Ok(DeletedBatch {
-            deleted: batch.deleted,
-            newest: batch.newest,
-        })
-    }
-
-    /// Deletes up to `limit` claims with `from <= claimed_at < cutoff`, oldest first, as one
-    /// `claimed_at` range ([`sql::DELETE_EXPIRED_RANGE`]) in one short transaction bounded
-    /// by `statement_timeout` and `lock_timeout`. When more than `limit` claims share the
+    /// One prune batch (the only meaning of "batch" here: one short transaction of the
+    /// pruner): deletes up to `limit` claims with `from <= claimed_at < cutoff`, oldest
+    /// first, as one `claimed_at` range ([`sql::DELETE_EXPIRED_RANGE`]), bounded by
+    /// `statement_timeout` and `lock_timeout`. When more than `limit` claims share the
     /// oldest `claimed_at` (a range cannot split them), the same transaction deletes `limit`
-    /// of them key by key ([`sql::DELETE_EXPIRED_BATCH`]) instead.
+    /// of them key by key ([`sql::DELETE_EXPIRED_KEYS`]) instead.
     ///
     /// On a pooled connection, without the pruner lock: for tests and benchmarks. The pruner
-    /// deletes through [`PrunerLock::delete_expired_range`], under its lock.
-    pub async fn delete_expired_range(
+    /// deletes through [`PrunerLock::prune_batch`], under its lock.
+    pub async fn prune_batch(
         &self,
         from: DateTime<Utc>,
         cutoff: DateTime<Utc>,
         limit: i64,
         batch_timeout: Duration,
-    ) -> Result<RangeBatch, StoreError> {
+    ) -> Result<PrunedBatch, StoreError> {
         self.delete_in_batch_transaction(BatchShape::Range, from, cutoff, limit.max(1), batch_timeout)
             .await
     }
@@ -311,7 +293,7 @@ impl ClaimStore {
         cutoff: DateTime<Utc>,
         limit: i64,
         batch_timeout: Duration,
-    ) -> Result<RangeBatch, StoreError> {
+    ) -> Result<PrunedBatch, StoreError> {
         let bound = batch_timeout + self.timeout;
         self.on_connection(bound, async |client| {
             batch_transaction(client, shape, from, cutoff, limit, batch_timeout).await
@@ -339,7 +321,7 @@ impl ClaimStore {
     ///
     /// The lock is a session-level advisory lock, so it ends with its session (a PostgreSQL
     /// restart or failover ends it). The pruner therefore deletes only through
-    /// [`PrunerLock::delete_expired_range`], on that very session: a batch can run only
+    /// [`PrunerLock::prune_batch`], on that very session: a batch can run only
     /// while the session that holds the lock is alive, so a lost lock can never be
     /// followed by a delete from the pruner that lost it.
     pub async fn try_pruner_lock(&self) -> Result<Option<PrunerLock>, StoreError> {
@@ -398,17 +380,17 @@ impl PrunerLock {
         self.session.as_ref().is_none_or(|session| session.is_closed())
     }
 
-    /// [`ClaimStore::delete_expired_range`] on the lock's own session. A call that times out
+    /// [`ClaimStore::prune_batch`] on the lock's own session. A call that times out
     /// or fails at the connection level leaves the session unusable (the caller must take
     /// the lock afresh); the server ends whatever it was running at `statement_timeout`,
     /// still holding the lock until then, so no other pruner can start meanwhile.
-    pub async fn delete_expired_range(
+    pub async fn prune_batch(
         &mut self,
         from: DateTime<Utc>,
         cutoff: DateTime<Utc>,
         limit: i64,
         batch_timeout: Duration,
-    ) -> Result<RangeBatch, StoreError> {
+    ) -> Result<PrunedBatch, StoreError> {
         let bound = batch_timeout + self.timeout;
         let session = match self.session.as_mut() {
             Some(session) if !session.is_closed() => session,
@@ -600,7 +582,7 @@ async fn batch_transaction(
     cutoff: DateTime<Utc>,
     limit: i64,
     batch_timeout: Duration,
-) -> Result<RangeBatch, StoreError> {
+) -> Result<PrunedBatch, StoreError> {
     let ms = u64::try_from(batch_timeout.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
@@ -609,7 +591,7 @@ async fn batch_transaction(
     let params: [&(dyn ToSql + Sync); 3] = [&from, &cutoff, &limit];
     let mut batch = delete_step(&tx, shape, &params).await?;
     if shape == BatchShape::Range && batch.deleted == 0 && batch.more {
-        batch = RangeBatch {
+        batch = PrunedBatch {
             more: true,
             ..delete_step(&tx, BatchShape::KeyByKey, &params).await?
         };
@@ -640,9 +622,9 @@ fn read_claim(row: &Row) -> Result<(bool, Claim), StoreError> {
     ))
 }
 
-/// What [`ClaimStore::delete_expired_range`] did.
+/// What [`ClaimStore::prune_batch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RangeBatch {
+pub struct PrunedBatch {
     pub deleted: u64,
     /// The newest `claimed_at` among the deleted rows (the next batch can start there).
     pub newest: Option<DateTime<Utc>>,
@@ -653,7 +635,7 @@ pub struct RangeBatch {
 /// Which delete statement a prune batch runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BatchShape {
-    /// [`sql::DELETE_EXPIRED_BATCH`]: the N oldest keys, skipping locked rows.
+    /// [`sql::DELETE_EXPIRED_KEYS`]: the N oldest keys, skipping locked rows.
     KeyByKey,
     /// [`sql::DELETE_EXPIRED_RANGE`]: everything below the (N+1)-th oldest `claimed_at`.
     Range,
@@ -664,9 +646,9 @@ async fn delete_step(
     tx: &deadpool_postgres::Transaction<'_>,
     shape: BatchShape,
     params: &[&(dyn ToSql + Sync)],
-) -> Result<RangeBatch, StoreError> {
+) -> Result<PrunedBatch, StoreError> {
     let statement = match shape {
-        BatchShape::KeyByKey => sql::DELETE_EXPIRED_BATCH,
+        BatchShape::KeyByKey => sql::DELETE_EXPIRED_KEYS,
         BatchShape::Range => sql::DELETE_EXPIRED_RANGE,
     };
     let prepared = tx.prepare_cached(statement).await?;
@@ -674,7 +656,7 @@ async fn delete_step(
     let row = rows
         .first()
         .ok_or_else(|| StoreError::UnexpectedRow(format!("{shape:?} delete returned nothing")))?;
-    Ok(RangeBatch {
+    Ok(PrunedBatch {
         deleted: u64::try_from(row.try_get::<_, i64>("deleted")?).unwrap_or(0),
         newest: row.try_get("newest")?,
         // Only the range statement can tell whether claims remain past its bound.
@@ -690,7 +672,7 @@ mod tests {
     fn server(code: &str) -> StoreError {
         StoreError::Database {
             code: code.into(),
-            message: "ERROR: x".into(),
+            source: "ERROR: x".into(),
         }
     }
 

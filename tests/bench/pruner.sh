@@ -35,9 +35,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 if [[ "${1:-}" != "--inner" ]]; then
     cd "$root"
-    echo "== building the release pruner (slow the first time) and the claim-SQL printer" >&2
+    echo "== building the release pruner (slow the first time) and loadgen (it writes the claim script)" >&2
     if [[ -z ${PRUNER:-} ]]; then cargo build --release -p dedupe-pruner; fi
-    cargo build -q -p dedupe-pruner --example claim_sql
+    cargo build -q -p dedupe-tests --bin loadgen
     with_pg=""
     for candidate in target/release/with-postgres target/debug/with-postgres; do
         if [[ -x $candidate ]]; then with_pg=$candidate; break; fi
@@ -98,22 +98,15 @@ stream_pid=""
 cleanup() { if [[ -n $stream_pid ]]; then kill -TERM "$stream_pid" 2>/dev/null || true; wait "$stream_pid" 2>/dev/null || true; fi; }
 trap cleanup EXIT
 
-# --- the claim stream: the webhook's CLAIM statement, verbatim, with pgbench variables ---
-{
-    echo '\set n random(1, 2000000000)'
-    "$root/target/debug/examples/claim_sql" | sed \
-        -e "s/\\\$1/('bench-' || :client_id || '-' || :n)/g" \
-        -e "s/\\\$2/'orchestration'/g" \
-        -e "s/\\\$3/'agents'/g" \
-        -e "s/\\\$4/'codex-autonomous'/g" \
-        -e "s/\\\$5/'agents'/g" \
-        -e "s/\\\$6/('run-' || :n)/g" \
-        -e "s/\\\$7/('uid-' || :n)/g"
-    echo ';'
-} >"$OUT/claim.sql"
+# --- the claim stream: the webhook's CLAIM statement (shared/sql/claim.sql), verbatim, as
+# `loadgen pgbench-script` writes it for the webhook benchmark too: a new delivery per
+# claim; loadgen prints the fixed parameters as name=value lines, passed on with -D.
+claim_vars=()
+while IFS= read -r var; do claim_vars+=(-D "$var"); done \
+    < <("$root/target/debug/loadgen" pgbench-script --deliveries new --out "$OUT/claim.sql")
 
 stream_start() { # name seconds
-    "$pgbench_bin" -n -M prepared -c "$CLIENTS" -j 2 -R "$RATE" -T "$2" \
+    "$pgbench_bin" -n -M prepared -c "$CLIENTS" -j 2 -R "$RATE" -T "$2" "${claim_vars[@]}" \
         -f "$OUT/claim.sql" --log --log-prefix="$OUT/$1.log" "$DATABASE_URL" >"$OUT/$1.pgbench.txt" 2>&1 &
     stream_pid=$!
 }

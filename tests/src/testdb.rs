@@ -77,6 +77,21 @@ impl TestDb {
         Ok(())
     }
 
+    /// The claims of `delivery` as (run name, run uid, state), whichever scope made them.
+    pub async fn claim_rows(&self, delivery: &str) -> Result<Vec<(String, String, String)>> {
+        Ok(self
+            .client()
+            .await?
+            .query(
+                "SELECT run_name, run_uid, state FROM orchestration_dedupe_claims WHERE delivery_id = $1",
+                &[&delivery],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
     /// A plain client on this schema, for seeding and inspecting rows.
     pub async fn client(&self) -> Result<tokio_postgres::Client> {
         let (client, conn) = tokio_postgres::connect(&self.url, NoTls).await?;

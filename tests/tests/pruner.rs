@@ -928,7 +928,7 @@ async fn nothing_to_do_exits_0_and_text_logs_are_plain_lines() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The range-delete primitive the pruner's batches use (ClaimStore::delete_expired_range)
+// The range-delete primitive the pruner's batches use (ClaimStore::prune_batch)
 // ---------------------------------------------------------------------------------------
 
 fn t(secs: i64) -> DateTime<Utc> {
@@ -953,14 +953,14 @@ async fn a_range_batch_never_exceeds_its_limit_and_never_splits_a_timestamp() ->
     let timeout = Duration::from_secs(5);
 
     // Limit 4: the 5th oldest is at t(2), so only the t(1) rows go (3 ≤ 4), more remain.
-    let b = store.delete_expired_range(t(-100), cutoff, 4, timeout).await?;
+    let b = store.prune_batch(t(-100), cutoff, 4, timeout).await?;
     assert_eq!((b.deleted, b.newest, b.more), (3, Some(t(1)), true));
-    let b = store.delete_expired_range(t(1), cutoff, 4, timeout).await?;
+    let b = store.prune_batch(t(1), cutoff, 4, timeout).await?;
     assert_eq!((b.deleted, b.newest, b.more), (3, Some(t(2)), true));
     // Three left, fewer than the limit: all go, and nothing is left behind them.
-    let b = store.delete_expired_range(t(2), cutoff, 4, timeout).await?;
+    let b = store.prune_batch(t(2), cutoff, 4, timeout).await?;
     assert_eq!((b.deleted, b.newest, b.more), (3, Some(t(3)), false));
-    let b = store.delete_expired_range(t(3), cutoff, 4, timeout).await?;
+    let b = store.prune_batch(t(3), cutoff, 4, timeout).await?;
     assert_eq!((b.deleted, b.newest, b.more), (0, None, false));
     assert_eq!(delivery_ids(&client).await?, vec!["at-cutoff", "young"]);
     Ok(())
@@ -980,7 +980,7 @@ async fn more_rows_sharing_one_timestamp_than_the_limit_still_go_limit_at_a_time
     let mut from = t(-100);
     let mut sizes = Vec::new();
     loop {
-        let b = store.delete_expired_range(from, t(5), 3, timeout).await?;
+        let b = store.prune_batch(from, t(5), 3, timeout).await?;
         sizes.push(b.deleted);
         assert!(b.deleted <= 3, "{b:?}");
         if let Some(newest) = b.newest {

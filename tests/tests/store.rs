@@ -385,19 +385,19 @@ async fn batch_delete_takes_only_rows_older_than_the_cutoff_and_at_most_n() -> R
     let cutoff = chrono::DateTime::parse_from_rfc3339("2026-01-10T00:00:00Z")?.to_utc();
     let epoch = chrono::DateTime::UNIX_EPOCH;
     let first = store
-        .delete_expired_batch(epoch, cutoff, 4, Duration::from_secs(5))
+        .prune_batch(epoch, cutoff, 4, Duration::from_secs(5))
         .await?;
     assert_eq!(first.deleted, 4, "at most N");
     assert_eq!(first.newest, Some(cutoff - chrono::Duration::seconds(1)));
     let rest = store
-        .delete_expired_batch(epoch, cutoff, 100, Duration::from_secs(5))
+        .prune_batch(epoch, cutoff, 100, Duration::from_secs(5))
         .await?;
     assert_eq!(
         rest.deleted, 6,
         "the other old rows, nothing at or after the cutoff"
     );
     let none = store
-        .delete_expired_batch(epoch, cutoff, 100, Duration::from_secs(5))
+        .prune_batch(epoch, cutoff, 100, Duration::from_secs(5))
         .await?;
     assert_eq!((none.deleted, none.newest), (0, None));
     let left: Vec<String> = client

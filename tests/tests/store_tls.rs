@@ -84,7 +84,7 @@ async fn the_store_encrypts_when_the_server_offers_tls_and_verifies_with_a_ca() 
         .ping()
         .await
         .err()
-        .map(|e| e.to_string())
+        .map(|e| dedupe_shared::error::Chain(&e).to_string())
         .unwrap_or_default();
     assert!(error.to_lowercase().contains("certificate"), "{error}");
     Ok(())

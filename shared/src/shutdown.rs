@@ -1,17 +1,19 @@
-//! SIGTERM/SIGINT: recorded, never acted on mid-batch. The loop checks between batches
-//! and cuts pauses and retry waits short.
+//! SIGTERM/SIGINT for both binaries: recorded when it arrives, acted on where the caller
+//! checks or waits (the webhook stops accepting and drains; the pruner finishes the batch
+//! in flight). Also cuts retry waits short ([`crate::retry`]).
 
 use tokio::sync::watch;
 
-/// Whether (and by which signal) a shutdown was requested.
+/// Whether (and by which signal) a shutdown was requested. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     rx: watch::Receiver<Option<&'static str>>,
 }
 
 impl Shutdown {
-    /// Listens for SIGTERM and SIGINT from now on (the default action, dying mid-batch, is
-    /// replaced as soon as this returns). Must be called inside the runtime.
+    /// Listens for SIGTERM and SIGINT from now on: the default action (dying on the spot) is
+    /// replaced as soon as this returns, so call it before announcing readiness. Must be
+    /// called inside a tokio runtime.
     pub fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
@@ -24,11 +26,11 @@ impl Shutdown {
             };
             tracing::info!(
                 signal = name,
-                "shutdown requested: finishing the batch in flight, then stopping"
+                "shutdown requested: finishing the work in flight, then stopping"
             );
             let _ = tx.send(Some(name));
-            // Keep the handlers installed: later signals are absorbed, the batch in flight
-            // still commits (it is bounded by the batch timeout).
+            // Keep the handlers installed: later signals are absorbed while the work in
+            // flight finishes (each piece of it is bounded by its own timeout).
             loop {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -39,14 +41,13 @@ impl Shutdown {
         Ok(Self { rx })
     }
 
-    /// A shutdown handle driven by hand (tests).
-    #[cfg(test)]
+    /// A shutdown driven by hand: send `Some(reason)` to request it (tests, embedding).
     pub fn manual() -> (watch::Sender<Option<&'static str>>, Self) {
         let (tx, rx) = watch::channel(None);
         (tx, Self { rx })
     }
 
-    /// The signal received, if any.
+    /// The signal (or reason) received, if any.
     pub fn requested(&self) -> Option<&'static str> {
         *self.rx.borrow()
     }

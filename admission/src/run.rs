@@ -1,0 +1,238 @@
+//! Running the webhook: the claim store and its migrations, the serving certificate and its
+//! reloader, the API-server lookup, both listeners, and a graceful stop. [`run`] is what
+//! `main` calls; [`Server`] splits it into start and serve so a test can run the whole
+//! webhook in-process and stop it with a [`Shutdown::manual`] of its own.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dedupe_shared::retry::{self, NotReached, RetryConfig};
+use dedupe_shared::shutdown::Shutdown;
+use dedupe_shared::{ClaimStore, ConfigError, MigrationMode, StoreConfig, StoreError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Args;
+use crate::decision::Policy;
+use crate::handler::App;
+use crate::lookup::{self, LookupSetupError, RunLookup};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::server;
+use crate::tls::{ReloadEvent, TlsError, TlsReloader, TlsSettings};
+
+/// Attempts to reach the store for migrations at start (1 s, 2 s, 4 s, 8 s apart) before
+/// giving up.
+const MIGRATION_RETRY: RetryConfig = RetryConfig {
+    attempts: 5,
+    base_delay: Duration::from_secs(1),
+    max_delay: Duration::from_secs(8),
+};
+
+/// Why the webhook could not start. [`RunError::is_config`] tells a configuration error
+/// (exit 2) from a runtime failure (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("opening the claim store")]
+    Store(#[source] StoreError),
+    #[error("applying schema migrations")]
+    Migrations(#[source] StoreError),
+    #[error("loading the serving certificate")]
+    Tls(#[source] TlsError),
+    #[error(transparent)]
+    Lookup(#[from] LookupSetupError),
+    #[error("cannot listen for SIGTERM/SIGINT")]
+    Signals(#[source] io::Error),
+    /// SIGTERM or SIGINT before the webhook was serving (e.g. while waiting for the store).
+    #[error("stopped before serving")]
+    Interrupted,
+    #[error("binding {flag} {addr}")]
+    Bind {
+        flag: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RunError {
+    /// A bad flag or environment value, as opposed to a failure at run time.
+    pub fn is_config(&self) -> bool {
+        matches!(self, RunError::Config(_))
+    }
+}
+
+/// Runs the webhook until SIGTERM or SIGINT, then drains in-flight requests. A signal
+/// before it serves (while waiting for the store) stops it too, without an error.
+pub async fn run(args: Args) -> Result<(), RunError> {
+    // Before anything is announced: from here on a signal means "drain", not "die".
+    let mut shutdown = Shutdown::install().map_err(RunError::Signals)?;
+    match Server::start(&args, &mut shutdown).await {
+        Ok(server) => {
+            server.serve(shutdown).await;
+            Ok(())
+        }
+        Err(RunError::Interrupted) => {
+            tracing::info!("stopped before serving");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A started webhook: store ready, certificate loaded, both listeners bound.
+pub struct Server {
+    app: Arc<App>,
+    tls: TlsReloader,
+    webhook: TcpListener,
+    ops: TcpListener,
+    http2: bool,
+    grace: Duration,
+}
+
+impl Server {
+    /// Everything up to serving: store (and migrations), certificate, lookup, listeners.
+    /// `shutdown` cuts the wait for the store short ([`RunError::Interrupted`]).
+    pub async fn start(args: &Args, shutdown: &mut Shutdown) -> Result<Self, RunError> {
+        install_crypto_provider();
+        let store_config = StoreConfig::new(&args.common.database_url, args.pool_size, args.store_timeout())?
+            .with_database_ca(args.common.database_ca.as_deref())?
+            .with_tcp_health(args.common.tcp_health());
+        let store = ClaimStore::new(&store_config).map_err(RunError::Store)?;
+        if args.common.migrations == MigrationMode::Apply {
+            migrate(&store, shutdown).await?;
+        }
+        let metrics = Arc::new(Metrics::new());
+        let tls = TlsReloader::load(TlsSettings {
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+            poll_interval: Duration::from_secs(args.tls_reload_poll_seconds),
+            http2: args.http2,
+        })
+        .map_err(RunError::Tls)?;
+        metrics.certificate_expiry.set(tls.not_after());
+
+        let lookup = lookup::from_flag(args.kube_lookup, args.store_timeout()).await?;
+        let policy = Policy {
+            scope: args.claim_scope,
+            grace: args.pending_grace(),
+        };
+        tracing::info!(
+            scope = policy.scope.as_str(),
+            grace_seconds = policy.grace.as_secs(),
+            lookup = lookup.is_some(),
+            "claim policy"
+        );
+        let app = Arc::new(App {
+            store,
+            lookup: lookup.map(|l| Arc::new(l) as Arc<dyn RunLookup>),
+            policy,
+            metrics,
+            max_body_bytes: args.max_body_bytes,
+        });
+        let bind = |flag, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Bind { flag, addr, source })
+        };
+        let webhook = bind("--listen", args.listen).await?;
+        let ops = bind("--metrics-listen", args.metrics_listen).await?;
+        Ok(Self {
+            app,
+            tls,
+            webhook,
+            ops,
+            http2: args.http2,
+            grace: Duration::from_secs(args.shutdown_grace_seconds),
+        })
+    }
+
+    /// The HTTPS address (`--listen`, with the kernel's port when it was 0).
+    pub fn webhook_addr(&self) -> io::Result<SocketAddr> {
+        self.webhook.local_addr()
+    }
+
+    /// The plain-HTTP ops address (`--metrics-listen`).
+    pub fn ops_addr(&self) -> io::Result<SocketAddr> {
+        self.ops.local_addr()
+    }
+
+    /// The state every request sees.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serves both listeners until `shutdown` is requested, then stops accepting and lets
+    /// in-flight requests finish (up to `--shutdown-grace-seconds`).
+    pub async fn serve(self, mut shutdown: Shutdown) {
+        let Self {
+            app,
+            tls,
+            webhook,
+            ops,
+            http2,
+            grace,
+        } = self;
+        if let (Ok(listen), Ok(metrics_listen)) = (webhook.local_addr(), ops.local_addr()) {
+            tracing::info!(%listen, %metrics_listen, "dedupe-admission serving");
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let metrics = app.metrics.clone();
+        let watcher = tls.spawn_watcher(
+            Arc::new(move |event| {
+                let result = match event {
+                    ReloadEvent::Reloaded { not_after } => {
+                        metrics.certificate_expiry.set(not_after);
+                        "success"
+                    }
+                    ReloadEvent::Failed { .. } => "failure",
+                };
+                metrics.tls_reloads.get_or_create(&ResultLabels { result }).inc();
+            }),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            let _ = stop_tx.send(true);
+        });
+        tokio::join!(
+            server::serve_https(
+                webhook,
+                tls,
+                server::webhook_router(app.clone()),
+                http2,
+                stop_rx.clone(),
+                grace
+            ),
+            server::serve_ops(ops, server::ops_router(app), stop_rx),
+        );
+        watcher.abort();
+        tracing::info!("dedupe-admission stopped");
+    }
+}
+
+/// Exactly one rustls crypto provider, chosen here: with two compiled in, rustls panics at
+/// first use unless one is installed. Installing again (a second server in one process) is
+/// a no-op.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Applies the migrations, retrying while the store cannot be reached: a database that
+/// starts a little after the webhook must not crash-loop it.
+async fn migrate(store: &ClaimStore, shutdown: &mut Shutdown) -> Result<(), RunError> {
+    let retrying = |_: &StoreError| true;
+    match retry::until_reachable(&MIGRATION_RETRY, shutdown, retrying, || store.migrate()).await {
+        Ok(report) => {
+            tracing::info!(applied = ?report.applied, "schema migrations up to date");
+            Ok(())
+        }
+        Err(NotReached::Interrupted) => Err(RunError::Interrupted),
+        Err(NotReached::Exhausted { last, .. } | NotReached::Fatal(last)) => Err(RunError::Migrations(last)),
+    }
+}

@@ -1,0 +1,1 @@
+INSERT INTO orchestration_dedupe_migrations (version, name) VALUES ($1, $2)

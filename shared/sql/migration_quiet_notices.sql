@@ -1,0 +1,1 @@
+SET LOCAL client_min_messages = warning
