@@ -61,7 +61,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args, store_config: StoreConfig) -> anyhow::Result<()> {
-    let store = ClaimStore::new(&store_config)?;
+    let mut store = ClaimStore::new(&store_config)?;
+    if let Some(group_commit) = args.group_commit() {
+        store = store.with_group_commit(group_commit);
+    }
     if args.common.migrations == MigrationMode::Apply {
         migrate(&store).await?;
     }

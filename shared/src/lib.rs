@@ -4,6 +4,7 @@
 pub mod claim;
 pub mod config;
 pub mod error;
+pub mod group_commit;
 pub mod migrate;
 pub mod run;
 pub mod sql;
@@ -14,6 +15,7 @@ pub mod telemetry;
 pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, DeletedBatch, ExpiredCount, RunRef};
 pub use config::{ClaimScope, CommonArgs, LogFormat, MigrationMode, StoreConfig};
 pub use error::{ConfigError, StoreError};
+pub use group_commit::{GroupCommitConfig, GroupCommitStats};
 pub use migrate::MigrationReport;
 pub use run::{RunView, DELIVERY_ID_LABEL};
 pub use store::{ClaimStore, PrunerLock};

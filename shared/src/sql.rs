@@ -200,3 +200,28 @@ pub const DELETE_EXPIRED_RANGE: &str = "WITH bound AS (
     )
     SELECT count(*) AS deleted, max(claimed_at) AS newest, EXISTS (SELECT 1 FROM bound) AS more
       FROM gone";
+
+/// Claim a key: insert a pending claim, or — when the key is taken — return the holder as it
+/// is, in the same round trip. `written` is true when this statement inserted the row.
+///
+/// `ON CONFLICT DO NOTHING` never locks the holder's row (unlike `DO UPDATE … WHERE`, which
+/// locks it even when its `WHERE` fails), so answering a duplicate is a read: concurrent
+/// redeliveries of one delivery do not queue on one row, and a transaction that wrote
+/// nothing commits without a WAL flush. A retried create of the same pending run is
+/// recorded by [`CLAIM_RETRY`] afterwards. If the holder committed after this statement's
+/// snapshot was taken, the fallback SELECT cannot see it and no row comes back: the caller
+/// then runs [`LOOKUP`] (a new statement, a new snapshot).
+pub const CLAIM_INSERT: &str = include_str!("../sql/claim_insert.sql");
+
+/// A retried create: the key's pending claim is held by the same run (namespace/name
+/// `$5/$6`); record the new uid `$7`. Returns nothing when the claim changed since it was
+/// read (confirmed, taken over, pruned): the caller starts over with [`CLAIM_INSERT`].
+pub const CLAIM_RETRY: &str = include_str!("../sql/claim_retry.sql");
+
+/// Group commit ([`crate::group_commit`]): [`CLAIM_INSERT`] for many keys in one statement
+/// and one transaction. `$1..$7` are parallel text arrays (delivery id, scope, namespace,
+/// orchestration, run namespace, run name, run uid), one element per distinct key, sorted
+/// by key so concurrent batches wait on each other's keys in one order and cannot deadlock.
+/// Returns one row per input element, `ord` its 1-based position; an element without a row
+/// lost to a holder this statement's snapshot cannot see (the caller runs [`LOOKUP`]).
+pub const CLAIM_BATCH: &str = include_str!("../sql/claim_batch.sql");

@@ -3,6 +3,7 @@
 //! primary key, never from a read-then-write here.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,14 +14,16 @@ use tokio_postgres::Row;
 use crate::claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, DeletedBatch, ExpiredCount, RunRef};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
+use crate::group_commit::{GroupCommit, GroupCommitConfig, GroupCommitStats};
 use crate::migrate::{self, MigrationReport};
 use crate::sql;
 
 /// First half of the pruner's advisory lock key ("prun" in ASCII).
 pub const PRUNER_LOCK_CLASS: i32 = 0x7072_756e;
 
-/// How many times `claim` re-reads after an insert lost to a holder its snapshot could not
-/// see (or that the pruner deleted meanwhile). One is almost always enough.
+/// How many times `claim` starts over when the holder it lost to was gone by the time it
+/// looked (pruned meanwhile), or a retried create found the claim changed since it was
+/// read (confirmed or taken over). One is almost always enough.
 const CLAIM_ATTEMPTS: usize = 3;
 
 /// The claim store. Cheap to clone (the pool is shared).
@@ -28,6 +31,8 @@ const CLAIM_ATTEMPTS: usize = 3;
 pub struct ClaimStore {
     pool: Pool,
     timeout: Duration,
+    /// Batches the claims' insert step when on ([`ClaimStore::with_group_commit`]).
+    group: Option<Arc<GroupCommit>>,
 }
 
 impl std::fmt::Debug for ClaimStore {
@@ -75,7 +80,29 @@ impl ClaimStore {
         Ok(Self {
             pool,
             timeout: config.timeout,
+            group: None,
         })
+    }
+
+    /// Turns on group commit ([`crate::group_commit`]): concurrent claims' insert steps go
+    /// to the store together, one statement and one transaction per batch.
+    pub fn with_group_commit(mut self, config: GroupCommitConfig) -> Self {
+        let executor = Self {
+            group: None,
+            ..self.clone()
+        };
+        self.group = Some(Arc::new(GroupCommit::new(config, executor)));
+        self
+    }
+
+    /// The group commit settings, when it is on.
+    pub fn group_commit(&self) -> Option<GroupCommitConfig> {
+        self.group.as_ref().map(|g| g.config())
+    }
+
+    /// Batches and claims group commit has run so far, when it is on.
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        self.group.as_ref().map(|g| g.stats())
     }
 
     /// The per-call bound.
@@ -90,7 +117,11 @@ impl ClaimStore {
             .unwrap_or(Err(StoreError::Timeout(self.timeout)))
     }
 
-    async fn query(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    pub(crate) async fn query(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
         self.bounded(async {
             let client = self.pool.get().await?;
             let prepared = client.prepare_cached(statement).await?;
@@ -132,20 +163,31 @@ impl ClaimStore {
     }
 
     /// Claims `key` for `run`: inserts a pending claim, or records a retried create of the
-    /// same pending run, or reports the holder. One round trip on the common paths.
+    /// same pending run, or reports the holder. One round trip for a new claim and for a
+    /// duplicate (a read: no row lock), two for a retried create.
     pub async fn claim(&self, key: &ClaimKey, run: &RunRef) -> Result<ClaimOutcome, StoreError> {
         for _ in 0..CLAIM_ATTEMPTS {
-            let rows = self
-                .query_keyed(sql::CLAIM, key, &[&run.namespace, &run.name, &run.uid])
-                .await?;
-            let found = match rows.first() {
-                Some(row) => Some(read_claim(row)?),
+            let inserted = match &self.group {
+                Some(group) => self.bounded(group.insert(key, run)).await?,
+                None => self.insert_one(key, run).await?,
+            };
+            let found = match inserted {
+                Some(found) => Some(found),
                 // The holder committed after this statement's snapshot: read it afresh.
                 None => self.lookup(key).await?.map(|claim| (false, claim)),
             };
             match found {
-                Some((true, claim)) if claim.admissions == 0 => return Ok(ClaimOutcome::Claimed(claim)),
-                Some((true, claim)) => return Ok(ClaimOutcome::SameRun(claim)),
+                Some((true, claim)) => return Ok(ClaimOutcome::Claimed(claim)),
+                Some((false, claim)) if claim.state == ClaimState::Pending && claim.holder.same_run(run) => {
+                    let rows = self
+                        .query_keyed(sql::CLAIM_RETRY, key, &[&run.namespace, &run.name, &run.uid])
+                        .await?;
+                    match rows.first() {
+                        Some(row) => return Ok(ClaimOutcome::SameRun(read_claim(row)?.1)),
+                        // Confirmed, taken over or pruned since it was read: start over.
+                        None => continue,
+                    }
+                }
                 Some((false, claim)) => return Ok(ClaimOutcome::HeldBy(claim)),
                 // Deleted (pruned) between the two statements: try the insert again.
                 None => continue,
@@ -154,6 +196,20 @@ impl ClaimStore {
         Err(StoreError::UnexpectedRow(format!(
             "claim for {key} kept vanishing between insert and read"
         )))
+    }
+
+    /// The insert step of a claim alone ([`sql::CLAIM_INSERT`]): `(written, claim)`, or
+    /// `None` when the holder is not visible to the statement's snapshot.
+    pub(crate) async fn insert_one(
+        &self,
+        key: &ClaimKey,
+        run: &RunRef,
+    ) -> Result<Option<(bool, Claim)>, StoreError> {
+        self.query_keyed(sql::CLAIM_INSERT, key, &[&run.namespace, &run.name, &run.uid])
+            .await?
+            .first()
+            .map(read_claim)
+            .transpose()
     }
 
     /// Reads the claim for `key` without writing (dry-run).
@@ -337,7 +393,7 @@ pub struct PrunerLock {
     _session: deadpool_postgres::ClientWrapper,
 }
 
-fn read_claim(row: &Row) -> Result<(bool, Claim), StoreError> {
+pub(crate) fn read_claim(row: &Row) -> Result<(bool, Claim), StoreError> {
     let state: String = row.try_get("state")?;
     let state =
         ClaimState::parse(&state).ok_or_else(|| StoreError::UnexpectedRow(format!("state `{state}`")))?;
