@@ -5,6 +5,7 @@ use dedupe_shared::{ClaimStore, MigrationMode};
 
 use crate::config::Settings;
 use crate::error::PruneError;
+use crate::pacing::Pacer;
 use crate::policy::Policy;
 use crate::prune::{self, Plan};
 use crate::report;
@@ -84,10 +85,11 @@ pub async fn run(settings: &Settings, shutdown: &mut Shutdown) -> Result<Ended, 
         batch_timeout: settings.batch_timeout,
         expired_at_start: count.map(|c| c.expired),
     };
-    let finished = prune::prune(
+    let finished = prune::prune_paced(
         &store,
         &plan,
         Policy::new(settings.policy.clone()),
+        Pacer::new(settings.pacing),
         shutdown,
         rand::random::<f64>,
     )

@@ -7,6 +7,7 @@
 mod app;
 mod config;
 mod error;
+mod pacing;
 mod policy;
 mod prune;
 mod report;

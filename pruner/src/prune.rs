@@ -8,7 +8,9 @@ use dedupe_shared::store::RangeBatch;
 use dedupe_shared::{ClaimStore, StoreError};
 use tokio::time::Instant;
 
+use crate::config::PRUNER_APPLICATION_NAME;
 use crate::error::{classify, ErrorClass, PruneError};
+use crate::pacing::{self, Pacer, TrafficSample};
 use crate::policy::{Decision, GiveUp, Outcome, Policy, StopReason};
 use crate::report::{self, Progress, Summary};
 use crate::signal::Shutdown;
@@ -24,6 +26,13 @@ pub trait BatchStore {
         limit: u32,
         timeout: Duration,
     ) -> impl Future<Output = Result<RangeBatch, StoreError>>;
+
+    /// What PostgreSQL shows of the claim traffic since `since`, for adaptive pacing
+    /// (`pacing.rs`); `None` when it cannot be read, which means the configured pacing.
+    fn claim_traffic(&self, since: Option<DateTime<Utc>>) -> impl Future<Output = Option<TrafficSample>> {
+        let _ = since;
+        async { None }
+    }
 }
 
 /// Batches delete by `claimed_at` range (`sql::DELETE_EXPIRED_RANGE`): about 5x cheaper per
@@ -37,6 +46,20 @@ impl BatchStore for ClaimStore {
         timeout: Duration,
     ) -> impl Future<Output = Result<RangeBatch, StoreError>> {
         self.delete_expired_range(from, cutoff, i64::from(limit), timeout)
+    }
+
+    async fn claim_traffic(&self, since: Option<DateTime<Utc>>) -> Option<TrafficSample> {
+        match ClaimStore::claim_traffic(self, since, Some(PRUNER_APPLICATION_NAME)).await {
+            Ok(t) => Some(TrafficSample {
+                keyed_scans: t.keyed_scans,
+                recent_sessions: t.recent_sessions,
+                sampled_at: t.sampled_at,
+            }),
+            Err(e) => {
+                pacing::sample_failed(&e);
+                None
+            }
+        }
     }
 }
 
@@ -68,10 +91,13 @@ fn floor() -> DateTime<Utc> {
 /// Runs batches until a short batch, the runtime limit, a signal (the batch in flight is
 /// always finished and committed first) or a failure. `jitter` yields uniform samples in
 /// `[0, 1)` for the pauses.
-pub async fn prune<S: BatchStore>(
+/// Each batch's size and the pause after it are chosen by `pacer` from the claim traffic
+/// sampled right before the batch (fixed pacing: the policy's).
+pub async fn prune_paced<S: BatchStore>(
     store: &S,
     plan: &Plan,
     mut policy: Policy,
+    mut pacer: Pacer,
     shutdown: &mut Shutdown,
     mut jitter: impl FnMut() -> f64,
 ) -> Finished {
@@ -86,7 +112,10 @@ pub async fn prune<S: BatchStore>(
         if let Some(stop) = policy.before_batch(started.elapsed(), shutdown.requested().is_some()) {
             break Ok(stop);
         }
-        let size = policy.batch_size();
+        if pacer.adaptive() {
+            pacer.observe(store.claim_traffic(pacer.since()).await);
+        }
+        let size = pacer.batch_size(policy.batch_size());
         let batch_started = Instant::now();
         // Never raced against the signal: a batch in flight runs to its commit (or its
         // timeout), so nothing is left half-done.
@@ -109,6 +138,7 @@ pub async fn prune<S: BatchStore>(
                     batch_elapsed: took,
                     total_deleted: deleted,
                     elapsed: started.elapsed(),
+                    pace: pacer.pace().as_str(),
                 });
                 (
                     Outcome::Deleted {
@@ -137,7 +167,11 @@ pub async fn prune<S: BatchStore>(
                 if let (Outcome::Unavailable, Some(e)) = (outcome, &error) {
                     report::store_lost(pause, e);
                 }
-                pause
+                // Only a committed batch's pause is paced; back-offs stay as they are.
+                match outcome {
+                    Outcome::Deleted { .. } => pacer.pause(pause),
+                    _ => pause,
+                }
             }
             Decision::Shrink { from, to, pause } => {
                 report::shrunk(from, to);
@@ -189,6 +223,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::pacing::{PacingConfig, PacingMode};
     use crate::policy::PolicyConfig;
     use crate::retry::RetryConfig;
 
@@ -289,6 +324,21 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    /// The loop with fixed pacing: the policy alone decides sizes and pauses.
+    async fn prune<S: BatchStore>(
+        store: &S,
+        plan: &Plan,
+        policy: Policy,
+        shutdown: &mut Shutdown,
+        jitter: impl FnMut() -> f64,
+    ) -> Finished {
+        let fixed = Pacer::new(PacingConfig {
+            mode: PacingMode::Fixed,
+            ..PacingConfig::default()
+        });
+        prune_paced(store, plan, policy, fixed, shutdown, jitter).await
+    }
 
     #[tokio::test]
     async fn deletes_until_nothing_is_left_carrying_the_lower_bound_forward() {

@@ -225,3 +225,11 @@ pub const CLAIM_RETRY: &str = include_str!("../sql/claim_retry.sql");
 /// Returns one row per input element, `ord` its 1-based position; an element without a row
 /// lost to a holder this statement's snapshot cannot see (the caller runs [`LOOKUP`]).
 pub const CLAIM_BATCH: &str = include_str!("../sql/claim_batch.sql");
+
+/// The pruner's adaptive pacing (`pruner/src/pacing.rs`): the claims primary key's
+/// cumulative `idx_scan` (every keyed claim statement uses it; the pruner's range deletes
+/// do not), and how many other sessions touched the claims table since `$1` (the previous
+/// sample; the last second when NULL) or are doing so now, in this database (any schema:
+/// the conservative side), not counting sessions named
+/// `$2` (the pruner's own application_name).
+pub const PRUNE_CLAIM_TRAFFIC: &str = include_str!("../sql/prune_claim_traffic.sql");

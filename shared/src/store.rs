@@ -369,6 +369,28 @@ impl ClaimStore {
         })
     }
 
+    /// What PostgreSQL shows of the claim traffic ([`sql::PRUNE_CLAIM_TRAFFIC`]): the
+    /// claims primary key's cumulative index scans, other sessions on the claims table since
+    /// `since` (or now), and the database clock; sessions named `own_application_name` are
+    /// the pruner's own and not counted.
+    pub async fn claim_traffic(
+        &self,
+        since: Option<DateTime<Utc>>,
+        own_application_name: Option<&str>,
+    ) -> Result<ClaimTraffic, StoreError> {
+        let rows = self
+            .query(sql::PRUNE_CLAIM_TRAFFIC, &[&since, &own_application_name])
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::UnexpectedRow("traffic sample returned nothing".into()))?;
+        Ok(ClaimTraffic {
+            keyed_scans: row.try_get("keyed_scans")?,
+            recent_sessions: row.try_get("recent_sessions")?,
+            sampled_at: row.try_get("sampled_at")?,
+        })
+    }
+
     /// Tries to become the only pruner of this claims table. `None` when another session
     /// holds the lock. The lock lives as long as the returned guard: the guard owns a
     /// connection taken out of the pool, and dropping it closes that session, which releases
@@ -413,6 +435,14 @@ pub(crate) fn read_claim(row: &Row) -> Result<(bool, Claim), StoreError> {
             observed_at: row.try_get("observed_at")?,
         },
     ))
+}
+
+/// What [`ClaimStore::claim_traffic`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimTraffic {
+    pub keyed_scans: i64,
+    pub recent_sessions: i64,
+    pub sampled_at: DateTime<Utc>,
 }
 
 /// What [`ClaimStore::delete_expired_range`] did.
