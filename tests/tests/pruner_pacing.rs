@@ -144,7 +144,18 @@ async fn with_nobody_claiming_batches_are_larger_and_unpaused() -> Result<()> {
         // The seeding session is gone before the pruner looks: no claim traffic anywhere.
         conn.await??;
     }
-    let events = run_pruner(&db.url, &["--batch-size", "100", "--batch-pause-ms", "60000"]).await?;
+    let events = run_pruner(
+        &db.url,
+        &[
+            "--batch-size",
+            "100",
+            "--batch-pause-ms",
+            "60000",
+            "--quiet-batch-factor",
+            "5",
+        ],
+    )
+    .await?;
     let seen = batches(&events)?;
     ensure!(!seen.is_empty(), "no batches: {events:?}");
     for (pace, size, _) in &seen {
