@@ -21,7 +21,8 @@ pub const DEFAULT_BATCH_SIZE: u32 = 10_000;
 /// are slowed only while a batch runs, so the pause sets how much of the claim stream a
 /// prune touches; ~10 % duty (100 ms after a ~10 ms batch) kept the claims' p99 within
 /// ~1.3x of the same stream just before, where 0–50 ms gave 1.8–5x. It still deletes
-/// ~90,000 claims/s, far more than a night needs.
+/// ~90,000 claims/s, far more than a night needs. With adaptive pacing (the default) this
+/// pacing holds while claims flow; while none do, batches go back to back (`pacing.rs`).
 pub const DEFAULT_BATCH_PAUSE_MS: u64 = 100;
 /// Stop starting new batches after this long; the next night carries on.
 pub const DEFAULT_MAX_RUNTIME_SECONDS: u64 = 1_800;

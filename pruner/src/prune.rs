@@ -444,6 +444,112 @@ mod tests {
         assert_eq!((f.summary.deleted, f.summary.stopped), (100, "failed"));
     }
 
+    /// A [`FakeStore`] that also answers traffic samples from a script (`None`: the sample failed).
+    struct WithTraffic {
+        store: FakeStore,
+        samples: Mutex<VecDeque<Option<TrafficSample>>>,
+        asked_since: Mutex<Vec<Option<DateTime<Utc>>>>,
+    }
+
+    impl BatchStore for WithTraffic {
+        fn delete_batch(
+            &self,
+            from: DateTime<Utc>,
+            cutoff: DateTime<Utc>,
+            limit: u32,
+            timeout: Duration,
+        ) -> impl Future<Output = Result<RangeBatch, StoreError>> {
+            self.store.delete_batch(from, cutoff, limit, timeout)
+        }
+
+        async fn claim_traffic(&self, since: Option<DateTime<Utc>>) -> Option<TrafficSample> {
+            if let Ok(mut asked) = self.asked_since.lock() {
+                asked.push(since);
+            }
+            self.samples.lock().ok().and_then(|mut s| s.pop_front()).flatten()
+        }
+    }
+
+    fn sample(keyed_scans: i64, recent_sessions: i64, secs: i64) -> Option<TrafficSample> {
+        Some(TrafficSample {
+            keyed_scans,
+            recent_sessions,
+            sampled_at: at(secs),
+        })
+    }
+
+    #[tokio::test]
+    async fn adaptive_pacing_runs_larger_unpaused_batches_only_while_nobody_claims() {
+        let store = WithTraffic {
+            store: FakeStore::new(vec![deleted(500, 1), deleted(100, 2)]),
+            samples: Mutex::new(
+                vec![
+                    sample(10, 0, 0), // quiet
+                    sample(10, 2, 1), // a claim session
+                ]
+                .into(),
+            ),
+            asked_since: Mutex::new(Vec::new()),
+        };
+        let pacer = Pacer::new(PacingConfig {
+            mode: PacingMode::Adaptive,
+            quiet_batch_factor: 5,
+        });
+        // A one-hour pause: a gentle batch's pause would hit the test's bound; quiet ones have none.
+        let policy = Policy::new(PolicyConfig::new(
+            100,
+            HOUR,
+            HOUR * 24,
+            RetryConfig {
+                attempts: 3,
+                base_delay: Duration::ZERO,
+                max_delay: Duration::ZERO,
+            },
+        ));
+        let (tx, mut shutdown) = Shutdown::manual();
+        let plan = plan();
+        let run = prune_paced(&store, &plan, policy, pacer, &mut shutdown, || 0.5);
+        // The gentle batch's hour-long pause is cut short by a signal: the loop stops there.
+        let signal = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = tx.send(Some("SIGTERM"));
+        };
+        let (f, ()) = tokio::join!(run, signal);
+        let limits: Vec<u32> = store.store.calls().iter().map(|c| c.limit).collect();
+        // Quiet: 500 and no pause, straight into the next sample; claims: 100, then the pause.
+        assert_eq!(limits, vec![500, 100], "{f:?}");
+        assert_eq!(f.result.ok(), Some(StopReason::Signal));
+        let asked = store.asked_since.lock().map(|a| a.clone()).unwrap_or_default();
+        assert_eq!(
+            asked,
+            vec![None, Some(at(0))],
+            "each sample looks from the previous one"
+        );
+    }
+
+    #[tokio::test]
+    async fn adaptive_pacing_keeps_gentle_batches_and_back_offs_when_samples_fail() {
+        let store = WithTraffic {
+            store: FakeStore::new(vec![
+                deleted(100, 1),
+                failing(|| StoreError::Unavailable("connection closed".into())),
+                last(3, 2),
+            ]),
+            samples: Mutex::new(vec![None, sample(1, 0, 1), sample(1, 0, 2)].into()),
+            asked_since: Mutex::new(Vec::new()),
+        };
+        let pacer = Pacer::new(PacingConfig {
+            mode: PacingMode::Adaptive,
+            quiet_batch_factor: 5,
+        });
+        let (_tx, mut shutdown) = Shutdown::manual();
+        let f = prune_paced(&store, &plan(), policy(100, HOUR), pacer, &mut shutdown, || 0.5).await;
+        assert_eq!(f.result.ok(), Some(StopReason::Done));
+        let limits: Vec<u32> = store.store.calls().iter().map(|c| c.limit).collect();
+        assert_eq!(limits, vec![100, 500, 500]);
+        assert_eq!(f.summary.deleted, 103);
+    }
+
     #[tokio::test]
     async fn a_store_that_stays_away_is_given_up_on_and_a_brief_loss_is_not() {
         let lost = || StoreError::Unavailable("connection closed".into());
