@@ -19,8 +19,11 @@ pub const DEFAULT_TLS_RELOAD_POLL_SECONDS: u64 = 30;
 pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 20;
 
 /// Group commit is on unless turned off: chosen by the benchmark (docs/BENCHMARKS.md,
-/// "Group commit").
-pub const DEFAULT_GROUP_COMMIT: bool = false;
+/// "Group commit"). Where PostgreSQL's CPU is contended it carried 1.25–1.7x the claims per
+/// second; where each commit waits for a durable WAL flush (which PostgreSQL already shares
+/// among concurrent commits) it was even within noise, at half PostgreSQL's CPU per claim.
+/// It adds no wait at low load: a claim that finds a batch slot free goes alone, at once.
+pub const DEFAULT_GROUP_COMMIT: bool = true;
 
 /// Whether to ask the API server if a stale pending claim's run exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -148,5 +151,45 @@ fn parse_pool_size(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=1024).contains(&n) => Ok(n),
         _ => Err(format!("`{s}` is not a pool size between 1 and 1024")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec!["dedupe-admission", "--database-url", "postgres://u@127.0.0.1/db"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+    }
+
+    #[test]
+    fn group_commit_is_on_by_default_with_the_documented_bounds() -> Result<(), clap::Error> {
+        assert_eq!(
+            parse(&[])?.group_commit(),
+            Some(GroupCommitConfig {
+                max_batch: DEFAULT_MAX_BATCH,
+                in_flight: DEFAULT_IN_FLIGHT,
+            })
+        );
+        assert_eq!(parse(&["--group-commit", "false"])?.group_commit(), None);
+        let tuned = parse(&[
+            "--group-commit",
+            "--group-commit-max-batch",
+            "8",
+            "--group-commit-in-flight",
+            "2",
+        ])?;
+        assert_eq!(
+            tuned.group_commit(),
+            Some(GroupCommitConfig {
+                max_batch: 8,
+                in_flight: 2
+            })
+        );
+        assert!(parse(&["--group-commit-max-batch", "0"]).is_err());
+        assert!(parse(&["--group-commit-in-flight", "0"]).is_err());
+        Ok(())
     }
 }
