@@ -306,7 +306,7 @@ async fn run_batch(
         &run_name,
         &run_uid,
     ];
-    let rows = executor.query(sql::CLAIM_BATCH, &params).await?;
+    let rows = executor.query_batch(sql::CLAIM_BATCH, &params).await?;
     let mut elements: Vec<Inserted> = vec![None; plan.sent.len()];
     for row in &rows {
         let ord: i64 = row.try_get("ord")?;

@@ -117,11 +117,7 @@ impl ClaimStore {
             .unwrap_or(Err(StoreError::Timeout(self.timeout)))
     }
 
-    pub(crate) async fn query(
-        &self,
-        statement: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, StoreError> {
+    async fn query(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
         self.bounded(async {
             let client = self.pool.get().await?;
             let prepared = client.prepare_cached(statement).await?;
@@ -210,6 +206,16 @@ impl ClaimStore {
             .first()
             .map(read_claim)
             .transpose()
+    }
+
+    /// Runs a group-commit batch statement ([`crate::group_commit`]) like every other store
+    /// call: a pooled connection, the store timeout.
+    pub(crate) async fn query_batch(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.query(statement, params).await
     }
 
     /// Reads the claim for `key` without writing (dry-run).
