@@ -101,7 +101,10 @@ impl Server {
         let store_config = StoreConfig::new(&args.common.database_url, args.pool_size, args.store_timeout())?
             .with_database_ca(args.common.database_ca.as_deref())?
             .with_tcp_health(args.common.tcp_health());
-        let store = ClaimStore::new(&store_config).map_err(RunError::Store)?;
+        let mut store = ClaimStore::new(&store_config).map_err(RunError::Store)?;
+        if let Some(group_commit) = args.group_commit() {
+            store = store.with_group_commit(group_commit);
+        }
         if args.common.migrations == MigrationMode::Apply {
             migrate(&store, shutdown).await?;
         }

@@ -7,6 +7,7 @@ use dedupe_shared::{ClaimStore, MigrationMode};
 use crate::config::Settings;
 use crate::error::PruneError;
 use crate::locked::LockedStore;
+use crate::pacing::Pacer;
 use crate::policy::BatchPolicy;
 use crate::prune::{self, PruneTask};
 use crate::report;
@@ -89,10 +90,11 @@ pub async fn run(settings: &Settings, shutdown: &mut Shutdown) -> Result<Ended, 
         expired_at_start: count.map(|c| c.expired),
     };
     let locked = LockedStore::new(&store, lock);
-    let mut finished = prune::prune(
+    let mut finished = prune::prune_paced(
         &locked,
         &task,
         BatchPolicy::new(settings.policy.clone()),
+        Pacer::new(settings.pacing),
         shutdown,
         rand::random::<f64>,
     )

@@ -8,6 +8,7 @@ use clap::Parser;
 use dedupe_shared::config::DEFAULT_RETENTION_DAYS;
 use dedupe_shared::{CommonArgs, ConfigError, LogFormat, MigrationMode, StoreConfig};
 
+use crate::pacing::{PacingConfig, PacingMode, DEFAULT_QUIET_BATCH_FACTOR};
 use crate::policy::BatchPolicyConfig;
 use crate::retry::RetryConfig;
 
@@ -19,6 +20,8 @@ pub const DEFAULT_BATCH_SIZE: u32 = 10_000;
 /// batch runs, so the pause sets how much of the claim stream a prune touches; shorter
 /// pauses raised the claims' p99 well past the target while this one still deletes far more
 /// than a night needs. Chosen by the pruner benchmark (docs/BENCHMARKS.md, "Pruner").
+/// With adaptive pacing (the default) this pacing holds while claims flow; while none do,
+/// batches go back to back (`pacing.rs`).
 pub const DEFAULT_BATCH_PAUSE_MS: u64 = 100;
 /// Stop starting new batches after this long; the next night carries on.
 pub const DEFAULT_MAX_RUNTIME_SECONDS: u64 = 1_800;
@@ -30,6 +33,10 @@ pub const DEFAULT_BATCH_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 10_000;
 /// Tries to reach the store at start (and after a lost connection) before giving up.
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 5;
+
+/// The pruner's `application_name` unless the connection string names one: operators tell
+/// it apart in `pg_stat_activity`, and adaptive pacing does not count it as claim traffic.
+pub const PRUNER_APPLICATION_NAME: &str = "orchestration-dedupe-pruner";
 
 /// Connections the pruner needs: one session holding the advisory lock, one for batches.
 const POOL_SIZE: usize = 2;
@@ -85,6 +92,16 @@ pub struct Args {
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_CONNECT_ATTEMPTS", default_value_t = DEFAULT_CONNECT_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub connect_attempts: u32,
 
+    /// `adaptive`: full speed (batches --quiet-batch-factor times larger, no pause) while
+    /// PostgreSQL shows no claim traffic, --batch-size and --batch-pause-ms while it does;
+    /// `fixed`: always --batch-size and --batch-pause-ms.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_PACING", value_enum, default_value_t = PacingMode::Adaptive)]
+    pub pacing: PacingMode,
+
+    /// With adaptive pacing: how many times larger a batch is while nobody claims.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_QUIET_BATCH_FACTOR", default_value_t = DEFAULT_QUIET_BATCH_FACTOR, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub quiet_batch_factor: u32,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -106,6 +123,7 @@ pub struct Settings {
     pub policy: BatchPolicyConfig,
     pub batch_timeout: Duration,
     pub connect: RetryConfig,
+    pub pacing: PacingConfig,
 }
 
 impl Settings {
@@ -118,6 +136,10 @@ impl Settings {
         )?
         .with_database_ca(args.common.database_ca.as_deref())?
         .with_tcp_health(args.common.tcp_health());
+        let mut store = store;
+        if store.database.get_application_name().is_none() {
+            store.database.application_name(PRUNER_APPLICATION_NAME);
+        }
         let connect = RetryConfig {
             attempts: args.connect_attempts,
             base_delay: RETRY_BASE_DELAY,
@@ -137,6 +159,10 @@ impl Settings {
             ),
             batch_timeout: Duration::from_millis(args.batch_timeout_ms),
             connect,
+            pacing: PacingConfig {
+                mode: args.pacing,
+                quiet_batch_factor: args.quiet_batch_factor,
+            },
         })
     }
 }
@@ -162,6 +188,8 @@ mod tests {
         assert!(!a.dry_run);
         assert_eq!(a.common.migrations, MigrationMode::Apply);
         assert_eq!(a.common.log_format, LogFormat::Text);
+        assert_eq!(a.pacing, PacingMode::Adaptive);
+        assert_eq!(a.quiet_batch_factor, DEFAULT_QUIET_BATCH_FACTOR);
         Ok(())
     }
 

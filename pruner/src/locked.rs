@@ -22,6 +22,8 @@ use dedupe_shared::store::PrunedBatch;
 use dedupe_shared::{ClaimStore, PrunerLock, StoreError};
 use tokio::sync::Mutex;
 
+use crate::config::PRUNER_APPLICATION_NAME;
+use crate::pacing::{self, TrafficSample};
 use crate::prune::BatchStore;
 use crate::report;
 
@@ -53,6 +55,26 @@ impl<'a> LockedStore<'a> {
 }
 
 impl BatchStore for LockedStore<'_> {
+    /// Sampled on a pooled session, not the lock's: reading the statistics deletes nothing,
+    /// and the pruner's own sessions are left out of the sample by their application_name.
+    async fn claim_traffic(&self, since: Option<DateTime<Utc>>) -> Option<TrafficSample> {
+        match self
+            .store
+            .claim_traffic(since, Some(PRUNER_APPLICATION_NAME))
+            .await
+        {
+            Ok(t) => Some(TrafficSample {
+                keyed_scans: t.keyed_scans,
+                recent_sessions: t.recent_sessions,
+                sampled_at: t.sampled_at,
+            }),
+            Err(e) => {
+                pacing::sample_failed(&e);
+                None
+            }
+        }
+    }
+
     async fn delete_batch(
         &self,
         from: DateTime<Utc>,

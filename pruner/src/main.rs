@@ -9,6 +9,7 @@ mod app;
 mod config;
 mod error;
 mod locked;
+mod pacing;
 mod policy;
 mod prune;
 mod report;

@@ -9,6 +9,7 @@ use dedupe_shared::StoreError;
 use tokio::time::Instant;
 
 use crate::error::{classify, ErrorClass, PruneError};
+use crate::pacing::{Pacer, TrafficSample};
 use crate::policy::{BatchPolicy, GiveUp, NextStep, Outcome, StopReason};
 use crate::report::{self, Progress, Summary};
 use dedupe_shared::shutdown::Shutdown;
@@ -24,6 +25,13 @@ pub trait BatchStore {
         limit: u32,
         timeout: Duration,
     ) -> impl Future<Output = Result<PrunedBatch, StoreError>>;
+
+    /// What PostgreSQL shows of the claim traffic since `since`, for adaptive pacing
+    /// (`pacing.rs`); `None` when it cannot be read, which means the configured pacing.
+    fn claim_traffic(&self, since: Option<DateTime<Utc>>) -> impl Future<Output = Option<TrafficSample>> {
+        let _ = since;
+        async { None }
+    }
 }
 
 // The store the binary uses is `locked::LockedStore`: batches on the pruner lock's own
@@ -58,10 +66,13 @@ fn floor() -> DateTime<Utc> {
 /// Runs batches until a short batch, the runtime limit, a signal (the batch in flight is
 /// always finished and committed first) or a failure. `jitter` yields uniform samples in
 /// `[0, 1)` for the pauses.
-pub async fn prune<S: BatchStore>(
+/// Each batch's size and the pause after it are chosen by `pacer` from the claim traffic
+/// sampled right before the batch (fixed pacing: the policy's).
+pub async fn prune_paced<S: BatchStore>(
     store: &S,
     task: &PruneTask,
     mut policy: BatchPolicy,
+    mut pacer: Pacer,
     shutdown: &mut Shutdown,
     mut jitter: impl FnMut() -> f64,
 ) -> Finished {
@@ -76,7 +87,10 @@ pub async fn prune<S: BatchStore>(
         if let Some(stop) = policy.before_batch(started.elapsed(), shutdown.requested().is_some()) {
             break Ok(stop);
         }
-        let size = policy.batch_size();
+        if pacer.adaptive() {
+            pacer.observe(store.claim_traffic(pacer.since()).await);
+        }
+        let size = pacer.batch_size(policy.batch_size());
         let batch_started = Instant::now();
         // Never raced against the signal: a batch in flight runs to its commit (or its
         // timeout), so nothing is left half-done.
@@ -99,6 +113,7 @@ pub async fn prune<S: BatchStore>(
                     batch_elapsed: took,
                     total_deleted: deleted,
                     elapsed: started.elapsed(),
+                    pace: pacer.pace().as_str(),
                 });
                 (
                     Outcome::Deleted {
@@ -127,7 +142,11 @@ pub async fn prune<S: BatchStore>(
                 if let (Outcome::Unavailable, Some(e)) = (outcome, &error) {
                     report::store_lost(pause, e);
                 }
-                pause
+                // Only a committed batch's pause is paced; back-offs stay as they are.
+                match outcome {
+                    Outcome::Deleted { .. } => pacer.pause(pause),
+                    _ => pause,
+                }
             }
             NextStep::Shrink { from, to, pause } => {
                 report::shrunk(from, to);
@@ -179,6 +198,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::pacing::{PacingConfig, PacingMode};
     use crate::policy::BatchPolicyConfig;
     use crate::retry::RetryConfig;
 
@@ -279,6 +299,21 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    /// The loop with fixed pacing: the policy alone decides sizes and pauses.
+    async fn prune<S: BatchStore>(
+        store: &S,
+        task: &PruneTask,
+        policy: BatchPolicy,
+        shutdown: &mut Shutdown,
+        jitter: impl FnMut() -> f64,
+    ) -> Finished {
+        let fixed = Pacer::new(PacingConfig {
+            mode: PacingMode::Fixed,
+            ..PacingConfig::default()
+        });
+        prune_paced(store, task, policy, fixed, shutdown, jitter).await
+    }
 
     #[tokio::test]
     async fn deletes_until_nothing_is_left_carrying_the_lower_bound_forward() {
@@ -382,6 +417,112 @@ mod tests {
             other => panic!("expected a batch failure, got {other:?}"),
         }
         assert_eq!((f.summary.deleted, f.summary.stopped), (100, "failed"));
+    }
+
+    /// A [`FakeStore`] that also answers traffic samples from a script (`None`: the sample failed).
+    struct WithTraffic {
+        store: FakeStore,
+        samples: Mutex<VecDeque<Option<TrafficSample>>>,
+        asked_since: Mutex<Vec<Option<DateTime<Utc>>>>,
+    }
+
+    impl BatchStore for WithTraffic {
+        fn delete_batch(
+            &self,
+            from: DateTime<Utc>,
+            cutoff: DateTime<Utc>,
+            limit: u32,
+            timeout: Duration,
+        ) -> impl Future<Output = Result<PrunedBatch, StoreError>> {
+            self.store.delete_batch(from, cutoff, limit, timeout)
+        }
+
+        async fn claim_traffic(&self, since: Option<DateTime<Utc>>) -> Option<TrafficSample> {
+            if let Ok(mut asked) = self.asked_since.lock() {
+                asked.push(since);
+            }
+            self.samples.lock().ok().and_then(|mut s| s.pop_front()).flatten()
+        }
+    }
+
+    fn sample(keyed_scans: i64, recent_sessions: i64, secs: i64) -> Option<TrafficSample> {
+        Some(TrafficSample {
+            keyed_scans,
+            recent_sessions,
+            sampled_at: at(secs),
+        })
+    }
+
+    #[tokio::test]
+    async fn adaptive_pacing_runs_larger_unpaused_batches_only_while_nobody_claims() {
+        let store = WithTraffic {
+            store: FakeStore::new(vec![deleted(500, 1), deleted(100, 2)]),
+            samples: Mutex::new(
+                vec![
+                    sample(10, 0, 0), // quiet
+                    sample(10, 2, 1), // a claim session
+                ]
+                .into(),
+            ),
+            asked_since: Mutex::new(Vec::new()),
+        };
+        let pacer = Pacer::new(PacingConfig {
+            mode: PacingMode::Adaptive,
+            quiet_batch_factor: 5,
+        });
+        // A one-hour pause: a gentle batch's pause would hit the test's bound; quiet ones have none.
+        let policy = BatchPolicy::new(BatchPolicyConfig::new(
+            100,
+            HOUR,
+            HOUR * 24,
+            RetryConfig {
+                attempts: 3,
+                base_delay: Duration::ZERO,
+                max_delay: Duration::ZERO,
+            },
+        ));
+        let (tx, mut shutdown) = Shutdown::manual();
+        let task = task();
+        let run = prune_paced(&store, &task, policy, pacer, &mut shutdown, || 0.5);
+        // The gentle batch's hour-long pause is cut short by a signal: the loop stops there.
+        let signal = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = tx.send(Some("SIGTERM"));
+        };
+        let (f, ()) = tokio::join!(run, signal);
+        let limits: Vec<u32> = store.store.calls().iter().map(|c| c.limit).collect();
+        // Quiet: 500 and no pause, straight into the next sample; claims: 100, then the pause.
+        assert_eq!(limits, vec![500, 100], "{f:?}");
+        assert_eq!(f.result.ok(), Some(StopReason::Signal));
+        let asked = store.asked_since.lock().map(|a| a.clone()).unwrap_or_default();
+        assert_eq!(
+            asked,
+            vec![None, Some(at(0))],
+            "each sample looks from the previous one"
+        );
+    }
+
+    #[tokio::test]
+    async fn adaptive_pacing_keeps_gentle_batches_and_back_offs_when_samples_fail() {
+        let store = WithTraffic {
+            store: FakeStore::new(vec![
+                deleted(100, 1),
+                failing(|| StoreError::Unavailable("connection closed".into())),
+                last(3, 2),
+            ]),
+            samples: Mutex::new(vec![None, sample(1, 0, 1), sample(1, 0, 2)].into()),
+            asked_since: Mutex::new(Vec::new()),
+        };
+        let pacer = Pacer::new(PacingConfig {
+            mode: PacingMode::Adaptive,
+            quiet_batch_factor: 5,
+        });
+        let (_tx, mut shutdown) = Shutdown::manual();
+        let f = prune_paced(&store, &task(), policy(100, HOUR), pacer, &mut shutdown, || 0.5).await;
+        assert_eq!(f.result.ok(), Some(StopReason::Done));
+        let limits: Vec<u32> = store.store.calls().iter().map(|c| c.limit).collect();
+        assert_eq!(limits, vec![100, 500, 500]);
+        assert_eq!(f.summary.deleted, 103);
     }
 
     #[tokio::test]

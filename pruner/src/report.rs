@@ -20,6 +20,8 @@ pub struct Progress {
     pub total_deleted: u64,
     /// Time since the loop started.
     pub elapsed: Duration,
+    /// `full` (nobody claiming) or `gentle` (the configured pacing).
+    pub pace: &'static str,
 }
 
 /// The run as a whole.
@@ -88,6 +90,7 @@ pub fn progress(p: &Progress) {
         batch_ms = ms(p.batch_elapsed),
         total_deleted = p.total_deleted,
         elapsed_s = secs(p.elapsed),
+        pace = p.pace,
         "batch committed"
     );
 }

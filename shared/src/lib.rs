@@ -4,6 +4,7 @@
 pub mod claim;
 pub mod config;
 pub mod error;
+pub mod group_commit;
 pub mod inspect;
 pub mod migrate;
 pub mod retry;
@@ -17,6 +18,7 @@ pub mod telemetry;
 pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ExpiredCount, RunRef};
 pub use config::{CommonArgs, LogFormat, MigrationMode, StoreConfig, TcpHealth};
 pub use error::{ConfigError, StoreError};
+pub use group_commit::{GroupCommitConfig, GroupCommitStats};
 pub use migrate::MigrationReport;
 pub use run::{RunView, DELIVERY_ID_LABEL};
 pub use store::{ClaimStore, PrunerLock};

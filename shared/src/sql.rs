@@ -3,7 +3,7 @@
 //! constant in lower case), compiled in with `include_str!`, so the benchmarks read exactly
 //! the SQL the binaries run; their meaning and parameters are documented here.
 //!
-//! The hot-path statements (`CLAIM`, `LOOKUP`, `TAKE_OVER`, `CONFIRM`) stay within what
+//! The hot-path statements (`CLAIM_INSERT`, `CLAIM_RETRY`, `CLAIM_BATCH`, `LOOKUP`, `TAKE_OVER`, `CONFIRM`) stay within what
 //! PostgreSQL-compatible distributed engines accept (`INSERT … ON CONFLICT`, CTEs, no
 //! `ctid`/`xmax`), so a multi-region store stays an option.
 //!
@@ -13,17 +13,7 @@
 //! `admissions`, `takeovers` and `observed_at` — `now()`, the database clock at the time of
 //! the statement, so decisions about age never depend on the webhook pod's clock.
 
-/// Insert a pending claim; if the key is taken by the *same run* (namespace/name) that is
-/// still pending, record the new uid (a retried create). Otherwise return the holder as it
-/// is, in the same round trip.
-///
-/// `written` is true when this statement inserted or touched the row; then `admissions`
-/// tells which (0 = inserted). If the holder committed after this statement's snapshot was
-/// taken, the fallback SELECT cannot see it and no row comes back: the caller then runs
-/// [`LOOKUP`] (a new statement, a new snapshot).
-pub const CLAIM: &str = include_str!("../sql/claim.sql");
-
-/// Read the claim for a key without writing (dry-run, and the fallback after [`CLAIM`]).
+/// Read the claim for a key without writing (dry-run, and the fallback after [`CLAIM_INSERT`]).
 pub const LOOKUP: &str = include_str!("../sql/lookup.sql");
 
 /// Compare-and-swap a stale pending claim from its current holder to a new run.
@@ -101,3 +91,36 @@ pub fn set_local_timeouts(statement_timeout_ms: u64, lock_timeout_ms: u64) -> St
 /// more than `$3` claims share the oldest `claimed_at`; the caller then falls back to
 /// [`DELETE_EXPIRED_KEYS`] for that batch.
 pub const DELETE_EXPIRED_RANGE: &str = include_str!("../sql/delete_expired_range.sql");
+
+/// Claim a key: insert a pending claim, or — when the key is taken — return the holder as it
+/// is, in the same round trip. `written` is true when this statement inserted the row.
+///
+/// `ON CONFLICT DO NOTHING` never locks the holder's row (unlike `DO UPDATE … WHERE`, which
+/// locks it even when its `WHERE` fails), so answering a duplicate is a read: concurrent
+/// redeliveries of one delivery do not queue on one row, and a transaction that wrote
+/// nothing commits without a WAL flush. A retried create of the same pending run is
+/// recorded by [`CLAIM_RETRY`] afterwards. If the holder committed after this statement's
+/// snapshot was taken, the fallback SELECT cannot see it and no row comes back: the caller
+/// then runs [`LOOKUP`] (a new statement, a new snapshot).
+pub const CLAIM_INSERT: &str = include_str!("../sql/claim_insert.sql");
+
+/// A retried create: the key's pending claim is held by the same run (namespace/name
+/// `$5/$6`); record the new uid `$7`. Returns nothing when the claim changed since it was
+/// read (confirmed, taken over, pruned): the caller starts over with [`CLAIM_INSERT`].
+pub const CLAIM_RETRY: &str = include_str!("../sql/claim_retry.sql");
+
+/// Group commit ([`crate::group_commit`]): [`CLAIM_INSERT`] for many keys in one statement
+/// and one transaction. `$1..$7` are parallel text arrays (delivery id, scope, namespace,
+/// orchestration, run namespace, run name, run uid), one element per distinct key, sorted
+/// by key so concurrent batches wait on each other's keys in one order and cannot deadlock.
+/// Returns one row per input element, `ord` its 1-based position; an element without a row
+/// lost to a holder this statement's snapshot cannot see (the caller runs [`LOOKUP`]).
+pub const CLAIM_BATCH: &str = include_str!("../sql/claim_batch.sql");
+
+/// The pruner's adaptive pacing (`pruner/src/pacing.rs`): the claims primary key's
+/// cumulative `idx_scan` (every keyed claim statement uses it; the pruner's range deletes
+/// do not), and how many other sessions touched the claims table since `$1` (the previous
+/// sample; the last second when NULL) or are doing so now, in this database (any schema:
+/// the conservative side), not counting sessions named
+/// `$2` (the pruner's own application_name).
+pub const PRUNE_CLAIM_TRAFFIC: &str = include_str!("../sql/prune_claim_traffic.sql");

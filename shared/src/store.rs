@@ -2,6 +2,8 @@
 //! [`crate::sql`], bounded by the configured timeout; uniqueness comes from the table's
 //! primary key, never from a read-then-write here.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -12,6 +14,7 @@ use tokio_postgres::Row;
 use crate::claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, ExpiredCount, RunRef};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
+use crate::group_commit::{GroupCommit, GroupCommitConfig, GroupCommitStats};
 use crate::migrate::{self, MigrationReport};
 use crate::sql;
 
@@ -22,8 +25,9 @@ pub const PRUNER_LOCK_CLASS: i32 = 0x7072_756e;
 /// seeing it means "not set", so the flag applies.
 const LIBRARY_DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 
-/// How many times `claim` re-reads after an insert lost to a holder its snapshot could not
-/// see (or that the pruner deleted meanwhile). One is almost always enough.
+/// How many times `claim` starts over when the holder it lost to was gone by the time it
+/// looked (pruned meanwhile), or a retried create found the claim changed since it was
+/// read (confirmed or taken over). One is almost always enough.
 const CLAIM_ATTEMPTS: usize = 3;
 
 /// The claim store. Cheap to clone (the pool is shared).
@@ -33,6 +37,8 @@ pub struct ClaimStore {
     timeout: Duration,
     /// For cancel requests on abandoned calls (see [`Checkout`]).
     tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// Batches the claims' insert step when on ([`ClaimStore::with_group_commit`]).
+    group: Option<Arc<GroupCommit>>,
 }
 
 impl std::fmt::Debug for ClaimStore {
@@ -82,12 +88,42 @@ impl ClaimStore {
             pool,
             timeout: config.timeout,
             tls: config.tls.clone(),
+            group: None,
         })
+    }
+
+    /// Turns on group commit ([`crate::group_commit`]): concurrent claims' insert steps go
+    /// to the store together, one statement and one transaction per batch.
+    pub fn with_group_commit(mut self, config: GroupCommitConfig) -> Self {
+        let executor = Self {
+            group: None,
+            ..self.clone()
+        };
+        self.group = Some(Arc::new(GroupCommit::new(config, executor)));
+        self
+    }
+
+    /// The group commit settings, when it is on.
+    pub fn group_commit(&self) -> Option<GroupCommitConfig> {
+        self.group.as_ref().map(|g| g.config())
+    }
+
+    /// Batches and claims group commit has run so far, when it is on.
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        self.group.as_ref().map(|g| g.stats())
     }
 
     /// The per-call bound (the operator queries in `inspect.rs` use it too).
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Bounds a wait that is not itself a call on a connection (a claim queued for group
+    /// commit); the batch's own statement runs through [`Self::on_connection`].
+    async fn bounded<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, f)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.timeout)))
     }
 
     async fn checkout(&self) -> Result<Checkout, StoreError> {
@@ -165,20 +201,31 @@ impl ClaimStore {
     }
 
     /// Claims `key` for `run`: inserts a pending claim, or records a retried create of the
-    /// same pending run, or reports the holder. One round trip on the common paths.
+    /// same pending run, or reports the holder. One round trip for a new claim and for a
+    /// duplicate (a read: no row lock), two for a retried create.
     pub async fn claim(&self, key: &ClaimKey, run: &RunRef) -> Result<ClaimOutcome, StoreError> {
         for _ in 0..CLAIM_ATTEMPTS {
-            let rows = self
-                .query_keyed(sql::CLAIM, key, &[&run.namespace, &run.name, &run.uid])
-                .await?;
-            let found = match rows.first() {
-                Some(row) => Some(read_claim(row)?),
+            let inserted = match &self.group {
+                Some(group) => self.bounded(group.insert(key, run)).await?,
+                None => self.insert_one(key, run).await?,
+            };
+            let found = match inserted {
+                Some(found) => Some(found),
                 // The holder committed after this statement's snapshot: read it afresh.
                 None => self.lookup(key).await?.map(|claim| (false, claim)),
             };
             match found {
-                Some((true, claim)) if claim.admissions == 0 => return Ok(ClaimOutcome::Claimed(claim)),
-                Some((true, claim)) => return Ok(ClaimOutcome::SameRun(claim)),
+                Some((true, claim)) => return Ok(ClaimOutcome::Claimed(claim)),
+                Some((false, claim)) if claim.state == ClaimState::Pending && claim.holder.same_run(run) => {
+                    let rows = self
+                        .query_keyed(sql::CLAIM_RETRY, key, &[&run.namespace, &run.name, &run.uid])
+                        .await?;
+                    match rows.first() {
+                        Some(row) => return Ok(ClaimOutcome::SameRun(read_claim(row)?.1)),
+                        // Confirmed, taken over or pruned since it was read: start over.
+                        None => continue,
+                    }
+                }
                 Some((false, claim)) => return Ok(ClaimOutcome::HeldBy(claim)),
                 // Deleted (pruned) between the two statements: try the insert again.
                 None => continue,
@@ -187,6 +234,30 @@ impl ClaimStore {
         Err(StoreError::UnexpectedRow(format!(
             "claim for {key} kept vanishing between insert and read"
         )))
+    }
+
+    /// The insert step of a claim alone ([`sql::CLAIM_INSERT`]): `(written, claim)`, or
+    /// `None` when the holder is not visible to the statement's snapshot.
+    pub(crate) async fn insert_one(
+        &self,
+        key: &ClaimKey,
+        run: &RunRef,
+    ) -> Result<Option<(bool, Claim)>, StoreError> {
+        self.query_keyed(sql::CLAIM_INSERT, key, &[&run.namespace, &run.name, &run.uid])
+            .await?
+            .first()
+            .map(read_claim)
+            .transpose()
+    }
+
+    /// Runs a group-commit batch statement ([`crate::group_commit`]) like every other store
+    /// call: a pooled connection, the store timeout.
+    pub(crate) async fn query_batch(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.query(statement, params).await
     }
 
     /// Reads the claim for `key` without writing (dry-run).
@@ -311,6 +382,28 @@ impl ClaimStore {
         Ok(ExpiredCount {
             expired: u64::try_from(expired).unwrap_or(0),
             oldest: row.try_get("oldest")?,
+        })
+    }
+
+    /// What PostgreSQL shows of the claim traffic ([`sql::PRUNE_CLAIM_TRAFFIC`]): the
+    /// claims primary key's cumulative index scans, other sessions on the claims table since
+    /// `since` (or now), and the database clock; sessions named `own_application_name` are
+    /// the pruner's own and not counted.
+    pub async fn claim_traffic(
+        &self,
+        since: Option<DateTime<Utc>>,
+        own_application_name: Option<&str>,
+    ) -> Result<ClaimTraffic, StoreError> {
+        let rows = self
+            .query(sql::PRUNE_CLAIM_TRAFFIC, &[&since, &own_application_name])
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::UnexpectedRow("traffic sample returned nothing".into()))?;
+        Ok(ClaimTraffic {
+            keyed_scans: row.try_get("keyed_scans")?,
+            recent_sessions: row.try_get("recent_sessions")?,
+            sampled_at: row.try_get("sampled_at")?,
         })
     }
 
@@ -600,7 +693,7 @@ async fn batch_transaction(
     Ok(batch)
 }
 
-fn read_claim(row: &Row) -> Result<(bool, Claim), StoreError> {
+pub(crate) fn read_claim(row: &Row) -> Result<(bool, Claim), StoreError> {
     let state: String = row.try_get("state")?;
     let state =
         ClaimState::parse(&state).ok_or_else(|| StoreError::UnexpectedRow(format!("state `{state}`")))?;
@@ -620,6 +713,14 @@ fn read_claim(row: &Row) -> Result<(bool, Claim), StoreError> {
             observed_at: row.try_get("observed_at")?,
         },
     ))
+}
+
+/// What [`ClaimStore::claim_traffic`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimTraffic {
+    pub keyed_scans: i64,
+    pub recent_sessions: i64,
+    pub sampled_at: DateTime<Utc>,
 }
 
 /// What [`ClaimStore::prune_batch`] did.

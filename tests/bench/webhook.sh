@@ -4,7 +4,7 @@
 # Builds the release binaries once, starts a private PostgreSQL (target/release/with-postgres),
 # dev certificates and the real dedupe-admission on loopback, then in ONE run, against the same
 # database server:
-#   pgbench   running the webhook's own claim statement (dedupe_shared::sql::CLAIM, written out
+#   pgbench   running the webhook's own claim statement (dedupe_shared::sql::CLAIM_INSERT, written out
 #             by `loadgen pgbench-script`) with the same client count, -M prepared: the baseline;
 #   loadgen   (tests/src/bin/loadgen.rs) over HTTPS keep-alive connections:
 #             (a) max-rate, every request a new delivery (claimed),
@@ -15,7 +15,16 @@
 # loadgen per scenario. Everything it starts is stopped on exit. Results: BENCH_OUT (default
 # target/bench/webhook/): one JSON per scenario and summary.md (the table for the docs).
 #
-# Knobs (environment): BENCH_CONNECTIONS (16), BENCH_DURATION_SECS (20), BENCH_WARMUP_SECS (5),
+# Then, on a second private PostgreSQL with durable commits (fsync=on, synchronous_commit=on):
+#   pgbench   one unique INSERT … ON CONFLICT DO NOTHING per claim (`loadgen pgbench-script
+#             --statement insert`), BENCH_DURABLE_CONNECTIONS clients: the durable baseline;
+#   loadgen   max-rate new deliveries and a redelivery storm (every connection sending the
+#             same delivery), with group commit on and off, the webhook's pool as large as
+#             the client count.
+# The last line printed holds the ratios (issue 10).
+#
+# Knobs (environment): BENCH_PHASES ("same-sql durable"), BENCH_DURABLE_CONNECTIONS (32),
+# BENCH_DURABLE_POOL_SIZE (32), BENCH_CONNECTIONS (16), BENCH_DURATION_SECS (20), BENCH_WARMUP_SECS (5),
 # BENCH_RATE (1000), BENCH_DUPLICATE_SET (64), BENCH_POOL_SIZE (webhook default), BENCH_OUT,
 # BENCH_SKIP_BUILD=1 (reuse target/release), BENCH_TASKSET=1 (pin loadgen/pgbench to CPU 0
 # and the webhook to CPU 1; PostgreSQL unpinned).
@@ -34,6 +43,10 @@ REL="$ROOT/target/release"
 : "${BENCH_OUT:=$ROOT/target/bench/webhook}"
 : "${BENCH_SKIP_BUILD:=0}"
 : "${BENCH_TASKSET:=0}"
+: "${BENCH_PHASES:=same-sql durable}"
+: "${BENCH_DURABLE_CONNECTIONS:=32}"
+: "${BENCH_DURABLE_POOL_SIZE:=32}"
+export BENCH_PHASES BENCH_DURABLE_CONNECTIONS BENCH_DURABLE_POOL_SIZE
 export BENCH_CONNECTIONS BENCH_DURATION_SECS BENCH_WARMUP_SECS BENCH_RATE BENCH_DUPLICATE_SET \
   BENCH_POOL_SIZE BENCH_OUT BENCH_TASKSET
 
@@ -45,8 +58,24 @@ if [[ "${1:-}" != "--inner" ]]; then
     echo "== building release binaries (once; ~7 min cold on 2 cores)"
     cargo build --release --locked -p dedupe-admission -p dedupe-tests -p certs-dev
   fi
-  # Always a private PostgreSQL for the run, never one named by the environment.
-  exec env -u DATABASE_URL "$REL/with-postgres" -- bash "${BASH_SOURCE[0]}" --inner
+  # Always a private PostgreSQL for the run, never one named by the environment: first the
+  # test server's settings (fsync off) for the same-SQL comparison, then a durable one
+  # (fsync=on, synchronous_commit=on) for the durable-insert comparison and the storm.
+  if [[ "$BENCH_PHASES" == *same-sql* ]]; then
+    env -u DATABASE_URL "$REL/with-postgres" -- bash "${BASH_SOURCE[0]}" --inner same-sql
+  fi
+  if [[ "$BENCH_PHASES" == *durable* ]]; then
+    env -u DATABASE_URL WITH_POSTGRES_DURABLE=1 "$REL/with-postgres" -- bash "${BASH_SOURCE[0]}" --inner durable
+  fi
+  echo
+  [[ -f "$BENCH_OUT/summary.md" ]] && cat "$BENCH_OUT/summary.md"
+  [[ -f "$BENCH_OUT/durable.md" ]] && cat "$BENCH_OUT/durable.md"
+  # The issue's ratios, on the last line.
+  ratio() { jq -r -n --slurpfile a "$1" --slurpfile b "$2" --arg ka "$3" --arg kb "$4" \
+    '($a[0][$ka] / $b[0][$kb]) * 100 | round / 100' 2>/dev/null || echo "-"; }
+  j="$BENCH_OUT"
+  echo "ratios: same-SQL (a) new $(ratio "$j/a-new.json" "$j/pgbench-new.json" throughput_rps tps), (b) duplicates $(ratio "$j/b-duplicate.json" "$j/pgbench-duplicate.json" throughput_rps tps); durable, ${BENCH_DURABLE_CONNECTIONS} connections: webhook new / pgbench insert = $(ratio "$j/durable-new.json" "$j/pgbench-durable-insert.json" throughput_rps tps) (>= 0.8), group commit off = $(ratio "$j/durable-new-nogc.json" "$j/pgbench-durable-insert.json" throughput_rps tps), storm / new = $(ratio "$j/durable-storm.json" "$j/durable-new.json" throughput_rps throughput_rps) (>= 0.9)"
+  exit 0
 fi
 
 # ---------------------------------------------------------------- inside with-postgres
@@ -64,7 +93,12 @@ D="$BENCH_DURATION_SECS"
 W="$BENCH_WARMUP_SECS"
 WORK="$(mktemp -d /tmp/dedupe-bench-XXXXXX)"
 mkdir -p "$BENCH_OUT"
-rm -f "$BENCH_OUT"/*.json "$BENCH_OUT"/*.txt "$BENCH_OUT"/summary.md
+PHASE="${2:-same-sql}"
+if [[ "$PHASE" == durable ]]; then
+  rm -f "$BENCH_OUT"/durable* "$BENCH_OUT"/pgbench-durable*
+else
+  rm -f "$BENCH_OUT"/[a-d]-*.json "$BENCH_OUT"/pgbench-new* "$BENCH_OUT"/pgbench-duplicate* "$BENCH_OUT"/pgbench-rate* "$BENCH_OUT"/summary.md
+fi
 DB="dedupe_bench_$$"
 WEBHOOK_PID=""
 SAMPLER_PID=""
@@ -147,7 +181,7 @@ start_webhook() { # RUST_LOG value
   [[ -n "$BENCH_POOL_SIZE" ]] && pool=(--pool-size "$BENCH_POOL_SIZE")
   "${PIN_WEBHOOK[@]}" env RUST_LOG="$1" DATABASE_URL="$BENCH_URL" "$REL/dedupe-admission" \
     --kube-lookup off --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --log-format json \
-    --tls-cert "$WORK/certs/tls.crt" --tls-key "$WORK/certs/tls.key" "${pool[@]}" \
+    --tls-cert "$WORK/certs/tls.crt" --tls-key "$WORK/certs/tls.key" "${pool[@]}" ${WEBHOOK_EXTRA_ARGS:-} \
     </dev/null >"$log" 2>&1 &
   WEBHOOK_PID=$!
   # If this shell is killed without running its EXIT trap (with-postgres answers SIGTERM with
@@ -198,7 +232,8 @@ run_pgbench() { # NAME new|duplicate [extra pgbench args...]
   echo "== pgbench: $name"
   local line
   while IFS= read -r line; do vars+=(-D "$line"); done < <(
-    "$REL/loadgen" pgbench-script --deliveries "$kind" --duplicate-set "$BENCH_DUPLICATE_SET" --out "$script")
+    "$REL/loadgen" pgbench-script --deliveries "$kind" --duplicate-set "$BENCH_DUPLICATE_SET" \
+      --statement "${PGBENCH_STATEMENT:-claim}" --out "$script")
   [[ -f "$script.setup.sql" ]] && psql "$BENCH_URL" -qAt -v ON_ERROR_STOP=1 -f "$script.setup.sql" >/dev/null
   local common=(-n -M prepared -c "$C" -j 1 -f "$script" "${vars[@]}" "$@")
   # The webhook's sessions run with statement_timeout = the store timeout (ClaimStore::new,
@@ -246,8 +281,46 @@ run_pgbench() { # NAME new|duplicate [extra pgbench args...]
 # ---------------------------------------------------------------- the run
 echo "== machine: $(nproc) CPUs ($(awk -F': ' '/^model name/{ print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/{ printf "%.0f GiB", $2/1048576 }' /proc/meminfo)"
 echo "== PostgreSQL: $(psql "$BENCH_URL" -qAt -c "SELECT current_setting('server_version') || ', fsync=' || current_setting('fsync') || ', synchronous_commit=' || current_setting('synchronous_commit') || ', shared_buffers=' || current_setting('shared_buffers')")"
-echo "== $C connections/clients, ${W}s warm-up + ${D}s measured per scenario; taskset=$BENCH_TASKSET"
+[[ "$PHASE" == durable ]] || echo "== $C connections/clients, ${W}s warm-up + ${D}s measured per scenario; taskset=$BENCH_TASKSET"
 "$REL/certs-dev" --out "$WORK/certs" --dns localhost --ip 127.0.0.1 >/dev/null 2>&1
+
+if [[ "$PHASE" == durable ]]; then
+  # Durable commits: pgbench doing one unique INSERT … ON CONFLICT DO NOTHING per claim (one
+  # commit, one WAL flush each) against the webhook at the same client count, the webhook's
+  # pool as large; then one delivery redelivered by every connection at once.
+  C="$BENCH_DURABLE_CONNECTIONS"
+  BENCH_POOL_SIZE="$BENCH_DURABLE_POOL_SIZE"
+  echo "== durable phase: $C connections, webhook pool $BENCH_POOL_SIZE, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  # The webhook first: its migrations make the table pgbench inserts into.
+  WEBHOOK_EXTRA_ARGS="--group-commit true" start_webhook info
+  PGBENCH_STATEMENT=insert run_pgbench pgbench-durable-insert new
+  run_loadgen durable-new --mode max-rate --deliveries new
+  run_loadgen durable-storm --mode max-rate --deliveries duplicate --duplicate-set 1
+  stop_webhook
+  WEBHOOK_EXTRA_ARGS="--group-commit false" start_webhook info
+  run_loadgen durable-new-nogc --mode max-rate --deliveries new
+  run_loadgen durable-storm-nogc --mode max-rate --deliveries duplicate --duplicate-set 1
+  stop_webhook
+  {
+    echo
+    echo "Durable ($(psql "$BENCH_URL" -qAt -c "SELECT 'fsync=' || current_setting('fsync') || ', synchronous_commit=' || current_setting('synchronous_commit')"), $C connections, webhook pool $BENCH_POOL_SIZE):"
+    echo
+    echo "| scenario | req/s (TPS) | ratio | p50 / p99 / p99.9 ms | CPU µs/claim: webhook + PostgreSQL + client | errors | RSS peak | machine busy / others' CPU s |"
+    echo "| --- | ---: | ---: | --- | --- | ---: | ---: | --- |"
+    base="$BENCH_OUT/pgbench-durable-insert.json"
+    jq -r '"| pgbench: one INSERT … ON CONFLICT DO NOTHING per claim | \(.tps | round) | 1.00 | avg \(.latency_avg_ms) | – + \(.per_transaction_us.postgres | round) + \(.per_transaction_us.pgbench | round) | \(.failed) | – | \(.machine_busy_pct | round) % / \(.others_cpu_secs) |"' "$base"
+    for name in durable-new durable-new-nogc durable-storm durable-storm-nogc; do
+      jq -r -n --slurpfile w "$BENCH_OUT/$name.json" --slurpfile p "$base" --arg name "$name" '
+        def f(x): (x * 100 | round / 100 | tostring);
+        ($w[0]) as $w | ($p[0]) as $p |
+        "| webhook \($name) | \($w.throughput_rps | round) | \(f($w.throughput_rps / $p.tps)) | \(f($w.latency_ms.p50)) / \(f($w.latency_ms.p99)) / \(f($w.latency_ms.p99_9)) | \($w.per_request_us.webhook | round) + \($w.per_request_us.postgres | round) + \($w.per_request_us.loadgen | round) | \($w.errors)/\($w.requests) | \($w.rss_peak_kb / 1024 | . * 10 | round / 10) MiB | \($w.machine_busy_pct | round) % / \($w.others_cpu_secs) |"'
+    done
+    echo
+    echo "Load average after the durable phase: $(cut -d' ' -f1-3 /proc/loadavg)."
+  } >"$BENCH_OUT/durable.md"
+  exit 0
+fi
+
 start_webhook info
 
 run_pgbench pgbench-new new
@@ -291,5 +364,4 @@ stop_webhook
   echo "Max latency ms: $(jq -r -s 'map("\(.label) \(.latency_ms.max * 10 | round / 10)") | join(", ")' "$BENCH_OUT"/[a-d]-*.json)."
   echo "Decision log volume: $(jq -r '.log_bytes_per_request | round' "$BENCH_OUT/a-new.json") bytes/request (JSON, stdout)."
 } >"$BENCH_OUT/summary.md"
-echo
-cat "$BENCH_OUT/summary.md"
+echo "Load average after the same-SQL phase: $(cut -d' ' -f1-3 /proc/loadavg)." >>"$BENCH_OUT/summary.md"

@@ -15,6 +15,10 @@ pub const INSTALL_HINT: &str =
      /usr/lib/postgresql/*/bin): install them (Debian/Ubuntu: `apt-get install postgresql`, \
      Fedora: `dnf install postgresql-server`, macOS: `brew install postgresql@15`) or set DATABASE_URL";
 
+/// Set to `1` to start the server with durable commits (`fsync=on`, `synchronous_commit=on`,
+/// `full_page_writes=on`), for benchmarks that compare against durable commits.
+pub const DURABLE_ENV: &str = "WITH_POSTGRES_DURABLE";
+
 /// A running private PostgreSQL.
 pub struct TempPostgres {
     bin: PathBuf,
@@ -112,11 +116,19 @@ impl TempPostgres {
         Ok(())
     }
 
-    /// (Re)starts the server on the same port and data directory.
+    /// (Re)starts the server on the same port and data directory. Durable (`fsync=on`) only
+    /// when [`DURABLE_ENV`] is `1`.
     pub fn start_server(&mut self) -> Result<()> {
+        // Tests want speed, not durability; the durable benchmarks (WITH_POSTGRES_DURABLE=1,
+        // docs/BENCHMARKS.md) want commits that wait for the WAL flush, as in production.
+        let durability = if std::env::var_os(DURABLE_ENV).is_some_and(|v| v == "1") {
+            "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+        } else {
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        };
         let settings = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=400 \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB",
+             {durability} -c shared_buffers=128MB",
             self.port
         );
         let settings = if self.ssl {

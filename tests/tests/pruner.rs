@@ -56,6 +56,10 @@ fn pruner(args: &[&str]) -> Result<Command> {
     let mut cmd = Command::new(pruner_bin()?);
     cmd.env_clear()
         .env("RUST_LOG", "info")
+        // These tests pin batch sizes and pauses; adaptive pacing (which changes both when no
+        // claims are seen, and sees other tests' claims on the same server) has its own tests
+        // in pruner_pacing.rs.
+        .env("JANGAR_ORCHESTRATION_DEDUPE_PRUNE_PACING", "fixed")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

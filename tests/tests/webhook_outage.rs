@@ -24,22 +24,22 @@ async fn with_one_claim(store_timeout_ms: &str) -> Result<(TestDb, TestCerts, We
     Ok((db, certs, webhook, d))
 }
 
-/// Holds a claim row locked from a session of its own (an open transaction), so the
-/// webhook's next claim statement for that delivery waits.
-struct RowLock {
+/// Holds the claims table locked against writers from a session of its own (an open
+/// transaction), so the webhook's next claim statement waits.
+struct TableLock {
     client: tokio_postgres::Client,
     pid: i32,
 }
 
-impl RowLock {
-    async fn hold(db: &TestDb, delivery: &str) -> Result<Self> {
+impl TableLock {
+    async fn hold(db: &TestDb) -> Result<Self> {
         let client = db.client().await?;
         client.batch_execute("BEGIN").await?;
+        // Not the claim's row lock: answering a duplicate is a read that takes none (issue 10),
+        // so a row lock no longer holds a claim up. A table lock that admits readers and no
+        // writer does: every claim statement is an INSERT and waits for it.
         client
-            .execute(
-                "SELECT 1 FROM orchestration_dedupe_claims WHERE delivery_id = $1 FOR UPDATE",
-                &[&delivery],
-            )
+            .batch_execute("LOCK TABLE orchestration_dedupe_claims IN EXCLUSIVE MODE")
             .await?;
         let pid = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
         Ok(Self { client, pid })
@@ -131,7 +131,7 @@ async fn a_stopped_store_gives_503_and_unready_then_decisions_resume() -> Result
 #[tokio::test]
 async fn a_store_slower_than_the_timeout_gives_503_not_a_deny() -> Result<()> {
     let (db, _certs, webhook, d) = with_one_claim("300").await?;
-    let lock = RowLock::hold(&db, &d).await?;
+    let lock = TableLock::hold(&db).await?;
     let started = Instant::now();
     let reply = webhook.review(Review::create(&d, "run-second")?.json()).await?;
     assert_eq!(
@@ -151,7 +151,7 @@ async fn a_store_slower_than_the_timeout_gives_503_not_a_deny() -> Result<()> {
 async fn sigterm_lets_an_in_flight_request_finish_before_exiting_0() -> Result<()> {
     let (db, _certs, mut webhook, d) = with_one_claim("5000").await?;
     // The next request waits on this lock, so it is still in flight when SIGTERM arrives.
-    let lock = RowLock::hold(&db, &d).await?;
+    let lock = TableLock::hold(&db).await?;
     let mut conn = webhook.client()?.connect().await?;
     let review = Review::create(&d, "run-second")?;
     let in_flight = tokio::spawn(async move { conn.review(review.json()).await });

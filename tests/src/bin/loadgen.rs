@@ -23,7 +23,8 @@
 //! a short drain; it stops by itself. Only loopback targets are accepted.
 //!
 //! `loadgen pgbench-script` writes the pgbench baseline: the webhook's own claim statement
-//! (`dedupe_shared::sql::CLAIM`, verbatim, `$n` → pgbench variables) with the same key parts
+//! (`dedupe_shared::sql::CLAIM_INSERT`, verbatim, `$n` → pgbench variables; or with
+//! `--statement insert` a bare `INSERT … ON CONFLICT DO NOTHING`, the durable baseline) with the same key parts
 //! as the fixture, for new or duplicate deliveries.
 
 use std::collections::BTreeMap;
@@ -162,6 +163,9 @@ struct ScriptArgs {
     /// Size of the duplicate set (delivery ids `1`..=N, pre-claimed by the setup SQL).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     duplicate_set: u32,
+    /// The statement each transaction runs.
+    #[arg(long, value_enum, default_value_t = Statement::Claim)]
+    statement: Statement,
     /// Where to write the pgbench script; the duplicate variant also writes `<out>.setup.sql`.
     /// The `-D name=value` arguments pgbench needs are printed on stdout, one per line.
     #[arg(long)]
@@ -774,6 +778,23 @@ fn report(args: &RunArgs, stats: Stats, elapsed_all: f64, cpu: Option<f64>) {
 // ---------------------------------------------------------------------------------------
 // The pgbench baseline.
 
+/// The durable baseline of issue 10: the least a claim can be, one unique insert that
+/// ignores a conflict, one transaction (and with `fsync=on` one WAL flush) per claim.
+/// Not the product's SQL: the benchmark's yardstick.
+const DURABLE_INSERT: &str = "INSERT INTO orchestration_dedupe_claims
+        (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')
+    ON CONFLICT (delivery_id, scope, namespace, orchestration) DO NOTHING";
+
+/// Which statement the pgbench script runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Statement {
+    /// The webhook's own claim statement (the same-SQL comparison).
+    Claim,
+    /// A bare `INSERT … ON CONFLICT DO NOTHING` (the durable-insert baseline).
+    Insert,
+}
+
 /// Replaces `$n` placeholders with pgbench `:variables` (longest number first is not
 /// needed: a placeholder ends at the first non-digit).
 fn to_pgbench(sql: &str, names: &[&str]) -> Result<String> {
@@ -812,12 +833,20 @@ fn pgbench_script(args: &ScriptArgs) -> Result<()> {
         "run_name",
         "run_uid",
     ];
-    let claim = to_pgbench(dedupe_shared::sql::CLAIM, &names)?;
+    let (sql, what) = match args.statement {
+        Statement::Claim => (
+            dedupe_shared::sql::CLAIM_INSERT,
+            "The webhook's claim statement (dedupe_shared::sql::CLAIM_INSERT)",
+        ),
+        Statement::Insert => (
+            DURABLE_INSERT,
+            "One unique INSERT … ON CONFLICT DO NOTHING per claim",
+        ),
+    };
+    let claim = to_pgbench(sql, &names)?;
     let parts = key_parts()?;
     let mut script = String::new();
-    script.push_str(
-        "-- The webhook's claim statement (dedupe_shared::sql::CLAIM), parameters as pgbench variables.\n",
-    );
+    let _ = writeln!(script, "-- {what}, parameters as pgbench variables.");
     match args.deliveries {
         // 19-digit random ids: a new delivery every time (collisions: ~1e-8 over a run).
         Deliveries::New => {

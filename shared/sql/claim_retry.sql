@@ -1,0 +1,6 @@
+UPDATE orchestration_dedupe_claims c
+   SET run_uid = $7, updated_at = now(), admissions = c.admissions + 1
+ WHERE c.delivery_id = $1 AND c.scope = $2 AND c.namespace = $3 AND c.orchestration = $4
+   AND c.state = 'pending' AND c.run_namespace = $5 AND c.run_name = $6
+RETURNING true AS written, c.run_namespace, c.run_name, c.run_uid, c.state, c.claimed_at,
+          c.updated_at, c.admissions, c.takeovers, now() AS observed_at
