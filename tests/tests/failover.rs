@@ -516,12 +516,15 @@ async fn asynchronous_replication_shows_the_duplicate_window() -> Result<()> {
     Ok(())
 }
 
-/// The only synchronous standby is gone: commits wait. Every claim is answered 503 within
-/// the store timeout, a duplicate's too (the claim statement locks the row it finds, which
-/// is a write), and never allowed. The abandoned claim is cancelled, so its backend does not
-/// wait on for the standby: its commit stays local, an orphan claim (pending, for a run that
-/// was answered 503). Once the standby is back, the same run is admitted as a retry and
-/// another name is denied.
+/// The only synchronous standby is gone: commits wait. Every claim that must write is
+/// answered 503 within the store timeout, and never allowed. A duplicate of a claim that was
+/// acknowledged before the standby left is a read (no row lock, no commit to wait for), so it
+/// is still denied 409. The abandoned claim is cancelled, so its backend does not wait on for
+/// the standby: its commit stays local, an orphan claim (pending, for a run that was answered
+/// 503). A redelivery under another name racing that cancel is answered 503 (the orphan still
+/// in flight) or 409 (the orphan visible: the documented window of docs/OPERATIONS.md,
+/// bounded by the pending grace period like any orphan). Once the standby is back, the same
+/// run is admitted as a retry and another name is denied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_only_synchronous_standby_gone_means_503_and_an_orphan_claim() -> Result<()> {
     let mut pair = PgPair::start(Replication::Synchronous).await?;
@@ -535,8 +538,17 @@ async fn the_only_synchronous_standby_gone_means_503_and_an_orphan_claim() -> Re
         let sent = Instant::now();
         let answer = review(&client, delivery, name).await?;
         let took = sent.elapsed();
+        let expected = match (delivery, name) {
+            // The holder was acknowledged before the standby left: a durable claim, read.
+            ("before", _) => matches!(&answer, Outcome::Denied(d) if d == "duplicate"),
+            ("orphan", "run-b") => {
+                matches!(&answer, Outcome::Unavailable(_))
+                    || matches!(&answer, Outcome::Denied(d) if d == "duplicate")
+            }
+            _ => matches!(answer, Outcome::Unavailable(_)),
+        };
         ensure!(
-            matches!(answer, Outcome::Unavailable(_)),
+            expected,
             "{delivery} for {name} without the synchronous standby was answered {answer:?}"
         );
         ensure!(
@@ -662,6 +674,10 @@ impl Pruner {
                 "200",
                 "--batch-pause-ms",
                 "10",
+                // Fixed pacing: adaptive pacing would see no claim traffic and finish the
+                // whole backlog in a few large batches, before the restart these tests need.
+                "--pacing",
+                "fixed",
                 "--log-format",
                 "json",
             ])
