@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -143,7 +143,7 @@ impl Webhook {
             Ok(Some(addrs)) => addrs,
             _ => {
                 let status = child.try_wait().ok().flatten();
-                let logs = logs.lock().map(|l| l.join("\n")).unwrap_or_default();
+                let logs = logs.lock().unwrap_or_else(PoisonError::into_inner).join("\n");
                 bail!("dedupe-admission did not start (exit: {status:?}):\n{logs}");
             }
         };
@@ -171,7 +171,7 @@ impl Webhook {
 
     /// Everything the process printed so far.
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+        self.logs.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub fn pid(&self) -> Option<u32> {

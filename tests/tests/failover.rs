@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -704,7 +704,11 @@ impl Pruner {
             .await
             .context("the pruner did not exit within 60 s")??;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let out = self.lines.lock().map(|l| l.join("\n")).unwrap_or_default();
+        let out = self
+            .lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .join("\n");
         Ok((status.code().unwrap_or(-1), out))
     }
 }

@@ -230,7 +230,7 @@ impl Live {
             code: status.code(),
             events: parse_events(&stdout),
             stdout,
-            stderr: self.stderr.await.unwrap_or_default(),
+            stderr: self.stderr.await.context("the stderr reader panicked")?,
         })
     }
 }
@@ -442,7 +442,9 @@ async fn dry_run_reports_the_count_and_the_oldest_and_deletes_nothing() -> Resul
     assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
     let report = done.one("dry run")?;
     assert_eq!(u64_field(report, "would_delete")?, 37, "{report}");
-    let age = report["oldest_age_days"].as_f64().unwrap_or_default();
+    let age = report["oldest_age_days"]
+        .as_f64()
+        .with_context(|| format!("no oldest_age_days in {report}"))?;
     assert!((39.99..=40.01).contains(&age), "oldest is 40 days old: {report}");
     assert!(done.with_message("batch committed").is_empty());
     assert!(done.with_message("prune finished").is_empty());
@@ -932,8 +934,9 @@ async fn nothing_to_do_exits_0_and_text_logs_are_plain_lines() -> Result<()> {
 // ---------------------------------------------------------------------------------------
 
 fn t(secs: i64) -> DateTime<Utc> {
-    DateTime::<Utc>::from_timestamp(1_767_225_600 + secs, 0).unwrap_or_default()
     // 2026-01-01
+    DateTime::<Utc>::from_timestamp(1_767_225_600 + secs, 0)
+        .unwrap_or_else(|| panic!("{secs} s after 2026-01-01 is out of range"))
 }
 
 #[tokio::test]

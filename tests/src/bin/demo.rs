@@ -53,7 +53,7 @@ async fn run() -> Result<()> {
     let delivery = first.json()["request"]["object"]["metadata"]["labels"]
         ["jangar.proompteng.ai/delivery-id"]
         .as_str()
-        .unwrap_or_default()
+        .context("the recorded create-generatename request has no delivery-id label")?
         .to_owned();
     let steps = vec![
         Step {
