@@ -8,7 +8,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use certs_dev::{CertRequest, DevCerts};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -18,27 +18,8 @@ use crate::https::{http_get, HttpsClient, Reply};
 /// The DNS name the dev serving certificate is issued for.
 pub const SERVER_NAME: &str = "orchestration-dedupe.test.svc";
 
-/// `target/<profile>/<name>`, next to the running binary: a test runs from
-/// `target/<profile>/deps/`, the demo from `target/<profile>/`.
-pub fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let mut dir = exe
-        .parent()
-        .ok_or_else(|| anyhow!("unexpected binary path {}", exe.display()))?;
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir = dir
-            .parent()
-            .ok_or_else(|| anyhow!("unexpected test binary path {}", exe.display()))?;
-    }
-    let path = dir.join(name);
-    if !path.exists() {
-        bail!(
-            "{} not found: build it first (`cargo build --workspace`; `make test` does)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
+/// Kept here for the tests that import it from this module.
+pub use crate::binaries::binary;
 
 /// Dev CA + serving certificate written to a temp dir.
 pub struct TestCerts {
@@ -186,11 +167,7 @@ impl Webhook {
 
     /// SIGTERM, then wait for the exit status.
     pub async fn terminate(&mut self) -> Result<ExitStatus> {
-        let pid = self.child.id().ok_or_else(|| anyhow!("already exited"))?;
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM failed");
+        crate::signal::send_to(&self.child, crate::signal::Signal::TERM)?;
         Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
     }
 

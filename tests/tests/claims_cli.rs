@@ -46,7 +46,7 @@ const ENV_TO_CLEAR: &[&str] = &[
 
 /// Runs `dedupe-claims ARGS` with `DATABASE_URL` = `url` (none when `None`).
 async fn cli_with(url: Option<&str>, args: &[&str]) -> Result<Run> {
-    let mut command = tokio::process::Command::new(dedupe_tests::webhook::binary("dedupe-claims")?);
+    let mut command = tokio::process::Command::new(dedupe_tests::binaries::binary("dedupe-claims")?);
     for name in ENV_TO_CLEAR {
         command.env_remove(name);
     }

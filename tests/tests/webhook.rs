@@ -271,7 +271,7 @@ async fn sigterm_stops_accepting_and_exits_zero() -> Result<()> {
 
 #[tokio::test]
 async fn bad_configuration_exits_2_naming_the_flag() -> Result<()> {
-    let bin = dedupe_tests::webhook::binary("dedupe-admission")?;
+    let bin = dedupe_tests::binaries::binary("dedupe-admission")?;
     let out = tokio::process::Command::new(&bin)
         .args(["--claim-scope", "galaxy"])
         .env("DATABASE_URL", "postgres://127.0.0.1:1/x")

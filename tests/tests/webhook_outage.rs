@@ -169,9 +169,7 @@ async fn sigterm_lets_an_in_flight_request_finish_before_exiting_0() -> Result<(
     let pid = webhook
         .pid()
         .ok_or_else(|| anyhow::anyhow!("webhook not running"))?;
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
+    dedupe_tests::signal::send(pid, dedupe_tests::signal::Signal::TERM)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !in_flight.is_finished(),

@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use dedupe_tests::webhook::binary;
+use dedupe_tests::binaries::binary;
 use dedupe_tests::{Answer, Review, TestCerts, TestDb, Webhook};
 
 const WEBHOOK_NAME: &str = "dedupe.orchestration.proompteng.ai";
