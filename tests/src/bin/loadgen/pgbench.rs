@@ -16,10 +16,13 @@ pub(crate) struct KeyParts {
 pub(crate) fn key_parts() -> Result<KeyParts> {
     let review = Review::create("00000000-0000-4000-8000-000000000000", "run")?;
     let request = &review.json()["request"];
-    let namespace = request["namespace"].as_str().unwrap_or_default().to_owned();
+    let namespace = request["namespace"]
+        .as_str()
+        .context("the fixture has no request.namespace")?
+        .to_owned();
     let orchestration = request["object"]["spec"]["orchestrationRef"]["name"]
         .as_str()
-        .unwrap_or_default()
+        .context("the fixture has no spec.orchestrationRef.name")?
         .to_owned();
     ensure!(
         !namespace.is_empty() && !orchestration.is_empty(),
