@@ -89,6 +89,11 @@ impl Process {
         Ok(())
     }
 
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     pub fn still_running(&mut self) -> Result<bool> {
         Ok(self.child.try_wait()?.is_none())
     }

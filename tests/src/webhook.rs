@@ -4,16 +4,16 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use certs_dev::{CertRequest, DevCerts};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::https::{http_get, HttpsClient, Reply};
+use crate::process::Process;
+use crate::signal::Signal;
 
 /// The DNS name the dev serving certificate is issued for.
 pub const SERVER_NAME: &str = "orchestration-dedupe.test.svc";
@@ -53,11 +53,10 @@ impl TestCerts {
 
 /// A running webhook.
 pub struct Webhook {
-    child: Child,
+    process: Process,
     pub addr: SocketAddr,
     pub ops_addr: SocketAddr,
     pub ca_pem: String,
-    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Webhook {
@@ -105,35 +104,23 @@ impl Webhook {
             .env("DATABASE_URL", database_url)
             .env_remove("KUBECONFIG")
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().context("starting dedupe-admission")?;
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, mut addr_rx) = tokio::sync::mpsc::channel::<(SocketAddr, SocketAddr)>(1);
-        if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(collect_lines(stdout, logs.clone(), addr_tx.clone()));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(collect_lines(stderr, logs.clone(), addr_tx));
-        }
-        let started = tokio::time::timeout(Duration::from_secs(30), addr_rx.recv()).await;
-        let (addr, ops_addr) = match started {
-            Ok(Some(addrs)) => addrs,
-            _ => {
-                let status = child.try_wait().ok().flatten();
-                let logs = logs.lock().unwrap_or_else(PoisonError::into_inner).join("\n");
-                bail!("dedupe-admission did not start (exit: {status:?}):\n{logs}");
-            }
+            .envs(env.iter().copied());
+        let mut process = Process::spawn(command, "dedupe-admission")?;
+        let started = process
+            .wait_for_line("start-up line", Duration::from_secs(30), |line| {
+                serving_addresses(&line.text).is_some()
+            })
+            .await;
+        let Some((addr, ops_addr)) = started.ok().and_then(|line| serving_addresses(&line.text)) else {
+            let status = process.try_wait().ok().flatten();
+            let logs = process.output();
+            bail!("dedupe-admission did not start (exit: {status:?}):\n{logs}");
         };
         Ok(Self {
-            child,
+            process,
             addr,
             ops_addr,
             ca_pem: ca_pem.to_owned(),
-            logs,
         })
     }
 
@@ -152,46 +139,27 @@ impl Webhook {
 
     /// Everything the process printed so far.
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.process.lines().into_iter().map(|l| l.text).collect()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.process.pid()
     }
 
     /// SIGKILL, as a node failure or OOM kill would.
     pub async fn kill9(&mut self) -> Result<()> {
-        self.child.kill().await?;
-        Ok(())
+        self.process.kill().await
     }
 
     /// SIGTERM, then wait for the exit status.
     pub async fn terminate(&mut self) -> Result<ExitStatus> {
-        crate::signal::send_to(&self.child, crate::signal::Signal::TERM)?;
-        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+        self.process.signal(Signal::TERM)?;
+        self.process.wait(Duration::from_secs(30)).await
     }
 
     /// Waits for the process to exit on its own.
     pub async fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
-        Ok(tokio::time::timeout(limit, self.child.wait()).await??)
-    }
-}
-
-/// Keeps every line the process prints, and reports the listen addresses from the
-/// start-up line when it goes by.
-async fn collect_lines(
-    stream: impl tokio::io::AsyncRead + Unpin,
-    logs: Arc<Mutex<Vec<String>>>,
-    addresses: tokio::sync::mpsc::Sender<(SocketAddr, SocketAddr)>,
-) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(addrs) = serving_addresses(&line) {
-            let _ = addresses.send(addrs).await;
-        }
-        if let Ok(mut logs) = logs.lock() {
-            logs.push(line);
-        }
+        self.process.wait(limit).await
     }
 }
 
