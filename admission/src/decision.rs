@@ -579,7 +579,7 @@ mod tests {
     const LOOKUP: Option<&()> = Some(&());
 
     fn parse(body: &str, edit: impl FnOnce(&mut Value)) -> Request {
-        let mut v: Value = serde_json::from_str(body).unwrap_or_default();
+        let mut v: Value = serde_json::from_str(body).expect("a recorded fixture is JSON");
         edit(&mut v);
         match review::parse(v.to_string().as_bytes()) {
             Ok(r) => r,
@@ -605,7 +605,7 @@ mod tests {
         let at = Utc
             .with_ymd_and_hms(2026, 11, 27, 9, 0, 0)
             .single()
-            .unwrap_or_default();
+            .expect("a valid date");
         Claim {
             holder: RunRef {
                 namespace: "jangar".into(),

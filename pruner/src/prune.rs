@@ -225,7 +225,7 @@ mod tests {
         }
 
         fn calls(&self) -> Vec<Call> {
-            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+            self.calls.lock().expect("calls lock").clone()
         }
     }
 
@@ -250,7 +250,7 @@ mod tests {
     }
 
     fn at(secs: i64) -> DateTime<Utc> {
-        DateTime::<Utc>::from_timestamp(1_700_000_000 + secs, 0).unwrap_or_default()
+        DateTime::<Utc>::from_timestamp(1_700_000_000 + secs, 0).expect("a timestamp in range")
     }
 
     /// A batch deleting `n`, the newest at `newest`, with more left behind it.

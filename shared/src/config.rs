@@ -234,7 +234,7 @@ mod tests {
         let err = StoreConfig::new("postgres://u:s3cret@host:notaport/db", 4, Duration::from_secs(1))
             .err()
             .map(|e| e.to_string())
-            .unwrap_or_default();
+            .expect("an error");
         assert!(err.contains("--database-url (DATABASE_URL)"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
     }
@@ -249,10 +249,10 @@ mod tests {
         let e = StoreConfig::new("postgres://h/db", 0, Duration::from_secs(1))
             .err()
             .map(|e| e.to_string());
-        assert!(e.unwrap_or_default().contains("--pool-size"));
+        assert!(e.expect("an error").contains("--pool-size"));
         let e = StoreConfig::new("postgres://h/db", 1, Duration::ZERO)
             .err()
             .map(|e| e.to_string());
-        assert!(e.unwrap_or_default().contains("--store-timeout-ms"));
+        assert!(e.expect("an error").contains("--store-timeout-ms"));
     }
 }

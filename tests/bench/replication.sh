@@ -7,7 +7,7 @@
 # binaries, both durable (fsync=on, synchronous_commit=on), dev certificates and the real
 # dedupe-admission on loopback against the primary; then, in ONE run against the same servers,
 # alternates the standby between asynchronous (synchronous_standby_names = '') and synchronous
-# ('*', reloaded, waited for sync_state = sync) and runs loadgen (tests/src/bin/loadgen.rs):
+# ('*', reloaded, waited for sync_state = sync) and runs loadgen (tests/src/bin/loadgen/):
 #   async-max / sync-max    max-rate, every request a new delivery (claimed): claims/s and p99;
 #   async-rate / sync-rate  fixed-rate open loop at BENCH_RATE req/s: p99 at a steady load.
 # The machine's load average and busy CPU are recorded per scenario. Everything it starts is

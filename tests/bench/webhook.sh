@@ -6,7 +6,7 @@
 # database server:
 #   pgbench   running the webhook's own claim statement (dedupe_shared::sql::CLAIM_INSERT, written out
 #             by `loadgen pgbench-script`) with the same client count, -M prepared: the baseline;
-#   loadgen   (tests/src/bin/loadgen.rs) over HTTPS keep-alive connections:
+#   loadgen   (tests/src/bin/loadgen/) over HTTPS keep-alive connections:
 #             (a) max-rate, every request a new delivery (claimed),
 #             (b) max-rate, every request a duplicate of a small claimed set (409 deny),
 #             (c) fixed-rate open loop at BENCH_RATE req/s (latency from the scheduled send),

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Result;
 use axum::extract::{Path, State};
@@ -102,7 +102,11 @@ impl FakeApiServer {
 
     /// Paths requested so far.
     pub fn requests(&self) -> Vec<String> {
-        self.inner.lock().map(|i| i.requests.clone()).unwrap_or_default()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .requests
+            .clone()
     }
 }
 

@@ -106,14 +106,11 @@ impl Review {
     }
 
     pub fn request_uid(&self) -> String {
-        self.0["request"]["uid"].as_str().unwrap_or_default().to_owned()
+        required_str(&self.0, "/request/uid").to_owned()
     }
 
     pub fn object_uid(&self) -> String {
-        self.0["request"]["object"]["metadata"]["uid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        required_str(&self.0, "/request/object/metadata/uid").to_owned()
     }
 
     pub fn json(&self) -> &Value {
@@ -144,26 +141,45 @@ impl Answer {
         self.0["allowed"].as_bool().unwrap_or(false)
     }
     pub fn uid(&self) -> &str {
-        self.0["uid"].as_str().unwrap_or_default()
+        required_str(&self.0, "/uid")
     }
     pub fn code(&self) -> u64 {
         self.0["status"]["code"].as_u64().unwrap_or(0)
     }
+    /// The denial's reason; panics when the answer has none (an allowed answer has no status).
     pub fn reason(&self) -> &str {
-        self.0["status"]["reason"].as_str().unwrap_or_default()
+        required_str(&self.0, "/status/reason")
     }
+    /// The denial's message; panics when the answer has none.
     pub fn message(&self) -> &str {
-        self.0["status"]["message"].as_str().unwrap_or_default()
+        required_str(&self.0, "/status/message")
     }
     pub fn decision(&self) -> &str {
-        self.0["auditAnnotations"]["decision"]
-            .as_str()
-            .unwrap_or_default()
+        required_str(&self.0, "/auditAnnotations/decision")
     }
+    /// The warnings; none when the answer carries no `warnings` field (the API server's own
+    /// reading), but a field that is not a list of strings fails the test.
     pub fn warnings(&self) -> Vec<String> {
-        self.0["warnings"]
-            .as_array()
-            .map(|w| w.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default()
+        match self.0.get("warnings") {
+            None => Vec::new(),
+            Some(w) => w
+                .as_array()
+                .unwrap_or_else(|| panic!("warnings is not a list: {}", self.0))
+                .iter()
+                .map(|s| {
+                    s.as_str()
+                        .unwrap_or_else(|| panic!("a warning that is not a string: {}", self.0))
+                        .to_owned()
+                })
+                .collect(),
+        }
     }
+}
+
+/// The string at a JSON pointer. A fixture or an answer without it fails the test here, with
+/// the whole document, rather than reading as "" and letting a comparison pass.
+fn required_str<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no string at {pointer} in {v}"))
 }

@@ -1,12 +1,17 @@
 //! Test support for the end-to-end tests in `tests/tests/`: a private PostgreSQL, a schema
 //! per test, the real webhook binary over TLS, fixtures-based AdmissionReview bodies, and a
-//! fake API server (the only mock).
+//! fake API server (the only mock); the other binaries run through one process harness
+//! (`binaries`, `process`, `signal`, `pruner`).
 
+pub mod binaries;
 pub mod fake_apiserver;
 pub mod fixtures;
 pub mod https;
 pub mod pg_cluster;
 pub mod postgres;
+pub mod process;
+pub mod pruner;
+pub mod signal;
 pub mod tcp_proxy;
 pub mod testdb;
 pub mod webhook;
@@ -15,5 +20,6 @@ pub use fake_apiserver::FakeApiServer;
 pub use fixtures::{Answer, Review};
 pub use https::HttpsClient;
 pub use postgres::TempPostgres;
+pub use process::Process;
 pub use testdb::TestDb;
 pub use webhook::{TestCerts, Webhook};

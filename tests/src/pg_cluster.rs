@@ -156,7 +156,7 @@ impl PgNode {
 
     /// The server log so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+        std::fs::read_to_string(self.log_file()).unwrap_or_else(|e| format!("(no server log: {e})"))
     }
 
     fn append_conf(&self, file: &str, text: &str) -> Result<()> {

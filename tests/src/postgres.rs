@@ -146,7 +146,8 @@ impl TempPostgres {
             .output()
             .context("running pg_ctl start")?;
         if !out.status.success() {
-            let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.log_file()).unwrap_or_else(|e| format!("(no server log: {e})"));
             bail!(
                 "pg_ctl start failed: {}\n{}",
                 String::from_utf8_lossy(&out.stderr),

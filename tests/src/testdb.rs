@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
 use dedupe_shared::{ClaimStore, StoreConfig};
-use tokio_postgres::NoTls;
+use tokio_postgres::{GenericClient, NoTls};
 
 /// A schema of its own for one test.
 pub struct TestDb {
@@ -92,6 +93,26 @@ impl TestDb {
             .collect())
     }
 
+    /// Seeds `n` confirmed claims; see [`seed_claims`].
+    pub async fn seed_claims(&self, prefix: &str, n: i64, age: &str) -> Result<()> {
+        seed_claims(&self.client().await?, prefix, n, age).await
+    }
+
+    /// Seeds one claim at an exact time; see [`seed_claim_at`].
+    pub async fn seed_claim_at(&self, delivery: &str, at: DateTime<Utc>, state: &str) -> Result<()> {
+        seed_claim_at(&self.client().await?, delivery, at, state).await
+    }
+
+    /// How many claims match the SQL condition `filter` (`"true"` for all).
+    pub async fn claim_count(&self, filter: &str) -> Result<i64> {
+        claim_count(&self.client().await?, filter).await
+    }
+
+    /// The delivery ids of all claims, oldest claim first.
+    pub async fn delivery_ids(&self) -> Result<Vec<String>> {
+        delivery_ids(&self.client().await?).await
+    }
+
     /// A plain client on this schema, for seeding and inspecting rows.
     pub async fn client(&self) -> Result<tokio_postgres::Client> {
         let (client, conn) = tokio_postgres::connect(&self.url, NoTls).await?;
@@ -120,4 +141,69 @@ impl Drop for TestDb {
         });
         let _ = cleanup.join();
     }
+}
+
+// Seeding and inspecting through a given client, so a test can do it inside its own
+// transaction; the `TestDb` methods of the same names open a connection of their own.
+
+/// Inserts `n` confirmed cluster-scope claims `prefix-1..n`; claim i is `age` (an SQL
+/// interval such as `'30 days'`) old minus i seconds, so they are in `claimed_at` order and
+/// the oldest is `prefix-1`.
+pub async fn seed_claims(client: &impl GenericClient, prefix: &str, n: i64, age: &str) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO orchestration_dedupe_claims
+                 (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state, claimed_at)
+             SELECT $1 || '-' || i, 'cluster', '', '', 'agents', 'run-' || i, 'uid-' || i, 'confirmed',
+                    now() - $3::text::interval + make_interval(secs => i)
+               FROM generate_series(1, $2::bigint) i",
+            &[&prefix, &n, &age],
+        )
+        .await
+        .with_context(|| format!("seeding {n} claims {prefix}-*"))?;
+    Ok(())
+}
+
+/// Inserts one cluster-scope claim of `delivery` (its run named the same) in `state`, made
+/// at exactly `at`.
+pub async fn seed_claim_at(
+    client: &impl GenericClient,
+    delivery: &str,
+    at: DateTime<Utc>,
+    state: &str,
+) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO orchestration_dedupe_claims
+                 (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state, claimed_at)
+             VALUES ($1, 'cluster', '', '', 'agents', $1, 'uid', $3, $2)",
+            &[&delivery, &at, &state],
+        )
+        .await
+        .with_context(|| format!("seeding the claim {delivery}"))?;
+    Ok(())
+}
+
+/// How many claims match the SQL condition `filter`.
+pub async fn claim_count(client: &impl GenericClient, filter: &str) -> Result<i64> {
+    Ok(client
+        .query_one(
+            &format!("SELECT count(*) FROM orchestration_dedupe_claims WHERE {filter}"),
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// The delivery ids of all claims, oldest claim first.
+pub async fn delivery_ids(client: &impl GenericClient) -> Result<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT delivery_id FROM orchestration_dedupe_claims ORDER BY claimed_at",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }

@@ -4,41 +4,22 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use certs_dev::{CertRequest, DevCerts};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::https::{http_get, HttpsClient, Reply};
+use crate::process::Process;
+use crate::signal::Signal;
 
 /// The DNS name the dev serving certificate is issued for.
 pub const SERVER_NAME: &str = "orchestration-dedupe.test.svc";
 
-/// `target/<profile>/<name>`, next to the running binary: a test runs from
-/// `target/<profile>/deps/`, the demo from `target/<profile>/`.
-pub fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let mut dir = exe
-        .parent()
-        .ok_or_else(|| anyhow!("unexpected binary path {}", exe.display()))?;
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir = dir
-            .parent()
-            .ok_or_else(|| anyhow!("unexpected test binary path {}", exe.display()))?;
-    }
-    let path = dir.join(name);
-    if !path.exists() {
-        bail!(
-            "{} not found: build it first (`cargo build --workspace`; `make test` does)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
+/// Kept here for the tests that import it from this module.
+pub use crate::binaries::binary;
 
 /// Dev CA + serving certificate written to a temp dir.
 pub struct TestCerts {
@@ -72,11 +53,10 @@ impl TestCerts {
 
 /// A running webhook.
 pub struct Webhook {
-    child: Child,
+    process: Process,
     pub addr: SocketAddr,
     pub ops_addr: SocketAddr,
     pub ca_pem: String,
-    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Webhook {
@@ -124,35 +104,23 @@ impl Webhook {
             .env("DATABASE_URL", database_url)
             .env_remove("KUBECONFIG")
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().context("starting dedupe-admission")?;
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, mut addr_rx) = tokio::sync::mpsc::channel::<(SocketAddr, SocketAddr)>(1);
-        if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(collect_lines(stdout, logs.clone(), addr_tx.clone()));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(collect_lines(stderr, logs.clone(), addr_tx));
-        }
-        let started = tokio::time::timeout(Duration::from_secs(30), addr_rx.recv()).await;
-        let (addr, ops_addr) = match started {
-            Ok(Some(addrs)) => addrs,
-            _ => {
-                let status = child.try_wait().ok().flatten();
-                let logs = logs.lock().map(|l| l.join("\n")).unwrap_or_default();
-                bail!("dedupe-admission did not start (exit: {status:?}):\n{logs}");
-            }
+            .envs(env.iter().copied());
+        let mut process = Process::spawn(command, "dedupe-admission")?;
+        let started = process
+            .wait_for_line("start-up line", Duration::from_secs(30), |line| {
+                serving_addresses(&line.text).is_some()
+            })
+            .await;
+        let Some((addr, ops_addr)) = started.ok().and_then(|line| serving_addresses(&line.text)) else {
+            let status = process.try_wait().ok().flatten();
+            let logs = process.output();
+            bail!("dedupe-admission did not start (exit: {status:?}):\n{logs}");
         };
         Ok(Self {
-            child,
+            process,
             addr,
             ops_addr,
             ca_pem: ca_pem.to_owned(),
-            logs,
         })
     }
 
@@ -171,50 +139,27 @@ impl Webhook {
 
     /// Everything the process printed so far.
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+        self.process.lines().into_iter().map(|l| l.text).collect()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.process.pid()
     }
 
     /// SIGKILL, as a node failure or OOM kill would.
     pub async fn kill9(&mut self) -> Result<()> {
-        self.child.kill().await?;
-        Ok(())
+        self.process.kill().await
     }
 
     /// SIGTERM, then wait for the exit status.
     pub async fn terminate(&mut self) -> Result<ExitStatus> {
-        let pid = self.child.id().ok_or_else(|| anyhow!("already exited"))?;
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM failed");
-        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+        self.process.signal(Signal::TERM)?;
+        self.process.wait(Duration::from_secs(30)).await
     }
 
     /// Waits for the process to exit on its own.
     pub async fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
-        Ok(tokio::time::timeout(limit, self.child.wait()).await??)
-    }
-}
-
-/// Keeps every line the process prints, and reports the listen addresses from the
-/// start-up line when it goes by.
-async fn collect_lines(
-    stream: impl tokio::io::AsyncRead + Unpin,
-    logs: Arc<Mutex<Vec<String>>>,
-    addresses: tokio::sync::mpsc::Sender<(SocketAddr, SocketAddr)>,
-) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(addrs) = serving_addresses(&line) {
-            let _ = addresses.send(addrs).await;
-        }
-        if let Ok(mut logs) = logs.lock() {
-            logs.push(line);
-        }
+        self.process.wait(limit).await
     }
 }
 

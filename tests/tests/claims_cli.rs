@@ -46,7 +46,7 @@ const ENV_TO_CLEAR: &[&str] = &[
 
 /// Runs `dedupe-claims ARGS` with `DATABASE_URL` = `url` (none when `None`).
 async fn cli_with(url: Option<&str>, args: &[&str]) -> Result<Run> {
-    let mut command = tokio::process::Command::new(dedupe_tests::webhook::binary("dedupe-claims")?);
+    let mut command = tokio::process::Command::new(dedupe_tests::binaries::binary("dedupe-claims")?);
     for name in ENV_TO_CLEAR {
         command.env_remove(name);
     }
@@ -384,10 +384,15 @@ async fn list_filters_orders_newest_first_and_says_when_the_limit_cut_it() -> Re
             .as_array()
             .map(|a| {
                 a.iter()
-                    .filter_map(|c| c["deliveryId"].as_str().map(str::to_owned))
+                    .map(|c| {
+                        c["deliveryId"]
+                            .as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| panic!("a claim without a deliveryId: {c}"))
+                    })
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_else(|| panic!("no claims array in {json}"))
     };
     let list = |args: &'static [&'static str]| {
         let db = &db;

@@ -10,17 +10,14 @@
 //! These tests start their own servers (they ignore `DATABASE_URL`) and take ~10-15 s each.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use dedupe_shared::{ClaimStore, StoreConfig};
+use dedupe_tests::binaries::binary;
 use dedupe_tests::pg_cluster::{PgNode, PgPair, Replication};
 use dedupe_tests::tcp_proxy::TcpProxy;
-use dedupe_tests::webhook::binary;
-use dedupe_tests::{Answer, HttpsClient, Review, TestCerts, Webhook};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use dedupe_tests::{Answer, HttpsClient, Process, Review, TestCerts, Webhook};
 use tokio::sync::watch;
 
 /// The webhook's store timeout in these tests (shorter than the 2 s default, to keep the
@@ -660,13 +657,13 @@ CREATE TRIGGER audit_prune AFTER DELETE ON orchestration_dedupe_claims
 const EXPIRED: i64 = 40_000;
 
 struct Pruner {
-    child: tokio::process::Child,
-    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    process: Process,
 }
 
 impl Pruner {
     fn start(url: &str, app: &str) -> Result<Self> {
-        let mut child = tokio::process::Command::new(binary("dedupe-pruner")?)
+        let mut command = tokio::process::Command::new(binary("dedupe-pruner")?);
+        command
             .args([
                 "--retention-days",
                 "7",
@@ -681,47 +678,15 @@ impl Pruner {
                 "--log-format",
                 "json",
             ])
-            .env("DATABASE_URL", format!("{url}?application_name={app}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting dedupe-pruner")?;
-        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let lines = lines.clone();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    if let Ok(mut l) = lines.lock() {
-                        l.push(line);
-                    }
-                }
-            });
-        }
-        Ok(Self { child, lines })
+            .env("DATABASE_URL", format!("{url}?application_name={app}"));
+        Ok(Self {
+            process: Process::spawn(command, "dedupe-pruner")?,
+        })
     }
 
     async fn exit(&mut self) -> Result<(i32, String)> {
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .context("the pruner did not exit within 60 s")??;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let out = self.lines.lock().map(|l| l.join("\n")).unwrap_or_default();
-        Ok((status.code().unwrap_or(-1), out))
+        let status = self.process.wait(Duration::from_secs(60)).await?;
+        Ok((status.code().unwrap_or(-1), self.process.output()))
     }
 }
 

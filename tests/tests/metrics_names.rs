@@ -323,9 +323,14 @@ async fn every_metric_the_alerts_and_the_dashboard_query_is_exported() -> Result
         }
     }
     // Label values the rules match on literally are ones the binary emits.
-    let values = |key: &str| exported.label_values.get(key).cloned().unwrap_or_default();
-    ensure!(values("orchestration_dedupe_tls_reloads_total/result").contains("failure"));
-    ensure!(values("orchestration_dedupe_http_errors_total/status").contains("503"));
+    let values = |key: &str| {
+        exported
+            .label_values
+            .get(key)
+            .with_context(|| format!("the binary exports no label {key}"))
+    };
+    ensure!(values("orchestration_dedupe_tls_reloads_total/result")?.contains("failure"));
+    ensure!(values("orchestration_dedupe_http_errors_total/status")?.contains("503"));
     ensure!(checked >= 15, "only {checked} metric uses checked");
     Ok(())
 }

@@ -6,241 +6,20 @@
 //! does). Nothing here asserts on speed except generous "not stuck" bounds.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use chrono::{DateTime, Utc};
 use dedupe_shared::{ClaimKey, ClaimOutcome, ClaimScope, RunRef};
+use dedupe_tests::pruner::{app_name, pruner_url, run, run_with_env, str_field, u64_field, Live, RUN_BOUND};
+use dedupe_tests::signal::Signal;
+use dedupe_tests::testdb::{claim_count, delivery_ids, seed_claim_at, seed_claims};
 use dedupe_tests::TestDb;
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-use tokio_postgres::GenericClient;
-
-/// Generous bound for a run that should take seconds: a stuck pruner fails the test instead
-/// of hanging it.
-const RUN_BOUND: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------------------------------
-// Running the binary
-// ---------------------------------------------------------------------------------------
-
-/// `target/<profile>/dedupe-pruner`, next to this test binary (`target/<profile>/deps/…`).
-/// `DEDUPE_PRUNER_BIN` overrides it.
-fn pruner_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("DEDUPE_PRUNER_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("unexpected test binary path {}", exe.display()))?;
-    let path = dir.join("dedupe-pruner");
-    if !path.exists() {
-        bail!(
-            "{} not found: build it first with `cargo build -p dedupe-pruner` (`make test` builds the workspace)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// The binary with a clean environment (flags only), JSON logs at info.
-fn pruner(args: &[&str]) -> Result<Command> {
-    let mut cmd = Command::new(pruner_bin()?);
-    cmd.env_clear()
-        .env("RUST_LOG", "info")
-        // These tests pin batch sizes and pauses; adaptive pacing (which changes both when no
-        // claims are seen, and sees other tests' claims on the same server) has its own tests
-        // in pruner_pacing.rs.
-        .env("JANGAR_ORCHESTRATION_DEDUPE_PRUNE_PACING", "fixed")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    Ok(cmd)
-}
-
-/// A connection string for the binary: the test's schema, and an application_name so the
-/// test can find the pruner's sessions in pg_stat_activity.
-fn pruner_url(db: &TestDb) -> String {
-    format!("{}&application_name={}", db.url(), app_name(db))
-}
-
-fn app_name(db: &TestDb) -> String {
-    format!("pruner_{}", db.schema())
-}
-
-/// What a finished run printed.
-#[derive(Debug)]
-struct Finished {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    events: Vec<Value>,
-}
-
-impl Finished {
-    fn with_message(&self, message: &str) -> Vec<&Value> {
-        self.events
-            .iter()
-            .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with(message)))
-            .collect()
-    }
-
-    fn one(&self, message: &str) -> Result<&Value> {
-        match self.with_message(message).as_slice() {
-            [one] => Ok(one),
-            other => bail!(
-                "expected one `{message}` event, found {}:\n{}",
-                other.len(),
-                self.stdout
-            ),
-        }
-    }
-
-    fn summary(&self) -> Result<&Value> {
-        self.one("prune finished")
-    }
-
-    fn levels(&self, level: &str) -> Vec<&Value> {
-        self.events.iter().filter(|e| e["level"] == level).collect()
-    }
-}
-
-fn parse_events(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect()
-}
-
-/// Runs to the end (bounded by [`RUN_BOUND`]).
-async fn run(args: &[&str]) -> Result<Finished> {
-    run_with_env(args, &[]).await
-}
-
-async fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Finished> {
-    let mut cmd = pruner(args)?;
-    cmd.envs(env.iter().copied());
-    let child = cmd.spawn().context("starting dedupe-pruner")?;
-    let out = tokio::time::timeout(RUN_BOUND, child.wait_with_output())
-        .await
-        .map_err(|_| anyhow!("dedupe-pruner did not finish within {RUN_BOUND:?}"))??;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    Ok(Finished {
-        code: out.status.code(),
-        events: parse_events(&stdout),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
-
-/// A pruner still running: its stdout arrives line by line.
-struct Live {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-    stderr: tokio::task::JoinHandle<String>,
-}
-
-impl Live {
-    fn spawn(args: &[&str]) -> Result<Self> {
-        let mut child = pruner(args)?.spawn().context("starting dedupe-pruner")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = tokio::spawn(async move {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s).await;
-            s
-        });
-        Ok(Self {
-            child,
-            lines,
-            seen: Vec::new(),
-            stderr,
-        })
-    }
-
-    /// Waits for an event whose message starts with `message`; returns it.
-    async fn wait_for(&mut self, message: &str) -> Result<Value> {
-        let deadline = tokio::time::Instant::now() + RUN_BOUND;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.lines.recv())
-                .await
-                .map_err(|_| {
-                    anyhow!(
-                        "no `{message}` event within {RUN_BOUND:?}:\n{}",
-                        self.seen.join("\n")
-                    )
-                })?
-                .ok_or_else(|| {
-                    anyhow!(
-                        "pruner output ended before `{message}`:\n{}",
-                        self.seen.join("\n")
-                    )
-                })?;
-            self.seen.push(line.clone());
-            if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                if event["message"].as_str().is_some_and(|m| m.starts_with(message)) {
-                    return Ok(event);
-                }
-            }
-        }
-    }
-
-    fn signal(&self, name: &str) -> Result<()> {
-        let pid = self
-            .child
-            .id()
-            .ok_or_else(|| anyhow!("the pruner already exited"))?;
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid.to_string()])
-            .status()
-            .context("running kill")?;
-        ensure!(status.success(), "kill -{name} {pid} failed");
-        Ok(())
-    }
-
-    fn still_running(&mut self) -> Result<bool> {
-        Ok(self.child.try_wait()?.is_none())
-    }
-
-    async fn finish(mut self) -> Result<Finished> {
-        let status = tokio::time::timeout(RUN_BOUND, self.child.wait())
-            .await
-            .map_err(|_| anyhow!("dedupe-pruner did not exit within {RUN_BOUND:?}"))??;
-        while let Some(line) = self.lines.recv().await {
-            self.seen.push(line);
-        }
-        let stdout = self.seen.join("\n");
-        Ok(Finished {
-            code: status.code(),
-            events: parse_events(&stdout),
-            stdout,
-            stderr: self.stderr.await.unwrap_or_default(),
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Seeding and inspecting
+// Seeding and inspecting (the rest is in dedupe_tests::{pruner, testdb})
 // ---------------------------------------------------------------------------------------
 
 /// A fresh, migrated schema and a plain client on it.
@@ -249,69 +28,6 @@ async fn migrated() -> Result<(TestDb, tokio_postgres::Client)> {
     db.migrated_store().await?;
     let client = db.client().await?;
     Ok((db, client))
-}
-
-/// Inserts `n` claims `prefix-1..n`; claim i is `age` old minus i seconds (so they are in
-/// claimed_at order and the oldest is `prefix-1`).
-async fn seed(client: &impl GenericClient, prefix: &str, n: i64, age: &str) -> Result<()> {
-    client
-        .execute(
-            "INSERT INTO orchestration_dedupe_claims
-                 (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state, claimed_at)
-             SELECT $1 || '-' || i, 'cluster', '', '', 'agents', 'run-' || i, 'uid-' || i, 'confirmed',
-                    now() - $3::text::interval + make_interval(secs => i)
-               FROM generate_series(1, $2::bigint) i",
-            &[&prefix, &n, &age],
-        )
-        .await?;
-    Ok(())
-}
-
-/// Inserts one claim at an exact `claimed_at`.
-async fn seed_at(client: &impl GenericClient, delivery: &str, at: DateTime<Utc>) -> Result<()> {
-    client
-        .execute(
-            "INSERT INTO orchestration_dedupe_claims
-                 (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state, claimed_at)
-             VALUES ($1, 'cluster', '', '', 'agents', $1, 'uid', 'confirmed', $2)",
-            &[&delivery, &at],
-        )
-        .await?;
-    Ok(())
-}
-
-async fn count(client: &tokio_postgres::Client, filter: &str) -> Result<i64> {
-    Ok(client
-        .query_one(
-            &format!("SELECT count(*) FROM orchestration_dedupe_claims WHERE {filter}"),
-            &[],
-        )
-        .await?
-        .get(0))
-}
-
-async fn delivery_ids(client: &tokio_postgres::Client) -> Result<Vec<String>> {
-    Ok(client
-        .query(
-            "SELECT delivery_id FROM orchestration_dedupe_claims ORDER BY claimed_at",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
-}
-
-fn u64_field(event: &Value, field: &str) -> Result<u64> {
-    event[field]
-        .as_u64()
-        .ok_or_else(|| anyhow!("event has no numeric `{field}`: {event}"))
-}
-
-fn str_field<'a>(event: &'a Value, field: &str) -> Result<&'a str> {
-    event[field]
-        .as_str()
-        .ok_or_else(|| anyhow!("event has no string `{field}`: {event}"))
 }
 
 /// A trigger that makes the pruner's DELETE wait, inside its transaction, when it reaches
@@ -410,9 +126,9 @@ async fn exactly_the_claims_older_than_the_cutoff_go_to_the_second_and_the_day()
         ("younger-by-a-second", cutoff + second),
         ("younger-by-a-day", cutoff + day),
     ] {
-        seed_at(&tx, delivery, at).await?;
+        seed_claim_at(&tx, delivery, at, "confirmed").await?;
     }
-    seed(&tx, "fresh", 3, "1 hour").await?;
+    seed_claims(&tx, "fresh", 3, "1 hour").await?;
     tx.commit().await?;
 
     let done = live.finish().await?;
@@ -437,20 +153,26 @@ async fn exactly_the_claims_older_than_the_cutoff_go_to_the_second_and_the_day()
 #[tokio::test]
 async fn dry_run_reports_the_count_and_the_oldest_and_deletes_nothing() -> Result<()> {
     let (db, client) = migrated().await?;
-    seed(&client, "old", 37, "40 days").await?; // 40 days .. 40 days − 37 s old
-    seed(&client, "young", 5, "6 days").await?;
-    seed(&client, "new", 4, "1 minute").await?;
+    seed_claims(&client, "old", 37, "40 days").await?; // 40 days .. 40 days − 37 s old
+    seed_claims(&client, "young", 5, "6 days").await?;
+    seed_claims(&client, "new", 4, "1 minute").await?;
 
     let url = pruner_url(&db);
     let done = run(&["--database-url", &url, "--log-format", "json", "--dry-run"]).await?;
     assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
     let report = done.one("dry run")?;
     assert_eq!(u64_field(report, "would_delete")?, 37, "{report}");
-    let age = report["oldest_age_days"].as_f64().unwrap_or_default();
+    let age = report["oldest_age_days"]
+        .as_f64()
+        .with_context(|| format!("no oldest_age_days in {report}"))?;
     assert!((39.99..=40.01).contains(&age), "oldest is 40 days old: {report}");
     assert!(done.with_message("batch committed").is_empty());
     assert!(done.with_message("prune finished").is_empty());
-    assert_eq!(count(&client, "true").await?, 46, "dry run deleted something");
+    assert_eq!(
+        claim_count(&client, "true").await?,
+        46,
+        "dry run deleted something"
+    );
 
     // And JANGAR_ORCHESTRATION_DEDUPE_PRUNE_DRY_RUN=true means the same.
     let done = run_with_env(
@@ -460,15 +182,15 @@ async fn dry_run_reports_the_count_and_the_oldest_and_deletes_nothing() -> Resul
     .await?;
     assert_eq!(done.code, Some(0));
     assert_eq!(u64_field(done.one("dry run")?, "would_delete")?, 37);
-    assert_eq!(count(&client, "true").await?, 46);
+    assert_eq!(claim_count(&client, "true").await?, 46);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pruners_at_once_one_prunes_the_other_exits_0_saying_the_lock_is_held() -> Result<()> {
     let (db, client) = migrated().await?;
-    seed(&client, "old", 3_000, "30 days").await?;
-    seed(&client, "young", 10, "1 day").await?;
+    seed_claims(&client, "old", 3_000, "30 days").await?;
+    seed_claims(&client, "young", 10, "1 day").await?;
 
     // 30 batches with 100 ms pauses: the winner holds the lock for seconds.
     let url = pruner_url(&db);
@@ -498,8 +220,8 @@ async fn two_pruners_at_once_one_prunes_the_other_exits_0_saying_the_lock_is_hel
     );
     assert!(loser.with_message("batch committed").is_empty());
     assert_eq!(u64_field(winner.summary()?, "deleted")?, 3_000);
-    assert_eq!(count(&client, "delivery_id LIKE 'old-%'").await?, 0);
-    assert_eq!(count(&client, "delivery_id LIKE 'young-%'").await?, 10);
+    assert_eq!(claim_count(&client, "delivery_id LIKE 'old-%'").await?, 0);
+    assert_eq!(claim_count(&client, "delivery_id LIKE 'young-%'").await?, 10);
 
     // The lock went with the winner: a third run finds nothing to do and says so.
     let again = run(&args).await?;
@@ -515,7 +237,7 @@ async fn two_pruners_at_once_one_prunes_the_other_exits_0_saying_the_lock_is_hel
 async fn sigterm_mid_batch_commits_that_batch_prints_the_summary_and_exits_0() -> Result<()> {
     const BATCH: u64 = 50;
     let (db, client) = migrated().await?;
-    seed(&client, "old", 1_000, "30 days").await?;
+    seed_claims(&client, "old", 1_000, "30 days").await?;
     let gate: i64 = rand::random();
     // old-151 is the first row of the 4th batch of 50 (oldest first).
     install_gate(&client, "old-151", gate).await?;
@@ -536,11 +258,11 @@ async fn sigterm_mid_batch_commits_that_batch_prints_the_summary_and_exits_0() -
     ])?;
     wait_until_gated(&client, &app_name(&db)).await?;
     assert_eq!(
-        count(&client, "true").await?,
+        claim_count(&client, "true").await?,
         1_000 - 3 * BATCH as i64,
         "three batches committed before the gate"
     );
-    live.signal("TERM")?;
+    live.signal(Signal::TERM)?;
     // The batch in flight cannot finish while the gate is shut, so neither may the pruner.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(live.still_running()?, "the pruner exited with a batch in flight");
@@ -561,9 +283,9 @@ async fn sigterm_mid_batch_commits_that_batch_prints_the_summary_and_exits_0() -
         u64_field(summary, "remaining_expired_estimate")?,
         1_000 - 4 * BATCH
     );
-    assert_eq!(count(&client, "true").await?, 1_000 - 4 * BATCH as i64);
+    assert_eq!(claim_count(&client, "true").await?, 1_000 - 4 * BATCH as i64);
     assert_eq!(
-        count(&client, "delivery_id = 'old-151'").await?,
+        claim_count(&client, "delivery_id = 'old-151'").await?,
         0,
         "the gated row went with its batch"
     );
@@ -574,7 +296,7 @@ async fn sigterm_mid_batch_commits_that_batch_prints_the_summary_and_exits_0() -
 #[tokio::test]
 async fn sigint_during_a_long_pause_stops_at_once_with_whole_batches() -> Result<()> {
     let (db, client) = migrated().await?;
-    seed(&client, "old", 500, "30 days").await?;
+    seed_claims(&client, "old", 500, "30 days").await?;
     let url = pruner_url(&db);
     let mut live = Live::spawn(&[
         "--database-url",
@@ -588,7 +310,7 @@ async fn sigint_during_a_long_pause_stops_at_once_with_whole_batches() -> Result
     ])?;
     live.wait_for("batch committed").await?;
     let signalled = Instant::now();
-    live.signal("INT")?;
+    live.signal(Signal::INT)?;
     let done = live.finish().await?;
     assert!(
         signalled.elapsed() < Duration::from_secs(30),
@@ -598,7 +320,7 @@ async fn sigint_during_a_long_pause_stops_at_once_with_whole_batches() -> Result
     let summary = done.summary()?;
     assert_eq!(str_field(summary, "stopped")?, "signal");
     assert_eq!(u64_field(summary, "deleted")?, 40);
-    assert_eq!(count(&client, "true").await?, 460);
+    assert_eq!(claim_count(&client, "true").await?, 460);
     Ok(())
 }
 
@@ -735,7 +457,7 @@ async fn claims_made_during_a_prune_are_never_blocked_long_and_young_ones_surviv
     let db = TestDb::new().await?;
     let store = db.migrated_store().await?;
     let client = db.client().await?;
-    seed(&client, "exp", EXPIRED, "30 days").await?;
+    seed_claims(&client, "exp", EXPIRED, "30 days").await?;
     client
         .batch_execute("ANALYZE orchestration_dedupe_claims")
         .await?;
@@ -832,9 +554,12 @@ async fn claims_made_during_a_prune_are_never_blocked_long_and_young_ones_surviv
     // batches waited on and re-checked included) and nothing young.
     let again = run(&["--database-url", &url, "--log-format", "json"]).await?;
     assert_eq!(again.code, Some(0));
-    assert_eq!(count(&client, "claimed_at < now() - interval '7 days'").await?, 0);
     assert_eq!(
-        count(&client, "true").await?,
+        claim_count(&client, "claimed_at < now() - interval '7 days'").await?,
+        0
+    );
+    assert_eq!(
+        claim_count(&client, "true").await?,
         young.len() as i64,
         "exactly the young claims remain"
     );
@@ -844,7 +569,7 @@ async fn claims_made_during_a_prune_are_never_blocked_long_and_young_ones_surviv
 #[tokio::test]
 async fn the_runtime_limit_ends_the_run_between_batches_with_exit_0() -> Result<()> {
     let (db, client) = migrated().await?;
-    seed(&client, "old", 500, "30 days").await?;
+    seed_claims(&client, "old", 500, "30 days").await?;
     let url = pruner_url(&db);
     let done = run(&[
         "--database-url",
@@ -864,7 +589,7 @@ async fn the_runtime_limit_ends_the_run_between_batches_with_exit_0() -> Result<
     assert_eq!(str_field(summary, "stopped")?, "max-runtime");
     assert_eq!(u64_field(summary, "deleted")?, 10);
     assert_eq!(u64_field(summary, "remaining_expired_estimate")?, 490);
-    assert_eq!(count(&client, "true").await?, 490);
+    assert_eq!(claim_count(&client, "true").await?, 490);
     Ok(())
 }
 
@@ -873,7 +598,7 @@ async fn the_runtime_limit_ends_the_run_between_batches_with_exit_0() -> Result<
 #[tokio::test]
 async fn repeated_batch_timeouts_shrink_the_batch_and_the_prune_completes() -> Result<()> {
     let (db, client) = migrated().await?;
-    seed(&client, "old", 60, "30 days").await?;
+    seed_claims(&client, "old", 60, "30 days").await?;
     // 20 ms per deleted row: 60 rows take 1.2 s (> 600 ms timeout), 10 rows 0.2 s.
     client
         .batch_execute(
@@ -903,7 +628,7 @@ async fn repeated_batch_timeouts_shrink_the_batch_and_the_prune_completes() -> R
     assert_eq!((u64_field(shrink, "from")?, u64_field(shrink, "to")?), (100, 10));
     let summary = done.summary()?;
     assert_eq!(u64_field(summary, "deleted")?, 60);
-    assert_eq!(count(&client, "true").await?, 0);
+    assert_eq!(claim_count(&client, "true").await?, 0);
     for batch in done.with_message("batch committed") {
         assert!(u64_field(batch, "deleted")? <= 10, "{batch}");
     }
@@ -936,8 +661,9 @@ async fn nothing_to_do_exits_0_and_text_logs_are_plain_lines() -> Result<()> {
 // ---------------------------------------------------------------------------------------
 
 fn t(secs: i64) -> DateTime<Utc> {
-    DateTime::<Utc>::from_timestamp(1_767_225_600 + secs, 0).unwrap_or_default()
     // 2026-01-01
+    DateTime::<Utc>::from_timestamp(1_767_225_600 + secs, 0)
+        .unwrap_or_else(|| panic!("{secs} s after 2026-01-01 is out of range"))
 }
 
 #[tokio::test]
@@ -948,11 +674,11 @@ async fn a_range_batch_never_exceeds_its_limit_and_never_splits_a_timestamp() ->
     // Three rows at each of t(1), t(2), t(3); the cutoff is t(4); two rows at/after it.
     for (ts, n) in [(1, 3), (2, 3), (3, 3)] {
         for i in 0..n {
-            seed_at(&client, &format!("t{ts}-{i}"), t(ts)).await?;
+            seed_claim_at(&client, &format!("t{ts}-{i}"), t(ts), "confirmed").await?;
         }
     }
-    seed_at(&client, "at-cutoff", t(4)).await?;
-    seed_at(&client, "young", t(5)).await?;
+    seed_claim_at(&client, "at-cutoff", t(4), "confirmed").await?;
+    seed_claim_at(&client, "young", t(5), "confirmed").await?;
     let cutoff = t(4);
     let timeout = Duration::from_secs(5);
 
@@ -977,9 +703,9 @@ async fn more_rows_sharing_one_timestamp_than_the_limit_still_go_limit_at_a_time
     let client = db.client().await?;
     // Seven claims made in one transaction share claimed_at: a range cannot split them.
     for i in 0..7 {
-        seed_at(&client, &format!("same-{i}"), t(1)).await?;
+        seed_claim_at(&client, &format!("same-{i}"), t(1), "confirmed").await?;
     }
-    seed_at(&client, "young", t(10)).await?;
+    seed_claim_at(&client, "young", t(10), "confirmed").await?;
     let timeout = Duration::from_secs(5);
     let mut from = t(-100);
     let mut sizes = Vec::new();

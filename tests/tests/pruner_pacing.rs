@@ -3,63 +3,32 @@
 //! pause while claims flow. Build the binary first (`cargo build --workspace`; `make test`
 //! does). Nothing here asserts on speed.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use dedupe_shared::{ClaimKey, ClaimScope, RunRef};
+use dedupe_tests::pruner::run_with_env;
 use dedupe_tests::TestDb;
 use serde_json::Value;
-use tokio::process::Command;
 use tokio_postgres::NoTls;
 
-const RUN_BOUND: Duration = Duration::from_secs(90);
-
-fn pruner_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("DEDUPE_PRUNER_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("unexpected test binary path {}", exe.display()))?;
-    let path = dir.join("dedupe-pruner");
-    ensure!(
-        path.exists(),
-        "{} not found: build it first with `cargo build -p dedupe-pruner`",
-        path.display()
-    );
-    Ok(path)
-}
-
-/// Runs the pruner to its end; returns its JSON events.
+/// Runs the pruner to its end (the shared harness, bounded); returns its JSON events.
 async fn run_pruner(url: &str, extra: &[&str]) -> Result<Vec<Value>> {
-    let mut cmd = Command::new(pruner_bin()?);
-    cmd.env_clear()
-        .env("RUST_LOG", "info")
-        .args(["--database-url", url, "--log-format", "json"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(RUN_BOUND, cmd.output())
-        .await
-        .context("pruner did not finish in time")??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if out.status.code() != Some(0) {
-        bail!(
-            "pruner exited {:?}: {stdout}{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect())
+    let mut args = vec!["--database-url", url, "--log-format", "json"];
+    args.extend_from_slice(extra);
+    // Adaptive pacing is what these tests are about; the shared harness pins `fixed` for the
+    // others. A `--pacing` flag in `extra` still wins over this.
+    let finished = run_with_env(&args, &[("JANGAR_ORCHESTRATION_DEDUPE_PRUNE_PACING", "adaptive")]).await?;
+    ensure!(
+        finished.code == Some(0),
+        "pruner exited {:?}: {}{}",
+        finished.code,
+        finished.stdout,
+        finished.stderr
+    );
+    Ok(finished.events)
 }
 
 /// (pace, batch_size, deleted) of every committed batch.

@@ -381,7 +381,9 @@ async fn malformed_requests_get_json_errors() -> Result<()> {
             StatusCode::from_u16(status)?.canonical_reason().unwrap_or("?"),
             "{what}"
         );
-        let message = json["message"].as_str().unwrap_or_default();
+        let message = json["message"]
+            .as_str()
+            .with_context(|| format!("{what}: no message in {json}"))?;
         assert!(message.contains(needle), "{what}: {message:?} lacks {needle:?}");
     }
     // Unknown path: JSON 404. Then a valid request is still answered.

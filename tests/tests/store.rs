@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use dedupe_shared::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ClaimStore, RunRef};
+use dedupe_tests::testdb::seed_claim_at;
 use dedupe_tests::TestDb;
 use tokio::sync::Barrier;
 
@@ -366,23 +367,16 @@ async fn batch_delete_takes_only_rows_older_than_the_cutoff_and_at_most_n() -> R
     let db = TestDb::new().await?;
     let store = db.migrated_store().await?;
     let client = db.client().await?;
-    // 10 rows 1 s before the cutoff, one exactly at it, 3 rows 1 s after it.
-    client
-        .batch_execute(
-            "INSERT INTO orchestration_dedupe_claims
-                 (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state, claimed_at)
-             SELECT 'old-' || i, 'cluster', '', '', 'ns', 'r' || i, 'u', 'confirmed', '2026-01-10 00:00:00+00'::timestamptz - interval '1 second'
-               FROM generate_series(1, 10) i;
-             INSERT INTO orchestration_dedupe_claims
-                 (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state, claimed_at)
-             VALUES ('at-cutoff', 'cluster', '', '', 'ns', 'rc', 'u', 'confirmed', '2026-01-10 00:00:00+00');
-             INSERT INTO orchestration_dedupe_claims
-                 (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state, claimed_at)
-             SELECT 'young-' || i, 'cluster', '', '', 'ns', 'y' || i, 'u', 'pending', '2026-01-10 00:00:01+00'::timestamptz
-               FROM generate_series(1, 3) i;",
-        )
-        .await?;
     let cutoff = chrono::DateTime::parse_from_rfc3339("2026-01-10T00:00:00Z")?.to_utc();
+    let second = chrono::Duration::seconds(1);
+    // 10 rows 1 s before the cutoff, one exactly at it, 3 rows 1 s after it.
+    for i in 1..=10 {
+        seed_claim_at(&client, &format!("old-{i}"), cutoff - second, "confirmed").await?;
+    }
+    seed_claim_at(&client, "at-cutoff", cutoff, "confirmed").await?;
+    for i in 1..=3 {
+        seed_claim_at(&client, &format!("young-{i}"), cutoff + second, "pending").await?;
+    }
     let epoch = chrono::DateTime::UNIX_EPOCH;
     let first = store
         .prune_batch(epoch, cutoff, 4, Duration::from_secs(5))

@@ -85,7 +85,7 @@ async fn the_store_encrypts_when_the_server_offers_tls_and_verifies_with_a_ca() 
         .await
         .err()
         .map(|e| dedupe_shared::error::Chain(&e).to_string())
-        .unwrap_or_default();
+        .expect("a server certificate from another CA is refused");
     assert!(error.to_lowercase().contains("certificate"), "{error}");
     Ok(())
 }
@@ -106,7 +106,7 @@ async fn require_against_a_server_without_tls_fails_and_a_bad_ca_file_is_a_confi
         .with_database_ca(Some(missing))
         .err()
         .map(|e| e.to_string())
-        .unwrap_or_default();
+        .expect("a missing --database-ca file is refused");
     assert!(
         error.contains("--database-ca") && error.contains("/nonexistent/ca.crt"),
         "{error}"
@@ -134,7 +134,7 @@ async fn a_ca_bundle_makes_tls_required_and_refuses_sslmode_disable() -> Result<
     .with_database_ca(Some(&ca))
     .err()
     .map(|e| e.to_string())
-    .unwrap_or_default();
+    .expect("--database-ca with sslmode=disable is refused");
     assert!(error.contains("sslmode=disable"), "{error}");
     Ok(())
 }

@@ -101,11 +101,10 @@ async fn first_create_is_claimed_and_the_duplicate_is_denied_naming_it() -> Resu
     assert_eq!(decisions[1]["span"]["run"], "jangar/run-second");
     assert_eq!(decisions[1]["span"]["uid"], second.request_uid().as_str());
     assert!(decisions[1].get("spans").is_none(), "no duplicate span list");
-    assert!(decisions[1]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("idempotently"));
-    assert!(decisions[1]["claimKey"].as_str().unwrap_or_default().contains(&d));
+    let message = decisions[1]["message"].as_str().expect("a message");
+    assert!(message.contains("idempotently"), "{message}");
+    let claim_key = decisions[1]["claimKey"].as_str().expect("a claimKey");
+    assert!(claim_key.contains(&d), "{claim_key}");
     Ok(())
 }
 
@@ -272,7 +271,7 @@ async fn sigterm_stops_accepting_and_exits_zero() -> Result<()> {
 
 #[tokio::test]
 async fn bad_configuration_exits_2_naming_the_flag() -> Result<()> {
-    let bin = dedupe_tests::webhook::binary("dedupe-admission")?;
+    let bin = dedupe_tests::binaries::binary("dedupe-admission")?;
     let out = tokio::process::Command::new(&bin)
         .args(["--claim-scope", "galaxy"])
         .env("DATABASE_URL", "postgres://127.0.0.1:1/x")
@@ -308,7 +307,7 @@ async fn missing_certificate_fails_at_start_naming_the_file() -> Result<()> {
         &[],
     )
     .await;
-    let error = result.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    let error = format!("{:#}", result.err().expect("a missing certificate is refused"));
     assert!(error.contains("nope.crt"), "{error}");
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use dedupe_tests::{Answer, Review, TempPostgres, TestCerts, TestDb, Webhook};
 
 /// A webhook on a fresh schema with `--store-timeout-ms`, and one delivery claimed by
@@ -93,10 +93,9 @@ async fn a_stopped_store_gives_503_and_unready_then_decisions_resume() -> Result
         "took {:?}",
         started.elapsed()
     );
-    assert!(reply.json()?["message"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("no decision"));
+    let body = reply.json()?;
+    let message = body["message"].as_str().context("no message in the error body")?;
+    assert!(message.contains("no decision"), "{body}");
     let ready = webhook.ops("/readyz").await?;
     assert_eq!(ready.status.as_u16(), 503);
     assert_eq!(ready.json()?["ready"], false);
@@ -170,9 +169,7 @@ async fn sigterm_lets_an_in_flight_request_finish_before_exiting_0() -> Result<(
     let pid = webhook
         .pid()
         .ok_or_else(|| anyhow::anyhow!("webhook not running"))?;
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
+    dedupe_tests::signal::send(pid, dedupe_tests::signal::Signal::TERM)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !in_flight.is_finished(),

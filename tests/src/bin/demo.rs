@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use dedupe_tests::webhook::binary;
+use dedupe_tests::binaries::binary;
 use dedupe_tests::{Answer, Review, TestCerts, TestDb, Webhook};
 
 const WEBHOOK_NAME: &str = "dedupe.orchestration.proompteng.ai";
@@ -53,7 +53,7 @@ async fn run() -> Result<()> {
     let delivery = first.json()["request"]["object"]["metadata"]["labels"]
         ["jangar.proompteng.ai/delivery-id"]
         .as_str()
-        .unwrap_or_default()
+        .context("the recorded create-generatename request has no delivery-id label")?
         .to_owned();
     let steps = vec![
         Step {

@@ -66,7 +66,7 @@ async fn run() -> Result<ExitCode> {
         // command can clean up, and only kill it if it has not ended after a grace period.
         _ = sigterm.recv() => {
             if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+                let _ = dedupe_tests::signal::send(pid, dedupe_tests::signal::Signal::TERM);
             }
             match tokio::time::timeout(FORWARDED_SIGTERM_GRACE, child.wait()).await {
                 Ok(status) => status?,

@@ -316,7 +316,7 @@ mod tests {
         for bad in ["", "-x", "has space", &"x".repeat(64)] {
             let err = parse(&["get", "--", bad]).err();
             assert_eq!(err.as_ref().map(clap::Error::exit_code), Some(2), "{bad:?}");
-            let text = err.map(|e| e.to_string()).unwrap_or_default();
+            let text = err.map(|e| e.to_string()).expect("an error");
             assert!(text.contains("DELIVERY_ID"), "{bad:?}: {text}");
         }
     }
@@ -333,7 +333,7 @@ mod tests {
         ] {
             let err = parse(args).err();
             assert_eq!(err.as_ref().map(clap::Error::exit_code), Some(2), "{args:?}");
-            let text = err.map(|e| e.to_string()).unwrap_or_default();
+            let text = err.map(|e| e.to_string()).expect("an error");
             assert!(text.contains(flag), "{args:?}: {text}");
         }
         let err = parse(&["stats", "--frobnicate"]).err();
@@ -348,7 +348,7 @@ mod tests {
         let err = Settings::from_cli(&cli)
             .err()
             .map(|e| e.to_string())
-            .unwrap_or_default();
+            .expect("an error");
         assert!(err.contains("--database-url (DATABASE_URL)"), "{err}");
         Ok(())
     }
