@@ -6,7 +6,8 @@
 //! The HTTPS edge is bounded (issue 11): a TLS handshake within [`HANDSHAKE_TIMEOUT`]; a
 //! request's headers (HTTP/1.1) and then its body within `--request-read-timeout-ms` each;
 //! a connection with no request in progress for that long is closed, HTTP/1.1 (by hyper's
-//! header-read timer) and HTTP/2 (by [`serve_https`]'s idle check, which sends GOAWAY) alike;
+//! header-read timer) and HTTP/2 (by [`serve_https`]'s idle check, which sends GOAWAY; within
+//! two timeouts when a request was in progress at the check) alike;
 //! and at most `--max-concurrent-requests` requests are read and decided at once.
 
 use std::future::Future;
@@ -323,9 +324,15 @@ impl Activity {
         self.last.lock().map(|l| *l).unwrap_or_else(|_| Instant::now())
     }
 
-    /// When the connection becomes idle for `timeout` if nothing happens meanwhile.
+    /// When to check again: `timeout` after the last request ended, or, while one is in
+    /// progress, `timeout` from now (never in the past, so the check cannot spin). An idle
+    /// connection is thus closed between one and two timeouts after its last request.
     fn idle_deadline(&self, timeout: Duration) -> Instant {
-        self.last() + timeout
+        if self.in_progress.load(Ordering::Acquire) > 0 {
+            Instant::now() + timeout
+        } else {
+            self.last() + timeout
+        }
     }
 
     fn idle_for(&self, timeout: Duration) -> bool {
