@@ -297,3 +297,28 @@ proptest::proptest! {
         decide(v.to_string().as_bytes());
     }
 }
+
+/// CPU per parse, this decoder against the generic tree it replaced (kube's
+/// `AdmissionReview<DynamicObject>`), on the recorded create. Timing, not a check: run by
+/// hand, `cargo test --release -p dedupe-admission --lib parse_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn parse_cost() {
+    use kube::core::admission::AdmissionReview;
+    use kube::core::DynamicObject;
+    let body = FIXTURES[0].as_bytes();
+    let rounds = 50_000u32;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(parse(std::hint::black_box(body)).is_ok());
+    }
+    let new = started.elapsed() / rounds;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        let tree: Result<AdmissionReview<DynamicObject>, _> =
+            serde_json::from_slice(std::hint::black_box(body));
+        std::hint::black_box(tree.is_ok());
+    }
+    let tree = started.elapsed() / rounds;
+    println!("{} B review: parse {new:?}, generic tree {tree:?}", body.len());
+}
