@@ -412,3 +412,69 @@ async fn a_newline_in_a_logged_field_produces_no_extra_line() -> Result<()> {
     }
     Ok(())
 }
+
+/// Past `--max-concurrent-requests`, a request waits for a slot up to the read timeout and
+/// then gets 503 without its body being read; once the slot frees up, requests are decided.
+/// The slot is held by a decision waiting on a locked claim row (a slow store): slots held
+/// only by slow bodies free up in time, as every body's deadline counts from its arrival and
+/// waiters are served first come, first served.
+#[tokio::test]
+async fn past_the_concurrency_cap_a_request_gets_503() -> Result<()> {
+    let (db, _certs, webhook) = start(&[
+        "--max-concurrent-requests",
+        "1",
+        "--request-read-timeout-ms",
+        "1000",
+        "--store-timeout-ms",
+        "10000",
+    ])
+    .await?;
+    let d = delivery();
+    let first = Answer::from_reply(&webhook.review(Review::create(&d, "run-first")?.json()).await?)?;
+    ensure!(first.decision() == "claimed", "{:?}", first.0);
+    let lock = db.client().await?;
+    lock.batch_execute("BEGIN").await?;
+    lock.execute(
+        "SELECT 1 FROM orchestration_dedupe_claims WHERE delivery_id = $1 FOR UPDATE",
+        &[&d],
+    )
+    .await?;
+    // Takes the only slot and waits on the lock.
+    let blocked = Review::create(&d, "run-second")?;
+    let client = webhook.client()?;
+    let holder = tokio::spawn(async move { client.connect().await?.review(blocked.json()).await });
+    let mut waiting = false;
+    for _ in 0..100 {
+        if metric(&webhook, "orchestration_dedupe_in_flight_requests").await? == 1.0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(waiting, "the first request never got in flight");
+    let reply = webhook
+        .review(Review::create(&delivery(), "run-waiting")?.json())
+        .await?;
+    ensure!(
+        reply.status.as_u16() == 503,
+        "got {} {:?}",
+        reply.status,
+        reply.body
+    );
+    let message = reply.json()?["message"].as_str().unwrap_or_default().to_owned();
+    ensure!(
+        message.contains("too many requests in progress (limit 1)"),
+        "{message}"
+    );
+    ensure!(metric(&webhook, "orchestration_dedupe_store_errors_total").await? == 0.0);
+    lock.batch_execute("ROLLBACK").await?;
+    let held = Answer::from_reply(&holder.await??)?;
+    ensure!(held.decision() == "duplicate", "{:?}", held.0);
+    let answer = Answer::from_reply(
+        &webhook
+            .review(Review::create(&delivery(), "run-after")?.json())
+            .await?,
+    )?;
+    ensure!(answer.decision() == "claimed", "{:?}", answer.0);
+    Ok(())
+}
