@@ -10,9 +10,22 @@ use dedupe_shared::config::{DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_POOL_SIZE, DE
 use dedupe_shared::group_commit::{DEFAULT_IN_FLIGHT, DEFAULT_MAX_BATCH};
 use dedupe_shared::{ClaimScope, CommonArgs, GroupCommitConfig};
 
-/// Largest AdmissionReview body accepted; the API server's own request limit is larger
-/// (3 MiB objects, base64 and JSON overheads), 7 MiB leaves room for any real object.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+/// Largest AdmissionReview body accepted: 4 MiB. kube-apiserver decodes no write request
+/// body over 3 MiB (`MaxRequestBodyBytes`, 3145728: twice etcd's 1.5 MiB request limit,
+/// for JSON's overhead over protobuf; k8s.io/apiserver pkg/server/config.go, and
+/// kubernetes/kubernetes#105863 "Request entity too large: limit is 3145728"), so a CREATE's
+/// `object` is at most 3 MiB; an UPDATE's `object` and `oldObject` together are at most
+/// 3 MiB for any update etcd can store (1.5 MiB each). The extra MiB is the envelope
+/// (userInfo, options, JSON re-encoding). The body is buffered, so this bounds a request's memory.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// How many requests are read and decided at once. Each holds at most `--max-body-bytes`
+/// (about twice that while the body is gathered), so 16 × 4 MiB × 2 stays well inside the
+/// chart's 256 Mi memory limit; 16 matches the default store pool, which bounds decisions anyway.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 16;
+/// Bound on a request's headers (HTTP/1.1), on waiting for a slot plus reading its body,
+/// and on a connection's idle time: well under the chart's `timeoutSeconds: 5` (the API
+/// server's default is 10 s), by when the API server has given up on the request anyway.
+pub const DEFAULT_REQUEST_READ_TIMEOUT_MS: u64 = 3_000;
 /// How often the certificate files are re-read even without a change notification.
 pub const DEFAULT_TLS_RELOAD_POLL_SECONDS: u64 = 30;
 /// How long SIGTERM waits for in-flight requests before exiting anyway.
@@ -121,6 +134,14 @@ pub struct Args {
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
+    /// Requests read and decided at once; past it a request waits up to the read timeout, then gets 503.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS, value_parser = parse_max_concurrent)]
+    pub max_concurrent_requests: usize,
+
+    /// Milliseconds allowed for a request's headers, and again for its body (408 past it); also closes idle connections.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_REQUEST_READ_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_READ_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_read_timeout_ms: u64,
+
     /// Seconds to wait for in-flight requests after SIGTERM.
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_SHUTDOWN_GRACE_SECONDS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECONDS)]
     pub shutdown_grace_seconds: u64,
@@ -142,8 +163,19 @@ impl Args {
         })
     }
 
+    pub fn request_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_read_timeout_ms)
+    }
+
     pub fn pending_grace(&self) -> Duration {
         Duration::from_secs(self.pending_grace_seconds)
+    }
+}
+
+fn parse_max_concurrent(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=4096).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a request count between 1 and 4096")),
     }
 }
 

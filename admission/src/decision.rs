@@ -28,7 +28,9 @@
 
 use std::time::Duration;
 
-use dedupe_shared::run::label_value_problem;
+use dedupe_shared::run::{
+    dns1123_label_problem, dns1123_subdomain_problem, label_value_problem, uid_problem,
+};
 use dedupe_shared::{
     Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, RunRef, RunView, DELIVERY_ID_LABEL,
 };
@@ -266,6 +268,9 @@ fn plan_create(object: &RunView, dry_run: bool, policy: &Policy) -> Plan {
             "metadata.name and metadata.namespace must be set by the time the webhook is called".into(),
         ));
     }
+    if let Some(problem) = key_problem(object, policy.scope) {
+        return Plan::Answer(Verdict::invalid(Decision::Invalid, problem));
+    }
     Plan::Claim(ClaimPlan {
         key: ClaimKey::new(policy.scope, &object.namespace, orchestration, delivery),
         run: run_ref(object),
@@ -320,11 +325,11 @@ fn plan_delete(old: &RunView, dry_run: bool, policy: &Policy) -> Plan {
 /// An update or delete of a labelled run: the run exists, so its pending claim is confirmed.
 fn confirm_plan(run: &RunView, dry_run: bool, policy: &Policy) -> Plan {
     let delivery = run.delivery_label.as_deref().unwrap_or_default();
-    if label_value_problem(delivery).is_some() {
+    if let Some(problem) = key_problem(run, policy.scope) {
         // A run labelled before the webhook was installed, with a value no claim can have.
         return Plan::Answer(Verdict::allow(
             Decision::Allowed,
-            "delivery-id label is not a valid claim key".into(),
+            format!("not a valid claim key, nothing to confirm: {problem}"),
         ));
     }
     Plan::Confirm(ConfirmPlan {
@@ -337,6 +342,30 @@ fn confirm_plan(run: &RunView, dry_run: bool, policy: &Policy) -> Plan {
         run: run_ref(run),
         dry_run,
     })
+}
+
+/// The first part of the claim (its key, and the run it records) that Kubernetes itself
+/// would refuse, as "<field> <rule>": such a value can never name a real run, and must not
+/// reach the store, where it would fail as a store error (a NUL byte) or be claimed (a name
+/// longer than any Kubernetes name).
+fn key_problem(run: &RunView, scope: ClaimScope) -> Option<String> {
+    let delivery = run.delivery_label.as_deref().unwrap_or_default();
+    let orchestration = run.orchestration().unwrap_or_default();
+    let checks = [
+        (label_field(), label_value_problem(delivery)),
+        (
+            "spec.orchestrationRef.name".into(),
+            (scope == ClaimScope::Orchestration)
+                .then(|| dns1123_subdomain_problem(orchestration))
+                .flatten(),
+        ),
+        ("metadata.namespace".into(), dns1123_label_problem(&run.namespace)),
+        ("metadata.name".into(), dns1123_subdomain_problem(&run.name)),
+        ("metadata.uid".into(), uid_problem(&run.uid)),
+    ];
+    checks
+        .into_iter()
+        .find_map(|(field, problem)| problem.map(|p| format!("{field} {p}")))
 }
 
 fn run_ref(run: &RunView) -> RunRef {
@@ -984,5 +1013,103 @@ mod tests {
     fn every_decision_has_a_distinct_name() {
         let names: std::collections::HashSet<_> = Decision::ALL.iter().map(|d| d.as_str()).collect();
         assert_eq!(names.len(), Decision::ALL.len());
+    }
+
+    /// Issue 11: key parts Kubernetes would refuse are a 422 naming the field and the rule,
+    /// before any store call (a NUL byte used to fail in PostgreSQL as a 503).
+    #[test]
+    fn malformed_key_parts_are_invalid_before_the_store() {
+        let long = "a".repeat(3_000);
+        let cases: [(&str, &str, &str); 7] = [
+            (
+                "/request/object/spec/orchestrationRef/name",
+                "co\0dex",
+                "spec.orchestrationRef.name is not a DNS-1123 subdomain",
+            ),
+            (
+                "/request/object/spec/orchestrationRef/name",
+                &long,
+                "spec.orchestrationRef.name is 3000 characters long",
+            ),
+            (
+                "/request/object/spec/orchestrationRef/name",
+                "Codex_1",
+                "spec.orchestrationRef.name is not a DNS-1123 subdomain",
+            ),
+            (
+                "/request/object/spec/orchestrationRef/name",
+                "codex\nINFO forged",
+                "spec.orchestrationRef.name is not a DNS-1123 subdomain",
+            ),
+            (
+                "/request/object/metadata/namespace",
+                "jan.gar",
+                "metadata.namespace is not a DNS-1123 label",
+            ),
+            (
+                "/request/object/metadata/name",
+                "Run-1",
+                "metadata.name is not a DNS-1123 subdomain",
+            ),
+            (
+                "/request/object/metadata/uid",
+                "u\0id",
+                "metadata.uid may contain only printable ASCII",
+            ),
+        ];
+        for (pointer, value, message) in cases {
+            let value = Value::from(value);
+            let p = plan(
+                &parse(CREATE, |v| {
+                    if let Some(slot) = v.pointer_mut(pointer) {
+                        *slot = value.clone();
+                    }
+                }),
+                &policy(),
+            );
+            let verdict = answer(p);
+            assert_eq!(
+                (verdict.allowed, verdict.code, verdict.decision),
+                (false, 422, Decision::Invalid)
+            );
+            assert!(
+                verdict.message.starts_with(message),
+                "{pointer}: {}",
+                verdict.message
+            );
+        }
+    }
+
+    /// A cluster-scoped key has no orchestration part, so its name is not checked.
+    #[test]
+    fn orchestration_name_is_checked_only_when_it_is_in_the_key() {
+        let request = parse(CREATE, |v| {
+            v["request"]["object"]["spec"]["orchestrationRef"]["name"] = "Not_A_Name".into();
+        });
+        let cluster = Policy {
+            scope: ClaimScope::Cluster,
+            ..policy()
+        };
+        assert!(matches!(plan(&request, &cluster), Plan::Claim(_)));
+    }
+
+    /// An update of a run whose key could never have been claimed confirms nothing (so no
+    /// store call that would fail) and is allowed.
+    #[test]
+    fn update_with_a_malformed_key_confirms_nothing() {
+        let request = parse(UPDATE_LABEL, |v| {
+            for side in ["object", "oldObject"] {
+                v["request"][side]["metadata"]["labels"][DELIVERY_ID_LABEL] = "d1".into();
+                v["request"][side]["spec"]["deliveryId"] = Value::Null;
+                v["request"][side]["spec"]["orchestrationRef"]["name"] = "a\u{0}b".into();
+            }
+        });
+        let verdict = answer(plan(&request, &policy()));
+        assert_eq!((verdict.allowed, verdict.decision), (true, Decision::Allowed));
+        assert!(
+            verdict.message.contains("spec.orchestrationRef.name"),
+            "{}",
+            verdict.message
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! Every answer that is not an AdmissionReview: one error type for the webhook's HTTP
-//! statuses (400, 404, 413, 415, 503), written once as a JSON body
+//! statuses (400, 404, 408, 413, 415, 503), written once as a JSON body
 //! `{"status", "error", "message"}` by its [`IntoResponse`].
 
 use axum::http::StatusCode;
@@ -42,6 +42,12 @@ pub enum HttpError {
     /// 503.
     #[error("no decision could be made")]
     Unavailable(#[from] AdmitError),
+    /// 503: every `--max-concurrent-requests` slot stayed busy for the read timeout.
+    #[error("too many requests in progress (limit {limit}); retry")]
+    Overloaded { limit: usize },
+    /// 408: the body was not fully read within `--request-read-timeout-ms`.
+    #[error("the request body was not read within {after:?}")]
+    RequestTimeout { after: std::time::Duration },
 }
 
 impl HttpError {
@@ -51,7 +57,8 @@ impl HttpError {
             HttpError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::Body(_) | HttpError::Review(_) => StatusCode::BAD_REQUEST,
             HttpError::NotFound { .. } => StatusCode::NOT_FOUND,
-            HttpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Unavailable(_) | HttpError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -64,7 +71,9 @@ impl HttpError {
     pub fn counted(self, metrics: &Metrics) -> Response {
         let status = self.status();
         metrics.http_error(status.as_u16());
-        if status.is_server_error() {
+        if let HttpError::Unavailable(_) = self {
+            // Already logged where it happened, with the claim key: one line per 503.
+        } else if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), "{}", self.message());
         } else {
             tracing::info!(status = status.as_u16(), "rejected request: {}", self.message());

@@ -33,6 +33,10 @@ pub struct App {
     pub policy: Policy,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// `--max-concurrent-requests`: requests read and decided at once (server.rs).
+    pub max_concurrent_requests: usize,
+    /// `--request-read-timeout-ms`: bound on waiting for a slot and reading the body.
+    pub request_read_timeout: std::time::Duration,
 }
 
 /// `POST /validate`. The body arrives already read, up to the router's body limit
@@ -82,6 +86,9 @@ async fn validate_inner(
                 limit: app.max_body_bytes,
             }
         }
+        other if is_deadline(&other) => HttpError::RequestTimeout {
+            after: app.request_read_timeout,
+        },
         other => HttpError::Body(axum::Error::new(other)),
     })?;
     let req = review::parse(&bytes)?;
@@ -212,6 +219,19 @@ fn log_decision(verdict: &Verdict, delivery: &str, claim_key: &str, latency_ms: 
         latency_ms,
         "{message}"
     );
+}
+
+/// True when reading the body failed because its deadline passed (`server::BodyDeadline`,
+/// somewhere in the rejection's causes).
+fn is_deadline(rejection: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = cause {
+        if e.is::<crate::server::BodyDeadline>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).

@@ -136,6 +136,8 @@ impl Server {
             policy,
             metrics,
             max_body_bytes: args.max_body_bytes,
+            max_concurrent_requests: args.max_concurrent_requests,
+            request_read_timeout: args.request_read_timeout(),
         });
         let bind = |flag, addr| async move {
             TcpListener::bind(addr)
@@ -209,6 +211,7 @@ impl Server {
                 tls,
                 server::webhook_router(app.clone()),
                 http2,
+                app.request_read_timeout,
                 stop_rx.clone(),
                 grace
             ),

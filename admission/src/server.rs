@@ -2,23 +2,37 @@
 //! certificate for every new handshake, so reloads need no restart) and plain HTTP for
 //! `/healthz`, `/readyz` and `/metrics`. Both stop accepting on shutdown and let in-flight
 //! requests finish.
+//!
+//! The HTTPS edge is bounded (issue 11): a TLS handshake within [`HANDSHAKE_TIMEOUT`]; a
+//! request's headers (HTTP/1.1) and then its body within `--request-read-timeout-ms` each;
+//! a connection with no request in progress for that long is closed, HTTP/1.1 (by hyper's
+//! header-read timer) and HTTP/2 (by [`serve_https`]'s idle check, which sends GOAWAY; within
+//! two timeouts when a request was in progress at the check) alike;
+//! and at most `--max-concurrent-requests` requests are read and decided at once.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use dedupe_shared::error::Chain;
+use http_body::{Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::HttpError;
@@ -27,23 +41,108 @@ use crate::tls::TlsReloader;
 
 /// A client that does not finish the TLS handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/1.1: time allowed to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2: a PING every this often on a connection, so a peer that vanished (no FIN, no
+/// RST) is noticed while a request is in progress; idle connections are closed anyway.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// HTTP/2: the PING's answer must arrive within this, or the connection is closed.
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 rapid-reset (CVE-2023-44487) limits, only relevant with `--http2`.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 
-/// Routes of the HTTPS listener.
 /// Routes of the HTTPS listener. `--max-body-bytes` is axum's body limit for the
-/// handler's body extractor (413 past it, see [`handler::validate`]).
+/// handler's body extractor (413 past it, see [`handler::validate`]); [`admit_request`]
+/// runs first and bounds how many requests are read at once and how long reading takes.
 pub fn webhook_router(app: Arc<App>) -> Router {
     let limit = app.max_body_bytes;
+    let gate = Arc::new(Gate {
+        permits: Arc::new(Semaphore::new(app.max_concurrent_requests)),
+        app: app.clone(),
+    });
     Router::new()
         .route("/validate", post(handler::validate))
+        .route_layer(middleware::from_fn_with_state(gate, admit_request))
         .layer(DefaultBodyLimit::max(limit))
         .fallback(not_found)
         .with_state(app)
+}
+
+/// The `--max-concurrent-requests` slots, shared by every connection.
+struct Gate {
+    permits: Arc<Semaphore>,
+    app: Arc<App>,
+}
+
+/// Before the body is read: take one of the slots (waiting at most the read timeout, then
+/// 503 without reading the body), and give the body a deadline, so a body still not read
+/// by then fails the read (408) instead of holding the slot and its buffer.
+async fn admit_request(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
+    let timeout = gate.app.request_read_timeout;
+    let deadline = Instant::now() + timeout;
+    let permit = match tokio::time::timeout_at(deadline, gate.permits.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        // Timed out, or (never: the semaphore is not closed) closed.
+        Ok(Err(_)) | Err(_) => {
+            return HttpError::Overloaded {
+                limit: gate.app.max_concurrent_requests,
+            }
+            .counted(&gate.app.metrics)
+        }
+    };
+    let request = request.map(|body| Body::new(DeadlineBody::new(body, deadline, timeout)));
+    let response = next.run(request).await;
+    drop(permit);
+    response
+}
+
+/// The body was not fully read by the deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not read within {0:?}")]
+pub struct BodyDeadline(pub Duration);
+
+/// A request body that fails with [`BodyDeadline`] once `deadline` passes: a total bound on
+/// reading it, not a per-chunk idle timer, which a body trickled a byte at a time would pass.
+struct DeadlineBody {
+    inner: Body,
+    sleep: Pin<Box<Sleep>>,
+    timeout: Duration,
+}
+
+impl DeadlineBody {
+    fn new(inner: Body, deadline: Instant, timeout: Duration) -> Self {
+        Self {
+            inner,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            timeout,
+        }
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyDeadline(self.timeout).into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Routes of the plain-HTTP listener.
@@ -96,31 +195,38 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 /// Serves HTTPS until `shutdown` turns true, then stops accepting and waits up to `grace`
-/// for open connections to finish their requests.
+/// for open connections to finish their requests. `read_timeout` bounds an HTTP/1.1
+/// request's headers and closes a connection (either protocol) idle for that long.
 pub async fn serve_https(
     listener: TcpListener,
     tls: TlsReloader,
     router: Router,
     http2: bool,
+    read_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper starts this timer whenever the connection waits for a request's head, so it
+    // also closes an idle keep-alive connection.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(read_timeout);
     if http2 {
         builder
             .http2()
             .timer(TokioTimer::new())
+            .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
             .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
             .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
     } else {
         builder = builder.http1_only();
     }
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender; when all are gone, every connection is closed.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -138,10 +244,16 @@ pub async fn serve_https(
         // Small responses written in several TLS records must not wait for delayed ACKs.
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(tls.current());
-        let service = TowerToHyperService::new(router.clone());
+        let activity = Arc::new(Activity::new());
+        let service = TowerToHyperService::new(Tracked {
+            router: router.clone(),
+            activity: activity.clone(),
+        });
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let mut shutdown = shutdown.clone();
+        let open = open_tx.clone();
         tokio::spawn(async move {
+            let _open = open;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -154,16 +266,123 @@ pub async fn serve_https(
                 }
             };
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::pin!(connection);
+            // Until the connection ends: on shutdown, or once idle for `read_timeout`,
+            // ask it to finish (HTTP/2 GOAWAY; HTTP/1.1 close after the current response).
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = shutdown.wait_for(|stop| *stop), if !closing => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = tokio::time::sleep_until(activity.idle_deadline(read_timeout)), if !closing => {
+                        if activity.idle_for(read_timeout) {
+                            tracing::debug!(%peer, "closing idle connection");
+                            connection.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                    }
+                }
             }
         });
     }
     drop(listener);
+    drop(open_tx);
     tracing::info!("stopped accepting webhook connections; finishing in-flight requests");
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("in-flight requests finished"),
+        _ = open_rx.recv() => tracing::info!("in-flight requests finished"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "in-flight requests did not finish in time"),
+    }
+}
+
+/// Requests in progress on one connection, and when the last one started or ended.
+struct Activity {
+    in_progress: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_progress: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn touch(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Instant::now();
+        }
+    }
+
+    fn last(&self) -> Instant {
+        self.last.lock().map(|l| *l).unwrap_or_else(|_| Instant::now())
+    }
+
+    /// When to check again: `timeout` after the last request ended, or, while one is in
+    /// progress, `timeout` from now (never in the past, so the check cannot spin). An idle
+    /// connection is thus closed between one and two timeouts after its last request.
+    fn idle_deadline(&self, timeout: Duration) -> Instant {
+        if self.in_progress.load(Ordering::Acquire) > 0 {
+            Instant::now() + timeout
+        } else {
+            self.last() + timeout
+        }
+    }
+
+    fn idle_for(&self, timeout: Duration) -> bool {
+        self.in_progress.load(Ordering::Acquire) == 0 && self.last().elapsed() >= timeout
+    }
+}
+
+/// The router, counting the connection's requests in [`Activity`] while they are answered.
+#[derive(Clone)]
+struct Tracked {
+    router: Router,
+    activity: Arc<Activity>,
+}
+
+/// One request in progress; ending it counts as activity.
+struct InProgress(Arc<Activity>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
+impl<B> tower_service::Service<axum::http::Request<B>> for Tracked
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A Router is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        self.activity.in_progress.fetch_add(1, Ordering::AcqRel);
+        self.activity.touch();
+        let guard = InProgress(self.activity.clone());
+        let future = self.router.call(request);
+        Box::pin(async move {
+            let response = future.await;
+            drop(guard);
+            response
+        })
     }
 }
 

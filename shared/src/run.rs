@@ -111,6 +111,72 @@ pub fn label_value_problem(value: &str) -> Option<String> {
     None
 }
 
+/// Longest DNS-1123 label (a namespace name): 63, as in Kubernetes' `IsDNS1123Label`.
+pub const DNS1123_LABEL_MAX_LEN: usize = 63;
+/// Longest DNS-1123 subdomain (an object name): 253, as in Kubernetes' `IsDNS1123Subdomain`.
+pub const DNS1123_SUBDOMAIN_MAX_LEN: usize = 253;
+
+/// Checks `value` the way Kubernetes validates a namespace name (`IsDNS1123Label`): at most
+/// 63 characters, lower-case letters, digits and `-`, starting and ending with a letter or
+/// digit. Returns the rule that is broken, worded to follow the field's name.
+pub fn dns1123_label_problem(value: &str) -> Option<String> {
+    if value.len() > DNS1123_LABEL_MAX_LEN {
+        return Some(format!(
+            "is {} characters long; a DNS-1123 label is at most {DNS1123_LABEL_MAX_LEN}",
+            value.len()
+        ));
+    }
+    label_part_problem(value).map(|rule| format!("is not a DNS-1123 label: {rule}"))
+}
+
+/// Checks `value` the way Kubernetes validates an object name (`IsDNS1123Subdomain`): at
+/// most 253 characters, dot-separated parts each of lower-case letters, digits and `-`
+/// that start and end with a letter or digit. Returns the rule that is broken.
+pub fn dns1123_subdomain_problem(value: &str) -> Option<String> {
+    if value.len() > DNS1123_SUBDOMAIN_MAX_LEN {
+        return Some(format!(
+            "is {} characters long; a DNS-1123 subdomain is at most {DNS1123_SUBDOMAIN_MAX_LEN}",
+            value.len()
+        ));
+    }
+    value
+        .split('.')
+        .find_map(label_part_problem)
+        .map(|rule| format!("is not a DNS-1123 subdomain: {rule}"))
+}
+
+/// Longest object uid accepted. The API server writes a 36-character UUID; this leaves
+/// room for any other form while keeping a forged one out of the claim table.
+pub const MAX_UID_LEN: usize = 128;
+
+/// Checks an object uid: at most [`MAX_UID_LEN`] characters of printable ASCII (no NUL,
+/// no control characters, no spaces). Empty is allowed (the field is optional).
+pub fn uid_problem(value: &str) -> Option<String> {
+    if value.len() > MAX_UID_LEN {
+        return Some(format!(
+            "is {} characters long; at most {MAX_UID_LEN}",
+            value.len()
+        ));
+    }
+    (!value.chars().all(|c| c.is_ascii_graphic()))
+        .then(|| "may contain only printable ASCII characters without spaces".to_owned())
+}
+
+/// One dot-free part of a DNS-1123 name (length is checked by the callers).
+fn label_part_problem(part: &str) -> Option<&'static str> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if part.is_empty() {
+        Some("empty, or an empty part between dots")
+    } else if !part.chars().all(ok_char) {
+        Some("only lower-case letters, digits, '-' and '.' are allowed")
+    } else if !edge_ok(part.chars().next()) || !edge_ok(part.chars().last()) {
+        Some("each part must start and end with a lower-case letter or digit")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +221,69 @@ mod tests {
         assert!(label_value_problem("-leading").is_some());
         assert!(label_value_problem("has space").is_some());
         assert!(label_value_problem("ünicode").is_some());
+        assert!(label_value_problem("nul\0byte").is_some());
+        assert!(label_value_problem("new\nline").is_some());
+    }
+
+    #[test]
+    fn dns1123_labels() {
+        for ok in ["a", "jangar", "team-1", "0", &"a".repeat(63)] {
+            assert_eq!(dns1123_label_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "Jangar",
+            "a.b",
+            "-a",
+            "a-",
+            "a_b",
+            "nul\0",
+            "new\nline",
+            "é",
+            &"a".repeat(64),
+        ] {
+            assert!(dns1123_label_problem(bad).is_some(), "{bad:?}");
+        }
+        assert_eq!(
+            dns1123_label_problem(&"a".repeat(64)).as_deref(),
+            Some("is 64 characters long; a DNS-1123 label is at most 63")
+        );
+    }
+
+    #[test]
+    fn uids() {
+        assert_eq!(uid_problem("599aef04-af48-4dfe-9e63-c02ffc7d621d"), None);
+        assert_eq!(uid_problem(""), None);
+        for bad in ["a\0b", "a b", "a\nb", "\u{1b}[2J", "é", &"a".repeat(129)] {
+            assert!(uid_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dns1123_subdomains() {
+        for ok in ["codex", "codex.v2", "a-b.c-d.e", "0.1", &"a".repeat(253)] {
+            assert_eq!(dns1123_subdomain_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            ".a",
+            "a.",
+            "a..b",
+            "Codex",
+            "a_b",
+            "a.-b",
+            "nul\0",
+            "line\nbreak",
+            "\u{1b}[31m",
+            &"a".repeat(254),
+        ] {
+            assert!(dns1123_subdomain_problem(bad).is_some(), "{bad:?}");
+        }
+        assert_eq!(
+            dns1123_subdomain_problem("a\nb").as_deref(),
+            Some("is not a DNS-1123 subdomain: only lower-case letters, digits, '-' and '.' are allowed")
+        );
+        // 3,000 characters (issue 11): refused, however well-formed.
+        assert!(dns1123_subdomain_problem(&"a".repeat(3_000)).is_some_and(|p| p.contains("3000 characters")));
     }
 }

@@ -19,6 +19,7 @@ use tokio_rustls::TlsConnector;
 #[derive(Clone)]
 pub struct HttpsClient {
     connector: TlsConnector,
+    config: Arc<rustls::ClientConfig>,
     addr: SocketAddr,
     server_name: ServerName<'static>,
 }
@@ -87,8 +88,10 @@ impl HttpsClient {
             }
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = Arc::new(config);
         Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: TlsConnector::from(config.clone()),
+            config,
             addr,
             server_name: ServerName::try_from(server_name.to_owned())?,
         })
@@ -120,6 +123,21 @@ impl HttpsClient {
             host: self.server_name.to_str().into_owned(),
             peer_certificate,
         })
+    }
+
+    /// A TLS connection offering `alpn` (e.g. `h2`) and nothing on top: for tests that
+    /// write raw bytes, or speak HTTP/2 themselves.
+    pub async fn tls(&self, alpn: &[&[u8]]) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))?;
+        tcp.set_nodelay(true)?;
+        TlsConnector::from(Arc::new(config))
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .context("TLS handshake")
     }
 
     /// One request on a fresh connection.

@@ -87,15 +87,12 @@ impl Webhook {
         env: &[(&str, &str)],
     ) -> Result<Self> {
         let mut command = Command::new(binary("dedupe-admission")?);
+        command.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
+        // JSON logs unless the test asks for a format (the start-up line is read in both).
+        if !args.contains(&"--log-format") {
+            command.args(["--log-format", "json"]);
+        }
         command
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
             .arg("--tls-cert")
             .arg(cert)
             .arg("--tls-key")
@@ -137,6 +134,12 @@ impl Webhook {
         http_get(self.ops_addr, path).await
     }
 
+    /// `/proc/<pid>/status` of the process (VmRSS, VmHWM, …).
+    pub fn proc_status(&self) -> Result<String> {
+        let pid = self.pid().ok_or_else(|| anyhow::anyhow!("already exited"))?;
+        Ok(std::fs::read_to_string(format!("/proc/{pid}/status"))?)
+    }
+
     /// Everything the process printed so far.
     pub fn logs(&self) -> Vec<String> {
         self.process.lines().into_iter().map(|l| l.text).collect()
@@ -164,6 +167,18 @@ impl Webhook {
 }
 
 fn serving_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if !line.starts_with('{') {
+        // The text format: `… dedupe-admission serving listen=… metrics_listen=…`.
+        if !line.contains("dedupe-admission serving") {
+            return None;
+        }
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|part| part.strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+        };
+        return Some((field("listen=")?, field("metrics_listen=")?));
+    }
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     if v["message"] != "dedupe-admission serving" {
         return None;

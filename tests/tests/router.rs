@@ -47,6 +47,10 @@ impl InProcess {
             },
             metrics: Arc::new(Metrics::new()),
             max_body_bytes,
+            max_concurrent_requests: dedupe_admission::config::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            request_read_timeout: Duration::from_millis(
+                dedupe_admission::config::DEFAULT_REQUEST_READ_TIMEOUT_MS,
+            ),
         });
         Ok(Self { db, app })
     }

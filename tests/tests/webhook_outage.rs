@@ -140,6 +140,23 @@ async fn a_store_slower_than_the_timeout_gives_503_not_a_deny() -> Result<()> {
         String::from_utf8_lossy(&reply.body)
     );
     assert!(started.elapsed() < Duration::from_secs(3));
+    // Exactly one log line for the 503 (it used to be an ERROR and a WARN). Lines are written
+    // by a background thread: wait for the first, then give a second one time to show up.
+    let no_decision = || {
+        webhook
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("no decision"))
+            .count()
+    };
+    for _ in 0..50 {
+        if no_decision() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(no_decision(), 1, "{:#?}", webhook.logs());
     lock.release().await?;
     let a = Answer::from_reply(&webhook.review(Review::create(&d, "run-third")?.json()).await?)?;
     assert_eq!(a.code(), 409, "decisions resume once the lock is gone");
