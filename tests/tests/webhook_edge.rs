@@ -434,11 +434,10 @@ async fn past_the_concurrency_cap_a_request_gets_503() -> Result<()> {
     ensure!(first.decision() == "claimed", "{:?}", first.0);
     let lock = db.client().await?;
     lock.batch_execute("BEGIN").await?;
-    lock.execute(
-        "SELECT 1 FROM orchestration_dedupe_claims WHERE delivery_id = $1 FOR UPDATE",
-        &[&d],
-    )
-    .await?;
+    // Not the claim's row lock: a duplicate is a read that takes none. A table lock that
+    // admits readers and no writer holds every claim statement (an INSERT) up.
+    lock.batch_execute("LOCK TABLE orchestration_dedupe_claims IN EXCLUSIVE MODE")
+        .await?;
     // Takes the only slot and waits on the lock.
     let blocked = Review::create(&d, "run-second")?;
     let client = webhook.client()?;
