@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use dedupe_shared::run::{GROUP, RESOURCE};
 use dedupe_shared::RunView;
+use dedupe_shared::{RunRef, DELIVERY_ID_LABEL};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::response::{StatusCause, StatusDetails};
 use kube::core::{DynamicObject, Status};
 
 use crate::decision::Verdict;
@@ -129,6 +131,7 @@ pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
         let mut status = Status::failure(&verdict.message, verdict.reason);
         // Set explicitly: the API server turns a deny without a code (or below 400) into 400.
         status.code = verdict.code;
+        status.details = verdict.holder.as_ref().map(duplicate_details);
         status
     };
     // Not `AdmissionResponse::from(&AdmissionRequest)`: `parse` keeps only the fields the
@@ -144,6 +147,29 @@ pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
         HashMap::from([("decision".to_owned(), verdict.decision.as_str().to_owned())]);
     response.warnings = (!verdict.warnings.is_empty()).then(|| verdict.warnings.clone());
     response.into_review()
+}
+
+/// `status.details` of a duplicate's 409, naming the run that holds the delivery the way
+/// the API server's own AlreadyExists does, so a program can fetch it: group, resource
+/// (`kind` is the resource name in Status details), name, uid, and a cause carrying the
+/// holder's namespace, which for the `namespace` and `cluster` scopes may differ from the
+/// request's. The API server passes the whole Status through to the client.
+pub fn duplicate_details(holder: &RunRef) -> StatusDetails {
+    StatusDetails {
+        name: holder.name.clone(),
+        group: GROUP.to_owned(),
+        kind: RESOURCE.to_owned(),
+        uid: holder.uid.clone(),
+        causes: vec![StatusCause {
+            reason: "FieldValueDuplicate".to_owned(),
+            message: format!(
+                "the delivery is held by orchestrationrun {} in namespace {}",
+                holder.name, holder.namespace
+            ),
+            field: format!("metadata.labels[\"{DELIVERY_ID_LABEL}\"]"),
+        }],
+        retry_after_seconds: 0,
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod claim;
 pub mod config;
 pub mod error;
 pub mod migrate;
+pub mod reconcile_store;
 pub mod run;
 pub mod sql;
 pub mod store;
@@ -15,5 +16,6 @@ pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, DeletedBatch, Expired
 pub use config::{ClaimScope, CommonArgs, LogFormat, MigrationMode, StoreConfig};
 pub use error::{ConfigError, StoreError};
 pub use migrate::MigrationReport;
+pub use reconcile_store::{ObservedRun, ReconcileCounts};
 pub use run::{RunView, DELIVERY_ID_LABEL};
 pub use store::{ClaimStore, PrunerLock};

@@ -200,3 +200,8 @@ pub const DELETE_EXPIRED_RANGE: &str = "WITH bound AS (
     )
     SELECT count(*) AS deleted, max(claimed_at) AS newest, EXISTS (SELECT 1 FROM bound) AS more
       FROM gone";
+
+/// The reconciler's batch: confirm pending claims whose runs the API server shows, and
+/// back-fill a confirmed claim for each key that has none. Parameters and reasoning in the
+/// file.
+pub const RECONCILE_BATCH: &str = include_str!("../sql/reconcile_batch.sql");

@@ -90,7 +90,11 @@ impl ClaimStore {
             .unwrap_or(Err(StoreError::Timeout(self.timeout)))
     }
 
-    async fn query(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    pub(crate) async fn query(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
         self.bounded(async {
             let client = self.pool.get().await?;
             let prepared = client.prepare_cached(statement).await?;

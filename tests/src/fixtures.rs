@@ -155,6 +155,10 @@ impl Answer {
     pub fn message(&self) -> &str {
         self.0["status"]["message"].as_str().unwrap_or_default()
     }
+    /// `status.details` of a deny (`Null` when absent).
+    pub fn details(&self) -> &Value {
+        &self.0["status"]["details"]
+    }
     pub fn decision(&self) -> &str {
         self.0["auditAnnotations"]["decision"]
             .as_str()

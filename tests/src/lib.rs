@@ -9,7 +9,7 @@ pub mod postgres;
 pub mod testdb;
 pub mod webhook;
 
-pub use fake_apiserver::FakeApiServer;
+pub use fake_apiserver::{FakeApiServer, FakeRun};
 pub use fixtures::{Answer, Review};
 pub use https::HttpsClient;
 pub use postgres::TempPostgres;
