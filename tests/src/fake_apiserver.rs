@@ -8,7 +8,10 @@
 //!   when `allowWatchBookmarks` is asked for, and a 410 Gone (an `ERROR` event, as the real
 //!   server sends) for a resourceVersion older than the history it keeps, which forces the
 //!   client to list again ([`FakeApiServer::expire_watches`]);
-//! - an outage ([`FakeApiServer::set_down`]): every request 503 and open watches closed.
+//! - an outage ([`FakeApiServer::set_down`]): new connections are closed at once, requests
+//!   on kept-alive ones get a response whose body breaks off, and open watches end — what a
+//!   client sees when the API server's process is gone (a 503 would instead be retried
+//!   inside kube's client, as an overloaded server asks).
 //!
 //! Every request's path is recorded, so tests can check what the webhook asked for.
 
@@ -138,14 +141,12 @@ impl FakeApiServer {
         let addr = listener.local_addr()?;
         let cluster = match &tls {
             None => {
-                tokio::spawn(async move {
-                    let _ = axum::serve(listener, router).await;
-                });
+                tokio::spawn(serve(listener, None, router, inner.clone()));
                 format!("server: http://{addr}")
             }
             Some(certs) => {
                 let acceptor = tls_acceptor(certs)?;
-                tokio::spawn(serve_tls(listener, acceptor, router));
+                tokio::spawn(serve(listener, Some(acceptor), router, inner.clone()));
                 format!(
                     "server: https://{addr}\n    certificate-authority-data: {}",
                     certs.ca_bundle_base64()
@@ -301,11 +302,13 @@ fn record(inner: &Arc<Mutex<Inner>>, uri: &Uri) -> Option<Response> {
     };
     inner.requests.push(path);
     inner.down.then(|| {
-        status_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "the fake API server is down",
-        )
+        let broken = futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the fake API server is down",
+            ))
+        });
+        Response::new(Body::from_stream(broken))
     })
 }
 
@@ -627,17 +630,37 @@ fn tls_acceptor(certs: &certs_dev::DevCerts) -> Result<tokio_rustls::TlsAcceptor
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn serve_tls(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, router: Router) {
+/// Accepts connections (closing them at once while down) and serves `router` on each,
+/// over TLS when given an acceptor.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    inner: Arc<Mutex<Inner>>,
+) {
     while let Ok((tcp, _)) = listener.accept().await {
+        if inner.lock().unwrap_or_else(|p| p.into_inner()).down {
+            drop(tcp);
+            continue;
+        }
         let (acceptor, router) = (acceptor.clone(), router.clone());
         tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
-                return;
-            };
             let service = hyper_util::service::TowerToHyperService::new(router);
-            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            match acceptor {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        let _ = builder
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+                None => {
+                    let _ = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                }
+            }
         });
     }
 }

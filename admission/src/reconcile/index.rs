@@ -161,7 +161,17 @@ impl Index {
     pub fn take_batch(&mut self, max_rows: usize) -> (Vec<ObservedRun>, Vec<Conflict>) {
         let mut rows = Vec::new();
         let mut conflicts = Vec::new();
-        let keys: Vec<ClaimKey> = self.dirty.iter().cloned().collect();
+        // In primary-key order: neighbouring keys share index pages, and a (re)list is
+        // written in the same order every time, so a restart resumes where it stopped.
+        let mut keys: Vec<ClaimKey> = self.dirty.iter().cloned().collect();
+        keys.sort_by(|a, b| {
+            (&a.delivery_id, a.scope.as_str(), &a.namespace, &a.orchestration).cmp(&(
+                &b.delivery_id,
+                b.scope.as_str(),
+                &b.namespace,
+                &b.orchestration,
+            ))
+        });
         for key in keys {
             if rows.len() >= max_rows {
                 break;

@@ -131,20 +131,24 @@ impl Reconciler {
                 },
                 _ = sleep_until(flush_at) => {
                     match self.flush(&mut index).await {
-                        Ok(()) => {
-                            retry_delay = STORE_RETRY_FIRST;
-                            if sync_pending && index.dirty_keys() == 0 {
-                                sync_pending = false;
-                                self.metrics.last_sync.set(unix_now());
-                                tracing::info!(runs = index.runs(), conflicts = index.conflicts(), "reconciler in sync with the API server");
-                            }
-                        }
+                        Ok(()) => retry_delay = STORE_RETRY_FIRST,
                         Err(()) => {
                             retry_at = Instant::now() + retry_delay;
                             retry_delay = (retry_delay * 2).min(STORE_RETRY_MAX);
                         }
                     }
                 }
+            }
+            // A list completed and everything it showed is written (also when it showed
+            // nothing, or only runs already written).
+            if sync_pending && states.iter().all(|s| s.synced) && index.dirty_keys() == 0 {
+                sync_pending = false;
+                self.metrics.last_sync.set(unix_now());
+                tracing::info!(
+                    runs = index.runs(),
+                    conflicts = index.conflicts(),
+                    "reconciler in sync with the API server"
+                );
             }
             if *stop.borrow() {
                 break;
