@@ -1034,6 +1034,94 @@ mod tests {
         assert_eq!(after_confirm(&p, false).decision, Decision::Allowed);
     }
 
+    fn confirm_plan_of(body: &str) -> ConfirmPlan {
+        match plan(&same_key_update(|_| {}), &policy()) {
+            Plan::Confirm(p) if body.is_empty() => p,
+            _ => match plan(&parse(DELETE, |_| {}), &policy()) {
+                Plan::Confirm(p) => p,
+                other => panic!("{other:?}"),
+            },
+        }
+    }
+
+    #[test]
+    fn an_update_looks_the_run_up_only_for_a_pending_claim_naming_it() {
+        let p = confirm_plan_of("");
+        let read = |claim: Option<Claim>, lookup: Option<&'static ()>| after_confirm_read(&p, claim, lookup);
+        assert!(matches!(
+            read(Some(claim_by("run-fixed", ClaimState::Pending, 1)), LOOKUP),
+            AfterConfirmRead::LookUpRun { .. }
+        ));
+        for (claim, why) in [
+            (None, "no claim"),
+            (
+                Some(claim_by("run-fixed", ClaimState::Confirmed, 1)),
+                "already confirmed",
+            ),
+            (
+                Some(claim_by("run-other", ClaimState::Pending, 1)),
+                "names jangar/run-other",
+            ),
+        ] {
+            match read(claim, LOOKUP) {
+                AfterConfirmRead::Answer(v) => {
+                    assert_eq!((v.allowed, v.decision), (true, Decision::Allowed));
+                    assert!(v.message.contains(why), "{}", v.message);
+                }
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+        // The lookup off: a review's word never confirms.
+        match read(Some(claim_by("run-fixed", ClaimState::Pending, 1)), None) {
+            AfterConfirmRead::Answer(v) => {
+                assert_eq!(v.decision, Decision::Allowed);
+                assert!(v.message.contains("never confirms"), "{}", v.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A dry-run never looks up nor writes.
+        let dry = ConfirmPlan {
+            dry_run: true,
+            ..p.clone()
+        };
+        assert!(matches!(
+            after_confirm_read(&dry, Some(claim_by("run-fixed", ClaimState::Pending, 1)), LOOKUP),
+            AfterConfirmRead::Answer(v) if v.decision == Decision::Allowed
+        ));
+    }
+
+    #[test]
+    fn only_what_the_api_server_shows_is_confirmed() {
+        let p = confirm_plan_of("delete");
+        assert_eq!(after_confirm_lookup(&p, Holder::Exists), ConfirmStep::Confirm);
+        for holder in [Holder::Gone, Holder::Unknown("timed out".into())] {
+            match after_confirm_lookup(&p, holder.clone()) {
+                ConfirmStep::Answer(v) => assert_eq!((v.allowed, v.decision), (true, Decision::Allowed)),
+                other => panic!("{holder:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_duplicate_names_its_holder_for_the_details() {
+        let p = claim_plan(CREATE, |_| {});
+        let v = answered(after(
+            &p,
+            ClaimOutcome::HeldBy(claim_by("run-first", ClaimState::Confirmed, 5)),
+            &policy(),
+        ));
+        assert_eq!(
+            v.holder.as_ref().map(|h| h.to_string()),
+            Some("jangar/run-first".into())
+        );
+        let allowed = answered(after(
+            &p,
+            ClaimOutcome::Claimed(claim_by("run-bxm4w", ClaimState::Pending, 0)),
+            &policy(),
+        ));
+        assert_eq!(allowed.holder, None);
+    }
+
     #[test]
     fn delete_confirms_the_claim_of_the_old_object() {
         let p = match plan(&parse(DELETE, |_| {}), &policy()) {

@@ -278,6 +278,49 @@ mod tests {
     }
 
     #[test]
+    fn a_duplicate_answer_carries_details_naming_the_holder() {
+        use crate::decision::{Decision, Verdict};
+        let holder = RunRef {
+            namespace: "agents".into(),
+            name: "codex-autonomous-x7k2p".into(),
+            uid: "u-1".into(),
+        };
+        let verdict = Verdict {
+            allowed: false,
+            code: 409,
+            reason: "AlreadyExists",
+            message: "delivery d already has a run".into(),
+            decision: Decision::Duplicate,
+            warnings: Vec::new(),
+            existing_run: Some(holder.to_string()),
+            holder: Some(holder),
+        };
+        let json = match serde_json::to_value(respond("req-1", &verdict)) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        };
+        let status = &json["response"]["status"];
+        assert_eq!(status["code"], 409);
+        assert_eq!(status["reason"], "AlreadyExists");
+        assert_eq!(status["message"], "delivery d already has a run");
+        assert_eq!(
+            status["details"],
+            serde_json::json!({
+                "group": "orchestration.proompteng.ai",
+                "kind": "orchestrationruns",
+                "name": "codex-autonomous-x7k2p",
+                "uid": "u-1",
+                "causes": [{
+                    "reason": "FieldValueDuplicate",
+                    "field": "metadata.labels[\"jangar.proompteng.ai/delivery-id\"]",
+                    "message": "the delivery is held by orchestrationrun codex-autonomous-x7k2p in namespace agents"
+                }]
+            })
+        );
+        assert_eq!(json["response"]["uid"], "req-1");
+    }
+
+    #[test]
     fn not_json_is_an_error() {
         assert!(matches!(parse(b"\xff\x00not json"), Err(ReviewError::Json(_))));
         assert!(matches!(parse(b"[]"), Err(ReviewError::Json(_))));
