@@ -135,10 +135,19 @@ pub async fn cluster_client(
             })
         }
     };
-    kube::Client::try_from(config)
-        .map(Some)
-        .map_err(|e| LookupSetupError::NoConfig {
-            flag: required.unwrap_or("kube-lookup"),
+    match (kube::Client::try_from(config), required) {
+        (Ok(client), _) => Ok(Some(client)),
+        (Err(e), Some(flag)) => Err(LookupSetupError::NoConfig {
+            flag,
             reason: e.to_string(),
-        })
+        }),
+        // `auto` degrades the same way as without configuration.
+        (Err(e), None) => {
+            tracing::warn!(
+                error = %e,
+                "cluster configuration found but unusable: API-server lookup and reconciler are off"
+            );
+            Ok(None)
+        }
+    }
 }
