@@ -90,6 +90,8 @@ struct Inner {
     epoch: u64,
     expired: bool,
     down: bool,
+    /// Namespaces whose lists and watches are answered 403 (no RBAC there).
+    forbidden: Vec<String>,
     requests: Vec<String>,
 }
 
@@ -272,6 +274,12 @@ impl FakeApiServer {
         self.changed.send_replace(rv);
     }
 
+    /// Answers lists and watches in `namespace` with 403 Forbidden, as for a ServiceAccount
+    /// without a Role there.
+    pub fn forbid_namespace(&self, namespace: &str) {
+        self.lock().forbidden.push(namespace.to_owned());
+    }
+
     /// Paths requested so far (with the query string for lists and watches).
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
@@ -380,6 +388,21 @@ async fn list_or_watch(
         Ok(s) => s,
         Err(e) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", &e),
     };
+    if let Some(ns) = namespace.as_deref() {
+        if inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forbidden
+            .iter()
+            .any(|f| f == ns)
+        {
+            return status_response(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!("orchestrationruns.orchestration.proompteng.ai is forbidden: cannot list resource \"orchestrationruns\" in the namespace \"{ns}\""),
+            );
+        }
+    }
     let filter = Filter { namespace, selector };
     if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
         let from: u64 = query

@@ -446,3 +446,47 @@ async fn per_namespace_watches_see_only_their_namespaces() -> Result<()> {
     );
     Ok(())
 }
+
+/// A namespace whose watch cannot list (no Role there) holds back only its own keys.
+#[tokio::test]
+async fn a_namespace_without_rbac_does_not_hold_back_the_others() -> Result<()> {
+    let (db, certs, api) = (
+        TestDb::new().await?,
+        TestCerts::new()?,
+        FakeApiServer::start().await?,
+    );
+    let (agents, ci) = (delivery(), delivery());
+    api.put_all([
+        FakeRun::new("agents", "run-a", &agents),
+        FakeRun::new("ci", "run-c", &ci),
+    ]);
+    api.forbid_namespace("ci");
+    let kubeconfig = api.kubeconfig();
+    let kubeconfig = kubeconfig.to_string_lossy();
+    let webhook = Webhook::start(
+        db.url(),
+        &certs,
+        &["--reconcile", "on", "--namespaces", "agents,ci"],
+        &[("KUBECONFIG", &kubeconfig)],
+    )
+    .await?;
+    eventually("agents back-filled", || async {
+        Ok(claim(&db, &agents).await?.is_some())
+    })
+    .await?;
+    eventually("ci's watch errors counted", || async {
+        Ok(metric(&webhook, "orchestration_dedupe_reconcile_watch_errors_total").await? >= 1.0)
+    })
+    .await?;
+    assert_eq!(claim(&db, &ci).await?, None);
+    assert_eq!(
+        metric(
+            &webhook,
+            "orchestration_dedupe_reconcile_last_sync_timestamp_seconds"
+        )
+        .await?,
+        0.0,
+        "not a complete sync while one namespace cannot be listed"
+    );
+    Ok(())
+}

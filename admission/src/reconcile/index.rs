@@ -159,6 +159,17 @@ impl Index {
     /// (each may be named by a pending claim), the oldest marked as holding. Also returns
     /// the conflicts that are new or grew, to report once.
     pub fn take_batch(&mut self, max_rows: usize) -> (Vec<ObservedRun>, Vec<Conflict>) {
+        self.take_batch_where(max_rows, |_| true)
+    }
+
+    /// [`Index::take_batch`] for the keys `ready` accepts; the others stay dirty (a key
+    /// whose namespace's watch has not listed yet is not written: an older run may still
+    /// be coming).
+    pub fn take_batch_where(
+        &mut self,
+        max_rows: usize,
+        ready: impl Fn(&ClaimKey) -> bool,
+    ) -> (Vec<ObservedRun>, Vec<Conflict>) {
         let mut rows = Vec::new();
         let mut conflicts = Vec::new();
         // In primary-key order: neighbouring keys share index pages, and a (re)list is
@@ -175,6 +186,9 @@ impl Index {
         for key in keys {
             if rows.len() >= max_rows {
                 break;
+            }
+            if !ready(&key) {
+                continue;
             }
             self.dirty.remove(&key);
             let Some(members) = self.keys.get(&key) else {
@@ -301,6 +315,17 @@ mod tests {
         let mut index = Index::new(ClaimScope::Orchestration);
         index.apply(&run("agents", "bad", "not a label value", "2026-11-27T09:00:00Z"));
         assert_eq!((index.runs(), index.dirty_keys()), (0, 0));
+    }
+
+    #[test]
+    fn keys_not_ready_stay_dirty() {
+        let mut index = Index::new(ClaimScope::Orchestration);
+        index.apply(&run("agents", "run-a", "d1", "2026-11-27T09:00:00Z"));
+        index.apply(&run("ci", "run-c", "d2", "2026-11-27T09:00:00Z"));
+        let (rows, _) = index.take_batch_where(500, |k| k.namespace == "agents");
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["run-a"]);
+        assert_eq!(index.dirty_keys(), 1);
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub mod metrics;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dedupe_shared::{ClaimScope, ClaimStore, DELIVERY_ID_LABEL};
+use dedupe_shared::{ClaimKey, ClaimScope, ClaimStore, DELIVERY_ID_LABEL};
 use futures::stream::{select_all, BoxStream};
 use futures::{Stream, StreamExt};
 use kube::api::{Api, DynamicObject};
@@ -109,9 +109,11 @@ impl Reconciler {
         let mut retry_delay = STORE_RETRY_FIRST;
         // A list finished whose runs are not all written yet.
         let mut sync_pending = false;
+        let mut blocked = false;
         loop {
-            let all_synced = states.iter().all(|s| s.synced);
-            let flush_at = if !all_synced || index.dirty_keys() == 0 {
+            // Nothing to write until a watch has listed; and after a flush that left keys
+            // whose watch has not listed yet, nothing until the next event.
+            let flush_at = if blocked || !states.iter().any(|s| s.synced) || index.dirty_keys() == 0 {
                 None
             } else if index.dirty_keys() >= BATCH_ROWS {
                 Some(retry_at)
@@ -123,6 +125,7 @@ impl Reconciler {
                 event = events.next() => match event {
                     Some((i, event)) => {
                         quiet_since = Instant::now();
+                        blocked = false;
                         if self.on_event(&mut index, &mut states[i], event) {
                             sync_pending = true;
                         }
@@ -130,8 +133,11 @@ impl Reconciler {
                     None => break,
                 },
                 _ = sleep_until(flush_at) => {
-                    match self.flush(&mut index).await {
-                        Ok(()) => retry_delay = STORE_RETRY_FIRST,
+                    match self.flush(&mut index, &states).await {
+                        Ok(()) => {
+                            retry_delay = STORE_RETRY_FIRST;
+                            blocked = index.dirty_keys() > 0;
+                        }
                         Err(()) => {
                             retry_at = Instant::now() + retry_delay;
                             retry_delay = (retry_delay * 2).min(STORE_RETRY_MAX);
@@ -201,9 +207,14 @@ impl Reconciler {
 
     /// Writes every dirty key, a batch at a time. On a store failure the failed batch's keys
     /// stay dirty and the caller waits before trying again.
-    async fn flush(&self, index: &mut Index) -> Result<(), ()> {
-        while index.dirty_keys() > 0 {
-            let (rows, conflicts) = index.take_batch(BATCH_ROWS);
+    async fn flush(&self, index: &mut Index, states: &[WatchState]) -> Result<(), ()> {
+        loop {
+            let before = index.dirty_keys();
+            let (rows, conflicts) = index.take_batch_where(BATCH_ROWS, |key| self.ready(states, key));
+            if index.dirty_keys() == before {
+                // Only keys whose watch has not listed yet are left.
+                break;
+            }
             report(&conflicts);
             self.metrics.conflicts.set(gauge(index.conflicts()));
             match self.store.reconcile_batch(&rows).await {
@@ -228,6 +239,21 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+}
+
+impl Reconciler {
+    /// Whether `key` may be written: every run that can carry it has been listed. Keys of
+    /// the `orchestration` and `namespace` scopes live in one namespace, so its watch is
+    /// enough (a namespace whose watch cannot list — RBAC missing there — does not hold
+    /// the others back); a `cluster` key can span namespaces and waits for every watch.
+    fn ready(&self, states: &[WatchState], key: &ClaimKey) -> bool {
+        if self.scope == ClaimScope::Cluster {
+            return states.iter().all(|s| s.synced);
+        }
+        states
+            .iter()
+            .any(|s| s.synced && s.namespace.as_deref().is_none_or(|n| n == key.namespace))
     }
 }
 
