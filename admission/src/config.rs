@@ -48,6 +48,17 @@ pub enum KubeLookup {
     Off,
 }
 
+/// Whether to run the reconciler (`admission/src/reconcile`): watch labelled runs and make the
+/// claims agree with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Reconcile {
+    /// On whenever an API-server client is configured (in-cluster or kubeconfig), else off.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
 /// dedupe-admission: validating admission webhook that lets each delivery create at most
 /// one OrchestrationRun.
 #[derive(Debug, Clone, Parser)]
@@ -108,6 +119,16 @@ pub struct Args {
     /// Ask the API server whether a stale pending claim's run exists (needs RBAC get on orchestrationruns).
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_KUBE_LOOKUP", value_enum, default_value_t = KubeLookup::Auto)]
     pub kube_lookup: KubeLookup,
+
+    /// Watch labelled OrchestrationRuns and make the claims agree with them (back-fill,
+    /// confirm, report conflicts); needs RBAC get/list/watch on orchestrationruns.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_RECONCILE", value_enum, default_value_t = Reconcile::Auto)]
+    pub reconcile: Reconcile,
+
+    /// Namespaces whose runs the reconciler watches (comma-separated); unset = all
+    /// namespaces, with one cluster-wide watch. Set it when RBAC is per-namespace Roles.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_NAMESPACES", value_delimiter = ',', value_parser = parse_namespace)]
+    pub namespaces: Vec<String>,
 
     /// Bound on each store call; past it the webhook answers 503 and the failurePolicy applies.
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_STORE_TIMEOUT_MS", default_value_t = DEFAULT_STORE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
@@ -179,6 +200,22 @@ fn parse_max_concurrent(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A namespace name: a DNS-1123 label (lower-case alphanumerics and '-', at most 63).
+fn parse_namespace(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("`{s}` is not a namespace name (a DNS-1123 label)"))
+    }
+}
+
 fn parse_pool_size(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=1024).contains(&n) => Ok(n),
@@ -223,6 +260,20 @@ mod tests {
         );
         assert!(parse(&["--group-commit-max-batch", "0"]).is_err());
         assert!(parse(&["--group-commit-in-flight", "0"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn namespaces_are_comma_separated_and_checked() -> Result<(), clap::Error> {
+        assert_eq!(parse(&[])?.namespaces, Vec::<String>::new());
+        assert_eq!(parse(&[])?.reconcile, Reconcile::Auto);
+        assert_eq!(
+            parse(&["--namespaces", "agents,ci"])?.namespaces,
+            vec!["agents", "ci"]
+        );
+        assert!(parse(&["--namespaces", "Agents"]).is_err());
+        assert!(parse(&["--namespaces", "agents,"]).is_err());
+        assert_eq!(parse(&["--reconcile", "off"])?.reconcile, Reconcile::Off);
         Ok(())
     }
 }

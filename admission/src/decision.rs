@@ -23,8 +23,10 @@
 //!
 //! A create goes: [`plan`] → `ClaimStore::claim` → [`after_claim`] → (only for a stale
 //! pending claim) the API-server lookup → [`after_lookup`] → `ClaimStore::take_over` →
-//! [`taken_over`]. An update or delete goes: [`plan`] → `ClaimStore::confirm` →
-//! [`after_confirm`].
+//! [`taken_over`]. An update or delete goes: [`plan`] → `ClaimStore::lookup` →
+//! [`after_confirm_read`] → (only for a pending claim naming this run) the API-server GET →
+//! [`after_confirm_lookup`] → `ClaimStore::confirm` → [`after_confirm`]. A review's word
+//! never confirms: anything that reaches the port can forge one.
 
 use std::time::Duration;
 
@@ -108,6 +110,9 @@ pub struct Verdict {
     pub warnings: Vec<String>,
     /// The run holding the claim, when that is what the answer is about (for logs).
     pub existing_run: Option<String>,
+    /// The run holding the delivery, for a 409's `status.details` (name, uid, namespace),
+    /// so a submitter's program can return it without parsing the message.
+    pub holder: Option<RunRef>,
 }
 
 impl Verdict {
@@ -120,6 +125,7 @@ impl Verdict {
             decision,
             warnings: Vec::new(),
             existing_run: None,
+            holder: None,
         }
     }
 
@@ -132,6 +138,7 @@ impl Verdict {
             decision,
             warnings: Vec::new(),
             existing_run: None,
+            holder: None,
         }
     }
 
@@ -160,7 +167,8 @@ pub struct ClaimPlan {
     pub dry_run: bool,
 }
 
-/// An update or delete of a labelled run: confirm its pending claim (the run exists).
+/// An update or delete of a labelled run: its pending claim may be confirmed once the API
+/// server shows the run (never on the review's word).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfirmPlan {
     pub key: ClaimKey,
@@ -322,7 +330,8 @@ fn plan_delete(old: &RunView, dry_run: bool, policy: &Policy) -> Plan {
     confirm_plan(old, dry_run, policy)
 }
 
-/// An update or delete of a labelled run: the run exists, so its pending claim is confirmed.
+/// An update or delete of a labelled run: read its claim; a pending one naming this run is
+/// confirmed if the API server shows the run carrying the key.
 fn confirm_plan(run: &RunView, dry_run: bool, policy: &Policy) -> Plan {
     let delivery = run.delivery_label.as_deref().unwrap_or_default();
     if let Some(problem) = key_problem(run, policy.scope) {
@@ -475,10 +484,13 @@ pub fn after_claim<'l, L: ?Sized>(
     AfterClaim::Answer(duplicate(plan, &claim, &note))
 }
 
-/// What the API server said about the holder of a stale pending claim.
+/// What the API server said about the run a claim names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Holder {
+    /// A run of that namespace/name exists and carries the claim's key
+    /// (`lookup::holds`).
     Exists,
+    /// No such run, or the name now belongs to a run of another delivery (or orchestration).
     Gone,
     /// The lookup failed; the claim is kept (never risk a second run).
     Unknown(String),
@@ -525,16 +537,94 @@ pub fn taken_over(plan: &ClaimPlan, previous: &Claim) -> Verdict {
     let mut verdict = Verdict::allow(
         Decision::Takeover,
         format!(
-            "delivery {} taken over for {} from {}, whose create never completed",
+            "delivery {} taken over for {} from {}, which the API server does not show carrying this delivery",
             plan.key.delivery_id, plan.run, previous.holder
         ),
     )
     .warn(format!(
-        "delivery {} was claimed by {} (uid {}), which does not exist; the claim now names this run",
+        "delivery {} was claimed by {} (uid {}), which does not exist or now belongs to another delivery; the claim now names this run",
         plan.key.delivery_id, previous.holder, previous.holder.uid
     ));
     verdict.existing_run = Some(previous.holder.to_string());
     verdict
+}
+
+/// After an update's or delete's claim read. `L` is the API-server lookup, handed back when
+/// the run must be looked at before confirming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterConfirmRead<'l, L: ?Sized> {
+    Answer(Verdict),
+    /// A pending claim names this run: GET it (through `lookup`) and confirm only if the API
+    /// server shows it carrying the key.
+    LookUpRun {
+        lookup: &'l L,
+    },
+}
+
+/// Only a pending claim naming this very run (namespace/name) is worth a GET: anything else
+/// has nothing to confirm, and a GET on every update would load the API server for nothing.
+pub fn after_confirm_read<'l, L: ?Sized>(
+    plan: &ConfirmPlan,
+    claim: Option<Claim>,
+    lookup: Option<&'l L>,
+) -> AfterConfirmRead<'l, L> {
+    let delivery = &plan.key.delivery_id;
+    let nothing = |why: String| {
+        AfterConfirmRead::Answer(Verdict::allow(
+            Decision::Allowed,
+            format!("delivery {delivery}: nothing to confirm ({why})"),
+        ))
+    };
+    let claim = match claim {
+        None => return nothing("no claim".into()),
+        Some(c) if c.state == ClaimState::Confirmed => {
+            return nothing("the claim is already confirmed".into())
+        }
+        Some(c) if !c.holder.same_run(&plan.run) => {
+            return nothing(format!("the pending claim names {}", c.holder))
+        }
+        Some(c) => c,
+    };
+    if plan.dry_run {
+        return nothing(format!(
+            "dry run: the pending claim of {} is left as it is",
+            claim.holder
+        ));
+    }
+    match lookup {
+        Some(lookup) => AfterConfirmRead::LookUpRun { lookup },
+        None => nothing(
+            "the claim is pending and stays so: the API-server lookup is off, and a review's word never confirms"
+                .into(),
+        ),
+    }
+}
+
+/// After the GET of an updated or deleted run whose pending claim names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfirmStep {
+    /// The API server shows the run carrying the key: `ClaimStore::confirm`, then
+    /// [`after_confirm`].
+    Confirm,
+    Answer(Verdict),
+}
+
+pub fn after_confirm_lookup(plan: &ConfirmPlan, holder: Holder) -> ConfirmStep {
+    let delivery = &plan.key.delivery_id;
+    match holder {
+        Holder::Exists => ConfirmStep::Confirm,
+        Holder::Gone => ConfirmStep::Answer(Verdict::allow(
+            Decision::Allowed,
+            format!(
+                "delivery {delivery}: the API server does not show {} carrying this delivery, so its pending claim is not confirmed",
+                plan.run
+            ),
+        )),
+        Holder::Unknown(error) => ConfirmStep::Answer(Verdict::allow(
+            Decision::Allowed,
+            format!("delivery {delivery}: the pending claim stays pending; the run could not be looked up ({error})"),
+        )),
+    }
 }
 
 /// After `ClaimStore::confirm` (`changed` = a pending claim became confirmed).
@@ -574,6 +664,7 @@ fn duplicate(plan: &ClaimPlan, claim: &Claim, note: &str) -> Verdict {
         decision: Decision::Duplicate,
         warnings: Vec::new(),
         existing_run: Some(claim.holder.to_string()),
+        holder: Some(claim.holder.clone()),
     }
 }
 
@@ -989,6 +1080,94 @@ mod tests {
         assert_eq!(p.run.to_string(), "jangar/run-fixed");
         assert_eq!(after_confirm(&p, true).decision, Decision::Confirmed);
         assert_eq!(after_confirm(&p, false).decision, Decision::Allowed);
+    }
+
+    fn confirm_plan_of(body: &str) -> ConfirmPlan {
+        match plan(&same_key_update(|_| {}), &policy()) {
+            Plan::Confirm(p) if body.is_empty() => p,
+            _ => match plan(&parse(DELETE, |_| {}), &policy()) {
+                Plan::Confirm(p) => p,
+                other => panic!("{other:?}"),
+            },
+        }
+    }
+
+    #[test]
+    fn an_update_looks_the_run_up_only_for_a_pending_claim_naming_it() {
+        let p = confirm_plan_of("");
+        let read = |claim: Option<Claim>, lookup: Option<&'static ()>| after_confirm_read(&p, claim, lookup);
+        assert!(matches!(
+            read(Some(claim_by("run-fixed", ClaimState::Pending, 1)), LOOKUP),
+            AfterConfirmRead::LookUpRun { .. }
+        ));
+        for (claim, why) in [
+            (None, "no claim"),
+            (
+                Some(claim_by("run-fixed", ClaimState::Confirmed, 1)),
+                "already confirmed",
+            ),
+            (
+                Some(claim_by("run-other", ClaimState::Pending, 1)),
+                "names jangar/run-other",
+            ),
+        ] {
+            match read(claim, LOOKUP) {
+                AfterConfirmRead::Answer(v) => {
+                    assert_eq!((v.allowed, v.decision), (true, Decision::Allowed));
+                    assert!(v.message.contains(why), "{}", v.message);
+                }
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+        // The lookup off: a review's word never confirms.
+        match read(Some(claim_by("run-fixed", ClaimState::Pending, 1)), None) {
+            AfterConfirmRead::Answer(v) => {
+                assert_eq!(v.decision, Decision::Allowed);
+                assert!(v.message.contains("never confirms"), "{}", v.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A dry-run never looks up nor writes.
+        let dry = ConfirmPlan {
+            dry_run: true,
+            ..p.clone()
+        };
+        assert!(matches!(
+            after_confirm_read(&dry, Some(claim_by("run-fixed", ClaimState::Pending, 1)), LOOKUP),
+            AfterConfirmRead::Answer(v) if v.decision == Decision::Allowed
+        ));
+    }
+
+    #[test]
+    fn only_what_the_api_server_shows_is_confirmed() {
+        let p = confirm_plan_of("delete");
+        assert_eq!(after_confirm_lookup(&p, Holder::Exists), ConfirmStep::Confirm);
+        for holder in [Holder::Gone, Holder::Unknown("timed out".into())] {
+            match after_confirm_lookup(&p, holder.clone()) {
+                ConfirmStep::Answer(v) => assert_eq!((v.allowed, v.decision), (true, Decision::Allowed)),
+                other => panic!("{holder:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_duplicate_names_its_holder_for_the_details() {
+        let p = claim_plan(CREATE, |_| {});
+        let v = answered(after(
+            &p,
+            ClaimOutcome::HeldBy(claim_by("run-first", ClaimState::Confirmed, 5)),
+            &policy(),
+        ));
+        assert_eq!(
+            v.holder.as_ref().map(|h| h.to_string()),
+            Some("jangar/run-first".into())
+        );
+        let allowed = answered(after(
+            &p,
+            ClaimOutcome::Claimed(claim_by("run-bxm4w", ClaimState::Pending, 0)),
+            &policy(),
+        ));
+        assert_eq!(allowed.holder, None);
     }
 
     #[test]

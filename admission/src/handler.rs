@@ -16,9 +16,12 @@ use dedupe_shared::error::Chain;
 use dedupe_shared::ClaimStore;
 use tracing::Instrument;
 
-use crate::decision::{self, AfterClaim, AfterLookup, ClaimPlan, Found, Holder, Plan, Policy, Verdict};
+use crate::decision::{
+    self, AfterClaim, AfterConfirmRead, AfterLookup, ClaimPlan, ConfirmPlan, ConfirmStep, Found, Holder,
+    Plan, Policy, Verdict,
+};
 use crate::error::{AdmitError, HttpError};
-use crate::lookup::RunLookup;
+use crate::lookup::{self, RunLookup};
 use crate::metrics::{Metrics, OperationLabels, RequestLabels};
 use crate::review;
 
@@ -145,13 +148,52 @@ async fn decide(app: &App, req: &review::Request, started: Instant) -> Result<Re
 pub async fn admit(app: &App, plan: &Plan) -> Result<Verdict, AdmitError> {
     match plan {
         Plan::Answer(verdict) => Ok(verdict.clone()),
-        // A dry-run writes nothing; the run's claim stays as it is.
-        Plan::Confirm(p) if p.dry_run => Ok(decision::after_confirm(p, false)),
-        Plan::Confirm(p) => {
-            let changed = app.store.confirm(&p.key, &p.run).await?;
-            Ok(decision::after_confirm(p, changed))
-        }
+        Plan::Confirm(p) => confirm(app, p).await,
         Plan::Claim(p) => create(app, p).await,
+    }
+}
+
+/// An update or delete: confirm its pending claim only if the API server shows the run.
+async fn confirm(app: &App, plan: &ConfirmPlan) -> Result<Verdict, AdmitError> {
+    let claim = app.store.lookup(&plan.key).await?;
+    let lookup = match decision::after_confirm_read(plan, claim, app.lookup.as_deref()) {
+        AfterConfirmRead::Answer(verdict) => return Ok(verdict),
+        AfterConfirmRead::LookUpRun { lookup } => lookup,
+    };
+    let holder = look_up(app, lookup, &plan.run, &plan.key).await;
+    match decision::after_confirm_lookup(plan, holder) {
+        ConfirmStep::Answer(verdict) => Ok(verdict),
+        ConfirmStep::Confirm => {
+            let changed = app.store.confirm(&plan.key, &plan.run).await?;
+            Ok(decision::after_confirm(plan, changed))
+        }
+    }
+}
+
+/// GETs the run `holder` names and says whether it is there carrying `key`.
+async fn look_up(
+    app: &App,
+    lookup: &dyn RunLookup,
+    holder: &dedupe_shared::RunRef,
+    key: &dedupe_shared::ClaimKey,
+) -> Holder {
+    match lookup.get_run(holder).await {
+        Ok(Some(found)) if lookup::holds(&found, holder, key) => Holder::Exists,
+        Ok(Some(found)) => {
+            tracing::info!(
+                run = %holder,
+                foundDelivery = found.delivery_label.as_deref().unwrap_or_default(),
+                "the claim's run name now belongs to a run of another delivery or orchestration"
+            );
+            Holder::Gone
+        }
+        Ok(None) => Holder::Gone,
+        Err(e) => {
+            app.metrics.lookup_errors.inc();
+            let error = Chain(&e).to_string();
+            tracing::warn!(%error, "API-server lookup failed; keeping the claim as it is");
+            Holder::Unknown(error)
+        }
     }
 }
 
@@ -166,16 +208,7 @@ async fn create(app: &App, plan: &ClaimPlan) -> Result<Verdict, AdmitError> {
             AfterClaim::Answer(verdict) => return Ok(verdict),
             AfterClaim::LookUpHolder { claim, lookup } => (claim, lookup),
         };
-        let holder = match lookup.run_exists(&claim.holder).await {
-            Ok(true) => Holder::Exists,
-            Ok(false) => Holder::Gone,
-            Err(e) => {
-                app.metrics.lookup_errors.inc();
-                let error = Chain(&e).to_string();
-                tracing::warn!(%error, "API-server lookup failed; keeping the claim");
-                Holder::Unknown(error)
-            }
-        };
+        let holder = look_up(app, lookup, &claim.holder, &plan.key).await;
         let holder_ref = claim.holder.clone();
         match decision::after_lookup(plan, claim, holder) {
             AfterLookup::Answer(verdict) => return Ok(verdict),

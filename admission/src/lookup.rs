@@ -1,23 +1,37 @@
-//! Asking the API server whether the run named by a stale pending claim exists. Behind a
-//! small trait so the decision path does not depend on a cluster; tests point the real
-//! kube client at a fake API server over HTTP.
+//! Asking the API server for the run a claim names: whether a stale pending claim's run
+//! exists (take-over), and whether an updated or deleted run's pending claim can be
+//! confirmed. Behind a small trait so the decision path does not depend on a cluster; tests
+//! point the real kube client at a fake API server.
+//!
+//! The lookup returns what it found, not a yes/no: "the holder exists" means a run with
+//! that namespace/name exists *and* carries the claim's key ([`holds`]). A name reused by
+//! another delivery's run is not the holder.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dedupe_shared::error::Chain;
 use dedupe_shared::run::{GROUP, KIND, RESOURCE, VERSION};
-use dedupe_shared::RunRef;
+use dedupe_shared::{ClaimKey, RunRef, RunView};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 
-use crate::config::KubeLookup;
+use crate::config::{KubeLookup, Reconcile};
 
-/// Does the run exist in the API server? Looked up by namespace/name, never by uid: a
-/// retried create of the same name gets a new uid.
+/// Reads a run by namespace/name, never by uid: a retried create of the same name gets a
+/// new uid.
 #[async_trait]
 pub trait RunLookup: Send + Sync {
-    async fn run_exists(&self, run: &RunRef) -> Result<bool, LookupError>;
+    /// The run as the API server shows it, or `None` when there is no run of that name.
+    async fn get_run(&self, run: &RunRef) -> Result<Option<RunView>, LookupError>;
+}
+
+/// True when `found` is the run `holder` names (same namespace/name) and carries `key`:
+/// the same delivery id and, for the `orchestration` scope, the same orchestration.
+pub fn holds(found: &RunView, holder: &RunRef, key: &ClaimKey) -> bool {
+    found.namespace == holder.namespace
+        && found.name == holder.name
+        && found.claim_key(key.scope).as_ref() == Some(key)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,26 +48,45 @@ pub enum LookupError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupSetupError {
-    #[error("--kube-lookup on: no usable cluster configuration (in-cluster or kubeconfig)")]
-    NoConfig(#[source] kube::config::InferConfigError),
-    #[error("--kube-lookup: cannot build a client from the cluster configuration")]
-    Client(#[source] kube::Error),
+    #[error("--{flag} on: no usable cluster configuration (in-cluster or kubeconfig): {reason}")]
+    NoConfig { flag: &'static str, reason: String },
 }
 
 /// `GET /apis/orchestration.proompteng.ai/v1alpha1/namespaces/{ns}/orchestrationruns/{name}`.
 pub struct KubeRunLookup {
     client: kube::Client,
-    resource: ApiResource,
     timeout: Duration,
+}
+
+impl KubeRunLookup {
+    pub fn new(client: kube::Client, timeout: Duration) -> Self {
+        Self { client, timeout }
+    }
+}
+
+/// The OrchestrationRun resource for kube's dynamic API.
+pub fn run_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), RESOURCE)
+}
+
+/// The claim-relevant view of a run the API server returned.
+pub fn view_of(object: &DynamicObject) -> RunView {
+    RunView::new(
+        object.metadata.namespace.clone().unwrap_or_default(),
+        object.metadata.name.clone().unwrap_or_default(),
+        object.metadata.uid.clone().unwrap_or_default(),
+        object.metadata.labels.as_ref(),
+        object.data.get("spec"),
+    )
 }
 
 #[async_trait]
 impl RunLookup for KubeRunLookup {
-    async fn run_exists(&self, run: &RunRef) -> Result<bool, LookupError> {
+    async fn get_run(&self, run: &RunRef) -> Result<Option<RunView>, LookupError> {
         let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &run.namespace, &self.resource);
+            Api::namespaced_with(self.client.clone(), &run.namespace, &run_resource());
         match tokio::time::timeout(self.timeout, api.get_opt(&run.name)).await {
-            Ok(Ok(found)) => Ok(found.is_some()),
+            Ok(Ok(found)) => Ok(found.as_ref().map(view_of)),
             Ok(Err(source)) => Err(LookupError::Failed {
                 run: run.to_string(),
                 source,
@@ -66,32 +99,60 @@ impl RunLookup for KubeRunLookup {
     }
 }
 
-/// Builds the lookup per `--kube-lookup`: `off` → none; `on` → required (error if no
-/// cluster configuration); `auto` → used when configuration is found, else none with a
-/// warning. With no lookup there is no take-over: stale pending claims hold until retention.
-pub async fn from_flag(
-    mode: KubeLookup,
-    timeout: Duration,
-) -> Result<Option<KubeRunLookup>, LookupSetupError> {
-    if mode == KubeLookup::Off {
+/// The API-server client shared by the lookup and the reconciler, per `--kube-lookup` and
+/// `--reconcile`: none when both are off; when either is `on`, cluster configuration is
+/// required; with `auto` a missing configuration turns that feature off with a warning.
+pub async fn cluster_client(
+    lookup: KubeLookup,
+    reconcile: Reconcile,
+) -> Result<Option<kube::Client>, LookupSetupError> {
+    if lookup == KubeLookup::Off && reconcile == Reconcile::Off {
         return Ok(None);
     }
-    let config = match kube::Config::infer().await {
-        Ok(config) => config,
-        Err(e) if mode == KubeLookup::Auto => {
-            tracing::warn!(
-                error = %Chain(&e),
-                "no cluster configuration found: API-server lookup is off, so stale pending claims are never taken over"
-            );
+    let required = if lookup == KubeLookup::On {
+        Some("kube-lookup")
+    } else if reconcile == Reconcile::On {
+        Some("reconcile")
+    } else {
+        None
+    };
+    let config = match (kube::Config::infer().await, required) {
+        (Ok(config), _) => config,
+        (Err(e), None) => {
+            if lookup == KubeLookup::Auto {
+                tracing::warn!(
+                    error = %Chain(&e),
+                    "no cluster configuration found: API-server lookup is off, so stale pending claims are never taken over"
+                );
+            }
+            if reconcile == Reconcile::Auto {
+                tracing::warn!(
+                    error = %Chain(&e),
+                    "no cluster configuration found: the reconciler is off, so runs without claims are not back-filled"
+                );
+            }
             return Ok(None);
         }
-        Err(e) => return Err(LookupSetupError::NoConfig(e)),
+        (Err(e), Some(flag)) => {
+            return Err(LookupSetupError::NoConfig {
+                flag,
+                reason: e.to_string(),
+            })
+        }
     };
-    let client = kube::Client::try_from(config).map_err(LookupSetupError::Client)?;
-    let gvk = GroupVersionKind::gvk(GROUP, VERSION, KIND);
-    Ok(Some(KubeRunLookup {
-        client,
-        resource: ApiResource::from_gvk_with_plural(&gvk, RESOURCE),
-        timeout,
-    }))
+    match (kube::Client::try_from(config), required) {
+        (Ok(client), _) => Ok(Some(client)),
+        (Err(e), Some(flag)) => Err(LookupSetupError::NoConfig {
+            flag,
+            reason: e.to_string(),
+        }),
+        // `auto` degrades the same way as without configuration.
+        (Err(e), None) => {
+            tracing::warn!(
+                error = %e,
+                "cluster configuration found but unusable: API-server lookup and reconciler are off"
+            );
+            Ok(None)
+        }
+    }
 }

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub tls_reloads: Family<ResultLabels, Counter>,
     /// notAfter of the serving certificate, unix seconds.
     pub certificate_expiry: Gauge<i64, AtomicI64>,
+    /// The reconciler's (`orchestration_dedupe_reconcile_*`); registered whether or not it
+    /// runs, so dashboards see zeros rather than gaps.
+    pub reconcile: crate::reconcile::metrics::ReconcileMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -119,6 +122,8 @@ impl Metrics {
             "notAfter of the serving certificate (unix seconds)",
             certificate_expiry.clone(),
         );
+        let reconcile = crate::reconcile::metrics::ReconcileMetrics::default();
+        reconcile.register(&mut registry);
         Self {
             registry,
             requests,
@@ -130,6 +135,7 @@ impl Metrics {
             lookup_errors,
             tls_reloads,
             certificate_expiry,
+            reconcile,
         }
     }
 

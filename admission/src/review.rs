@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
+use dedupe_shared::run::{GROUP, RESOURCE};
+use dedupe_shared::{RunRef, DELIVERY_ID_LABEL};
 use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation};
+use kube::core::response::{StatusCause, StatusDetails};
 use kube::core::{DynamicObject, Status};
 
 use crate::decision::Verdict;
@@ -33,6 +36,7 @@ pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
         let mut status = Status::failure(&verdict.message, verdict.reason);
         // Set explicitly: the API server turns a deny without a code (or below 400) into 400.
         status.code = verdict.code;
+        status.details = verdict.holder.as_ref().map(duplicate_details);
         status
     };
     // Not `AdmissionResponse::from(&AdmissionRequest)`: `parse` keeps only the fields the
@@ -48,4 +52,75 @@ pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
         HashMap::from([("decision".to_owned(), verdict.decision.as_str().to_owned())]);
     response.warnings = (!verdict.warnings.is_empty()).then(|| verdict.warnings.clone());
     response.into_review()
+}
+
+/// `status.details` of a duplicate's 409, naming the run that holds the delivery the way
+/// the API server's own AlreadyExists does, so a program can fetch it: group, resource
+/// (`kind` is the resource name in Status details), name, uid, and a cause carrying the
+/// holder's namespace, which for the `namespace` and `cluster` scopes may differ from the
+/// request's. The API server passes the whole Status through to the client.
+pub fn duplicate_details(holder: &RunRef) -> StatusDetails {
+    StatusDetails {
+        name: holder.name.clone(),
+        group: GROUP.to_owned(),
+        kind: RESOURCE.to_owned(),
+        uid: holder.uid.clone(),
+        causes: vec![StatusCause {
+            reason: "FieldValueDuplicate".to_owned(),
+            message: format!(
+                "the delivery is held by orchestrationrun {} in namespace {}",
+                holder.name, holder.namespace
+            ),
+            field: format!("metadata.labels[\"{DELIVERY_ID_LABEL}\"]"),
+        }],
+        retry_after_seconds: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duplicate_answer_carries_details_naming_the_holder() {
+        use crate::decision::{Decision, Verdict};
+        let holder = RunRef {
+            namespace: "agents".into(),
+            name: "codex-autonomous-x7k2p".into(),
+            uid: "u-1".into(),
+        };
+        let verdict = Verdict {
+            allowed: false,
+            code: 409,
+            reason: "AlreadyExists",
+            message: "delivery d already has a run".into(),
+            decision: Decision::Duplicate,
+            warnings: Vec::new(),
+            existing_run: Some(holder.to_string()),
+            holder: Some(holder),
+        };
+        let json = match serde_json::to_value(respond("req-1", &verdict)) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        };
+        let status = &json["response"]["status"];
+        assert_eq!(status["code"], 409);
+        assert_eq!(status["reason"], "AlreadyExists");
+        assert_eq!(status["message"], "delivery d already has a run");
+        assert_eq!(
+            status["details"],
+            serde_json::json!({
+                "group": "orchestration.proompteng.ai",
+                "kind": "orchestrationruns",
+                "name": "codex-autonomous-x7k2p",
+                "uid": "u-1",
+                "causes": [{
+                    "reason": "FieldValueDuplicate",
+                    "field": "metadata.labels[\"jangar.proompteng.ai/delivery-id\"]",
+                    "message": "the delivery is held by orchestrationrun codex-autonomous-x7k2p in namespace agents"
+                }]
+            })
+        );
+        assert_eq!(json["response"]["uid"], "req-1");
+    }
 }

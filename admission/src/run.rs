@@ -14,11 +14,12 @@ use dedupe_shared::{ClaimStore, ConfigError, MigrationMode, StoreConfig, StoreEr
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Args;
+use crate::config::{Args, KubeLookup, Reconcile};
 use crate::decision::Policy;
 use crate::handler::App;
-use crate::lookup::{self, LookupSetupError, RunLookup};
+use crate::lookup::{self, KubeRunLookup, LookupSetupError, RunLookup};
 use crate::metrics::{Metrics, ResultLabels};
+use crate::reconcile::{self, Reconciler};
 use crate::server;
 use crate::tls::{ReloadEvent, TlsError, TlsReloader, TlsSettings};
 
@@ -91,6 +92,7 @@ pub struct Server {
     ops: TcpListener,
     http2: bool,
     grace: Duration,
+    reconciler: Option<Reconciler>,
 }
 
 impl Server {
@@ -119,7 +121,27 @@ impl Server {
         .map_err(RunError::Tls)?;
         metrics.certificate_expiry.set(tls.not_after());
 
-        let lookup = lookup::from_flag(args.kube_lookup, args.store_timeout()).await?;
+        let client = lookup::cluster_client(args.kube_lookup, args.reconcile).await?;
+        let lookup = client
+            .clone()
+            .filter(|_| args.kube_lookup != KubeLookup::Off)
+            .map(|c| KubeRunLookup::new(c, args.store_timeout()));
+        // Its own one-connection pool: the reconciler's batches never wait for, or hold, a
+        // connection a review needs.
+        let reconciler = match client.filter(|_| args.reconcile != Reconcile::Off) {
+            Some(client) => Some(Reconciler {
+                client,
+                namespaces: args.namespaces.clone(),
+                scope: args.claim_scope,
+                store: ClaimStore::new(&StoreConfig {
+                    pool_size: reconcile::POOL_SIZE,
+                    ..store_config.clone()
+                })
+                .map_err(RunError::Store)?,
+                metrics: metrics.reconcile.clone(),
+            }),
+            None => None,
+        };
         let policy = Policy {
             scope: args.claim_scope,
             grace: args.pending_grace(),
@@ -128,6 +150,7 @@ impl Server {
             scope = policy.scope.as_str(),
             grace_seconds = policy.grace.as_secs(),
             lookup = lookup.is_some(),
+            reconcile = reconciler.is_some(),
             "claim policy"
         );
         let app = Arc::new(App {
@@ -153,6 +176,7 @@ impl Server {
             ops,
             http2: args.http2,
             grace: Duration::from_secs(args.shutdown_grace_seconds),
+            reconciler,
         })
     }
 
@@ -181,6 +205,7 @@ impl Server {
             ops,
             http2,
             grace,
+            reconciler,
         } = self;
         if let (Ok(listen), Ok(metrics_listen)) = (webhook.local_addr(), ops.local_addr()) {
             tracing::info!(%listen, %metrics_listen, "dedupe-admission serving");
@@ -200,6 +225,9 @@ impl Server {
             }),
             stop_rx.clone(),
         );
+        // Not awaited by anything on the request path: admission answers whether or not the
+        // reconciler can reach the API server or the store.
+        let reconciling = reconciler.map(|r| tokio::spawn(r.run(stop_rx.clone())));
         tokio::spawn(async move {
             shutdown.wait().await;
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
@@ -218,6 +246,9 @@ impl Server {
             server::serve_ops(ops, server::ops_router(app), stop_rx),
         );
         watcher.abort();
+        if let Some(reconciling) = reconciling {
+            reconciling.abort();
+        }
         tracing::info!("dedupe-admission stopped");
     }
 }

@@ -86,6 +86,32 @@ impl RunView {
     pub fn spec_delivery_id(&self) -> Option<&str> {
         self.spec.delivery_id.as_deref()
     }
+
+    /// The claim key this run carries under `scope`, as the reconciler and the holder check
+    /// see it: `None` when the run could not hold a claim (no or invalid label, a spec that
+    /// names another delivery, no orchestration where the scope needs one, no name).
+    pub fn claim_key(&self, scope: crate::ClaimScope) -> Option<crate::ClaimKey> {
+        let delivery = self.delivery_label.as_deref()?;
+        if label_value_problem(delivery).is_some() || self.spec_error.is_some() {
+            return None;
+        }
+        if self.spec_delivery_id().is_some_and(|id| id != delivery) {
+            return None;
+        }
+        let orchestration = self.orchestration().unwrap_or_default();
+        if scope == crate::ClaimScope::Orchestration && orchestration.is_empty() {
+            return None;
+        }
+        if self.namespace.is_empty() || self.name.is_empty() {
+            return None;
+        }
+        Some(crate::ClaimKey::new(
+            scope,
+            &self.namespace,
+            orchestration,
+            delivery,
+        ))
+    }
 }
 
 /// Checks a delivery id is a valid Kubernetes label value: at most 63 characters,
@@ -209,6 +235,49 @@ mod tests {
         let v = RunView::new("ns".into(), "r".into(), "u".into(), None, Some(&spec));
         assert!(v.spec_error.is_some());
         assert_eq!(v.delivery_label, None);
+    }
+
+    #[test]
+    fn claim_key_needs_a_valid_label_and_the_scope_s_parts() {
+        use crate::ClaimScope;
+        let spec = json!({"orchestrationRef": {"name": "codex"}, "deliveryId": "d1"});
+        let v = RunView::new(
+            "ns".into(),
+            "r".into(),
+            "u".into(),
+            Some(&labels("d1")),
+            Some(&spec),
+        );
+        let key = v.claim_key(ClaimScope::Orchestration);
+        assert_eq!(
+            key.as_ref().map(|k| (
+                k.namespace.as_str(),
+                k.orchestration.as_str(),
+                k.delivery_id.as_str()
+            )),
+            Some(("ns", "codex", "d1"))
+        );
+        assert_eq!(
+            v.claim_key(ClaimScope::Cluster).map(|k| k.namespace),
+            Some(String::new())
+        );
+        let other = RunView::new(
+            "ns".into(),
+            "r".into(),
+            "u".into(),
+            Some(&labels("d2")),
+            Some(&spec),
+        );
+        assert_eq!(
+            other.claim_key(ClaimScope::Orchestration),
+            None,
+            "spec names another delivery"
+        );
+        let no_orch = RunView::new("ns".into(), "r".into(), "u".into(), Some(&labels("d1")), None);
+        assert_eq!(no_orch.claim_key(ClaimScope::Orchestration), None);
+        assert!(no_orch.claim_key(ClaimScope::Namespace).is_some());
+        let bad = RunView::new("ns".into(), "r".into(), "u".into(), Some(&labels("")), None);
+        assert_eq!(bad.claim_key(ClaimScope::Cluster), None);
     }
 
     #[test]

@@ -124,3 +124,8 @@ pub const CLAIM_BATCH: &str = include_str!("../sql/claim_batch.sql");
 /// the conservative side), not counting sessions named
 /// `$2` (the pruner's own application_name).
 pub const PRUNE_CLAIM_TRAFFIC: &str = include_str!("../sql/prune_claim_traffic.sql");
+
+/// The reconciler's batch: confirm pending claims whose runs the API server shows, and
+/// back-fill a confirmed claim for each key that has none. Parameters and reasoning in the
+/// file.
+pub const RECONCILE_BATCH: &str = include_str!("../sql/reconcile_batch.sql");

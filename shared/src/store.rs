@@ -154,7 +154,11 @@ impl ClaimStore {
             .unwrap_or(Err(StoreError::Timeout(bound)))
     }
 
-    async fn query(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    pub(crate) async fn query(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
         self.on_connection(self.timeout, async |client| {
             let prepared = client.prepare_cached(statement).await?;
             Ok(client.query(&prepared, params).await?)

@@ -5,7 +5,6 @@ dedupe-pruner, so the chart and the binaries cannot drift apart."""
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -34,29 +33,6 @@ CASES: dict[str, dict[str, Any]] = {
     "database-ca": {"database": {"tls": {"caSecretRef": {"name": "jangar-ca", "key": "bundle.pem"}}}},
     "auto-lookup-cluster-scope": {"claimScope": "cluster", "admission": {"kubeLookup": "auto"}},
 }
-
-# Options the chart already passes, for work that adds them to the binary on another branch
-# (issue 8's reconciler: --reconcile, and --namespaces for the namespaces it watches). Their
-# environment variables are accepted here only while the binary's --help lacks the flag (an
-# unknown variable is ignored by the binary, so the chart is safe to install meanwhile); once
-# the flag exists it is checked like any other. REMOVE EACH ENTRY when its flag lands, so that
-# a flag named differently from what the chart passes fails this test instead of being skipped.
-FLAGS_ADDED_BY_PENDING_WORK: dict[str, str] = {
-    "--reconcile": "JANGAR_ORCHESTRATION_DEDUPE_RECONCILE",
-    "--namespaces": "JANGAR_ORCHESTRATION_DEDUPE_NAMESPACES",
-}
-
-
-def pending_env(cli: Cli) -> set[str]:
-    """The pending variables the webhook does not know yet (see FLAGS_ADDED_BY_PENDING_WORK);
-    none for the pruner, which must never get them."""
-    if cli.binary != "dedupe-admission":
-        return set()
-    missing = {env for flag, env in FLAGS_ADDED_BY_PENDING_WORK.items() if flag.removeprefix("--") not in cli.options}
-    if missing:
-        warnings.warn(f"dedupe-admission lacks {sorted(missing)}: not checked until it has them (FLAGS_ADDED_BY_PENDING_WORK)", stacklevel=2)
-    return missing
-
 
 def containers(chart: helm.Chart, values: dict[str, Any]) -> list[dict[str, Any]]:
     out = render(chart, values)
@@ -91,23 +67,21 @@ def test_flags_and_env_are_ones_the_binaries_accept(chart: helm.Chart, clis: dic
             if value is not None:
                 check_value(cli, cli.options[flag], value, arg)
         by_env = cli.by_env()
-        pending = pending_env(cli)
         for name, entry in env_of(container).items():
-            if name in pending:
-                continue
             assert name in by_env, f"{cli.binary} reads no environment variable {name} (its --help lists {sorted(by_env)})"
             if "value" in entry:
                 check_value(cli, by_env[name], entry["value"], f"{cli.binary} env {name}")
         assert "DATABASE_URL" in env_of(container), f"{cli.binary} requires --database-url / DATABASE_URL"
 
 
-def test_pending_flags_are_passed_only_to_the_webhook(chart: helm.Chart, clis: dict[str, Cli]) -> None:
-    """While skipped above, the pending variables are at least pinned: the webhook gets them, the
-    pruner never does, and their values are ones the flags are specified to take."""
+def test_reconciler_settings_reach_only_the_webhook(chart: helm.Chart, clis: dict[str, Cli]) -> None:
+    """The reconciler's variables go to the webhook, with the values its flags take, and never to
+    the pruner."""
+    reconciler_env = {"JANGAR_ORCHESTRATION_DEDUPE_RECONCILE", "JANGAR_ORCHESTRATION_DEDUPE_NAMESPACES"}
     for container in containers(chart, {"admission": {"namespaces": ["agents", "ci"]}}):
         env = env_of(container)
         if cli_of(container, clis).binary == "dedupe-pruner":
-            assert not set(FLAGS_ADDED_BY_PENDING_WORK.values()) & set(env)
+            assert not reconciler_env & set(env)
             continue
         assert env["JANGAR_ORCHESTRATION_DEDUPE_RECONCILE"]["value"] in {"auto", "on", "off"}
         assert env["JANGAR_ORCHESTRATION_DEDUPE_NAMESPACES"]["value"] == "agents,ci"
@@ -121,9 +95,8 @@ def test_user_env_vars_reach_only_their_own_binary(chart: helm.Chart, clis: dict
     }
     for container in containers(chart, values):
         cli = cli_of(container, clis)
-        pending = pending_env(cli)
         for name in env_of(container):
-            assert name in cli.by_env() or name in pending, f"{cli.binary} reads no {name}"
+            assert name in cli.by_env(), f"{cli.binary} reads no {name}"
 
 
 def test_listen_addresses_match_ports_and_probes(chart: helm.Chart, clis: dict[str, Cli]) -> None:

@@ -1,30 +1,107 @@
-//! A fake Kubernetes API server over plain HTTP on loopback — the only mock the tests use.
-//! It answers `GET` of one OrchestrationRun by namespace/name (200 or 404) and records every
-//! path it was asked for, so tests can check the webhook looks runs up by name.
+//! A fake Kubernetes API server over HTTP(S) on loopback — the only mock the tests use.
+//!
+//! It serves OrchestrationRuns the way kube-apiserver does, as far as the webhook uses it:
+//! - `GET …/namespaces/{ns}/orchestrationruns/{name}`: the object, or a 404 Status;
+//! - list, namespaced and cluster-wide, with `labelSelector`, `limit`/`continue` paging and
+//!   the list's `resourceVersion`;
+//! - watch (`?watch=true&resourceVersion=N`): newline-delimited events after N, `BOOKMARK`s
+//!   when `allowWatchBookmarks` is asked for, and a 410 Gone (an `ERROR` event, as the real
+//!   server sends) for a resourceVersion older than the history it keeps, which forces the
+//!   client to list again ([`FakeApiServer::expire_watches`]);
+//! - an outage ([`FakeApiServer::set_down`]): new connections are closed at once, requests
+//!   on kept-alive ones get a response whose body breaks off, and open watches end — what a
+//!   client sees when the API server's process is gone (a 503 would instead be retried
+//!   inside kube's client, as an overloaded server asks).
+//!
+//! Every request's path is recorded, so tests can check what the webhook asked for.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::Result;
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+const LABEL: &str = "jangar.proompteng.ai/delivery-id";
+const API_VERSION: &str = "orchestration.proompteng.ai/v1alpha1";
+/// How long an idle watch waits before sending a bookmark.
+const BOOKMARK_EVERY: Duration = Duration::from_millis(500);
+
+/// A run to put into the fake API server.
+#[derive(Debug, Clone)]
+pub struct FakeRun {
+    pub namespace: String,
+    pub name: String,
+    pub delivery: Option<String>,
+    pub orchestration: String,
+    /// RFC 3339; the server's clock when `None`.
+    pub created: Option<String>,
+    pub uid: String,
+}
+
+impl FakeRun {
+    /// A run of orchestration `demo-orchestration` (the fixtures'), labelled with `delivery`.
+    pub fn new(namespace: &str, name: &str, delivery: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            delivery: Some(delivery.to_owned()),
+            orchestration: "demo-orchestration".to_owned(),
+            created: None,
+            uid: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    pub fn orchestration(mut self, orchestration: &str) -> Self {
+        self.orchestration = orchestration.to_owned();
+        self
+    }
+
+    pub fn created(mut self, rfc3339: &str) -> Self {
+        self.created = Some(rfc3339.to_owned());
+        self
+    }
+
+    pub fn unlabelled(mut self) -> Self {
+        self.delivery = None;
+        self
+    }
+}
 
 #[derive(Default)]
 struct Inner {
-    existing: HashSet<(String, String)>,
+    runs: BTreeMap<(String, String), Value>,
+    resource_version: u64,
+    /// (resourceVersion, type, object) of every change since `oldest`.
+    history: Vec<(u64, &'static str, Value)>,
+    /// Watches from a resourceVersion below this get 410 Gone.
+    oldest: u64,
+    /// Bumped to end every open watch (outage, expiry); `expired` says which.
+    epoch: u64,
+    expired: bool,
+    down: bool,
+    /// Namespaces whose lists and watches are answered 403 (no RBAC there).
+    forbidden: Vec<String>,
     requests: Vec<String>,
 }
+
+type Shared = (Arc<Mutex<Inner>>, watch::Sender<u64>);
 
 /// The fake API server; dropped with the test (its task ends with the runtime).
 #[derive(Clone)]
 pub struct FakeApiServer {
     inner: Arc<Mutex<Inner>>,
+    changed: watch::Sender<u64>,
     pub addr: SocketAddr,
     kubeconfig: Arc<tempfile::NamedTempFile>,
 }
@@ -43,26 +120,35 @@ impl FakeApiServer {
     }
 
     async fn start_with(tls: Option<certs_dev::DevCerts>) -> Result<Self> {
-        let inner = Arc::new(Mutex::new(Inner::default()));
+        let inner = Arc::new(Mutex::new(Inner {
+            resource_version: 1000,
+            oldest: 1000,
+            ..Inner::default()
+        }));
+        let (changed, _) = watch::channel(0u64);
+        let base = "/apis/orchestration.proompteng.ai/v1alpha1";
         let router = Router::new()
+            .route(&format!("{base}/orchestrationruns"), get(list_or_watch_all))
             .route(
-                "/apis/orchestration.proompteng.ai/v1alpha1/namespaces/{namespace}/orchestrationruns/{name}",
+                &format!("{base}/namespaces/{{namespace}}/orchestrationruns"),
+                get(list_or_watch_namespace),
+            )
+            .route(
+                &format!("{base}/namespaces/{{namespace}}/orchestrationruns/{{name}}"),
                 get(get_run),
             )
             .fallback(other)
-            .with_state(inner.clone());
+            .with_state((inner.clone(), changed.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let cluster = match &tls {
             None => {
-                tokio::spawn(async move {
-                    let _ = axum::serve(listener, router).await;
-                });
+                tokio::spawn(serve(listener, None, router, inner.clone()));
                 format!("server: http://{addr}")
             }
             Some(certs) => {
                 let acceptor = tls_acceptor(certs)?;
-                tokio::spawn(serve_tls(listener, acceptor, router));
+                tokio::spawn(serve(listener, Some(acceptor), router, inner.clone()));
                 format!(
                     "server: https://{addr}\n    certificate-authority-data: {}",
                     certs.ca_bundle_base64()
@@ -83,6 +169,7 @@ impl FakeApiServer {
         )?;
         Ok(Self {
             inner,
+            changed,
             addr,
             kubeconfig: Arc::new(kubeconfig),
         })
@@ -93,57 +180,460 @@ impl FakeApiServer {
         self.kubeconfig.path().to_path_buf()
     }
 
-    /// Makes run `namespace/name` exist.
-    pub fn add_run(&self, namespace: &str, name: &str) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.existing.insert((namespace.to_owned(), name.to_owned()));
-        }
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Paths requested so far.
-    pub fn requests(&self) -> Vec<String> {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .requests
-            .clone()
+    /// Creates or replaces runs, one event each, as the API server would after admission.
+    pub fn put_all(&self, runs: impl IntoIterator<Item = FakeRun>) {
+        let mut inner = self.lock();
+        for run in runs {
+            inner.resource_version += 1;
+            let rv = inner.resource_version;
+            let id = (run.namespace.clone(), run.name.clone());
+            let created = run
+                .created
+                .clone()
+                .unwrap_or_else(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            let labels = match &run.delivery {
+                Some(d) => json!({ LABEL: d }),
+                None => json!({}),
+            };
+            let mut spec = json!({"orchestrationRef": {"name": run.orchestration}});
+            if let Some(d) = &run.delivery {
+                spec["deliveryId"] = json!(d);
+            }
+            let object = json!({
+                "apiVersion": API_VERSION,
+                "kind": "OrchestrationRun",
+                "metadata": {
+                    "name": run.name, "namespace": run.namespace, "uid": run.uid,
+                    "resourceVersion": rv.to_string(), "creationTimestamp": created,
+                    "labels": labels,
+                },
+                "spec": spec,
+            });
+            let kind = if inner.runs.contains_key(&id) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            inner.runs.insert(id, object.clone());
+            inner.history.push((rv, kind, object));
+        }
+        let rv = inner.resource_version;
+        drop(inner);
+        self.changed.send_replace(rv);
     }
+
+    pub fn put(&self, run: FakeRun) {
+        self.put_all([run]);
+    }
+
+    /// Makes run `namespace/name` exist, labelled with `delivery` (orchestration
+    /// `demo-orchestration`).
+    pub fn add_run(&self, namespace: &str, name: &str, delivery: &str) {
+        self.put(FakeRun::new(namespace, name, delivery));
+    }
+
+    /// Deletes a run (a `DELETED` event).
+    pub fn delete(&self, namespace: &str, name: &str) {
+        let mut inner = self.lock();
+        if let Some(mut object) = inner.runs.remove(&(namespace.to_owned(), name.to_owned())) {
+            inner.resource_version += 1;
+            let rv = inner.resource_version;
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            inner.history.push((rv, "DELETED", object));
+        }
+        let rv = inner.resource_version;
+        drop(inner);
+        self.changed.send_replace(rv);
+    }
+
+    /// Forgets the watch history (as etcd compaction does) and ends every open watch with
+    /// 410 Gone: clients must list again.
+    pub fn expire_watches(&self) {
+        let mut inner = self.lock();
+        inner.history.clear();
+        inner.oldest = inner.resource_version;
+        inner.epoch += 1;
+        inner.expired = true;
+        let rv = inner.resource_version;
+        drop(inner);
+        self.changed.send_replace(rv);
+    }
+
+    /// An outage: while down, every request gets 503 and open watches are closed.
+    pub fn set_down(&self, down: bool) {
+        let mut inner = self.lock();
+        inner.down = down;
+        inner.epoch += 1;
+        inner.expired = false;
+        let rv = inner.resource_version;
+        drop(inner);
+        self.changed.send_replace(rv);
+    }
+
+    /// Answers lists and watches in `namespace` with 403 Forbidden, as for a ServiceAccount
+    /// without a Role there.
+    pub fn forbid_namespace(&self, namespace: &str) {
+        self.lock().forbidden.push(namespace.to_owned());
+    }
+
+    /// Paths requested so far (with the query string for lists and watches).
+    pub fn requests(&self) -> Vec<String> {
+        self.lock().requests.clone()
+    }
+
+    /// Requests for one run by name (the webhook's lookups), leaving out lists and watches.
+    pub fn gets(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|p| !p.contains('?') && p.split('/').count() == 8)
+            .collect()
+    }
+
+    /// How many list requests (not watches) were served.
+    pub fn lists(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|p| p.contains("orchestrationruns?") && !p.contains("watch=true"))
+            .count()
+    }
+}
+
+fn record(inner: &Arc<Mutex<Inner>>, uri: &Uri) -> Option<Response> {
+    let mut inner = inner.lock().unwrap_or_else(|p| p.into_inner());
+    let path = match uri.query() {
+        Some(q) => format!("{}?{q}", uri.path()),
+        None => uri.path().to_owned(),
+    };
+    inner.requests.push(path);
+    inner.down.then(|| {
+        let broken = futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the fake API server is down",
+            ))
+        });
+        Response::new(Body::from_stream(broken))
+    })
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
+    (code, Json(status(code.as_u16(), reason, message))).into_response()
 }
 
 async fn get_run(
-    State(inner): State<Arc<Mutex<Inner>>>,
+    State((inner, _)): State<Shared>,
     Path((namespace, name)): Path<(String, String)>,
     uri: Uri,
 ) -> Response {
-    let exists = match inner.lock() {
-        Ok(mut inner) => {
-            inner.requests.push(uri.path().to_owned());
-            inner.existing.contains(&(namespace.clone(), name.clone()))
+    if let Some(down) = record(&inner, &uri) {
+        return down;
+    }
+    let found = inner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .runs
+        .get(&(namespace, name.clone()))
+        .cloned();
+    match found {
+        Some(object) => Json(object).into_response(),
+        None => {
+            let mut body = status(
+                404,
+                "NotFound",
+                &format!("orchestrationruns.orchestration.proompteng.ai \"{name}\" not found"),
+            );
+            body["details"] =
+                json!({"name": name, "group": "orchestration.proompteng.ai", "kind": "orchestrationruns"});
+            (StatusCode::NOT_FOUND, Json(body)).into_response()
         }
-        Err(_) => false,
-    };
-    if exists {
-        Json(json!({
-            "apiVersion": "orchestration.proompteng.ai/v1alpha1",
-            "kind": "OrchestrationRun",
-            "metadata": {"name": name, "namespace": namespace, "uid": "fake-uid"},
-            "spec": {"orchestrationRef": {"name": "demo-orchestration"}}
-        }))
-        .into_response()
-    } else {
-        let status = json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": format!("orchestrationruns.orchestration.proompteng.ai \"{name}\" not found"),
-            "reason": "NotFound", "details": {"name": name, "group": "orchestration.proompteng.ai", "kind": "orchestrationruns"},
-            "code": 404
-        });
-        (StatusCode::NOT_FOUND, Json(status)).into_response()
     }
 }
 
-async fn other(State(inner): State<Arc<Mutex<Inner>>>, uri: Uri) -> Response {
-    if let Ok(mut inner) = inner.lock() {
-        inner.requests.push(uri.path().to_owned());
+async fn list_or_watch_all(
+    State(state): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+    uri: Uri,
+) -> Response {
+    list_or_watch(state, None, query, uri).await
+}
+
+async fn list_or_watch_namespace(
+    State(state): State<Shared>,
+    Path(namespace): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    uri: Uri,
+) -> Response {
+    list_or_watch(state, Some(namespace), query, uri).await
+}
+
+async fn list_or_watch(
+    (inner, changed): Shared,
+    namespace: Option<String>,
+    query: HashMap<String, String>,
+    uri: Uri,
+) -> Response {
+    if let Some(down) = record(&inner, &uri) {
+        return down;
+    }
+    let selector = match Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
+        Ok(s) => s,
+        Err(e) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", &e),
+    };
+    if let Some(ns) = namespace.as_deref() {
+        if inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forbidden
+            .iter()
+            .any(|f| f == ns)
+        {
+            return status_response(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!("orchestrationruns.orchestration.proompteng.ai is forbidden: cannot list resource \"orchestrationruns\" in the namespace \"{ns}\""),
+            );
+        }
+    }
+    let filter = Filter { namespace, selector };
+    if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+        let from: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+        return watch_response(inner, changed, filter, from, bookmarks);
+    }
+    let limit: usize = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(usize::MAX);
+    let inner = inner.lock().unwrap_or_else(|p| p.into_inner());
+    // continue = "<list resourceVersion>/<namespace>/<name>" of the last item sent.
+    let (list_rv, after) = match query.get("continue").filter(|c| !c.is_empty()) {
+        None => (inner.resource_version, None),
+        Some(token) => {
+            let mut parts = token.splitn(3, '/');
+            let rv = parts.next().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
+            if rv < inner.oldest {
+                return status_response(
+                    StatusCode::GONE,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result.",
+                );
+            }
+            let key = (
+                parts.next().unwrap_or_default().to_owned(),
+                parts.next().unwrap_or_default().to_owned(),
+            );
+            (rv, Some(key))
+        }
+    };
+    let range = match &after {
+        Some(key) => inner
+            .runs
+            .range((std::ops::Bound::Excluded(key.clone()), std::ops::Bound::Unbounded)),
+        None => inner.runs.range(..),
+    };
+    let mut items = Vec::new();
+    let mut next = None;
+    for (key, object) in range.filter(|(_, o)| filter.matches(o)) {
+        if items.len() == limit {
+            next = Some(format!("{list_rv}/{}/{}", key.0, key.1));
+            break;
+        }
+        items.push(object.clone());
+    }
+    // The token names the last item sent; the next page starts after it.
+    let token = next.and_then(|_| {
+        items.last().map(|o| {
+            format!(
+                "{list_rv}/{}/{}",
+                o["metadata"]["namespace"].as_str().unwrap_or_default(),
+                o["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        })
+    });
+    let mut metadata = json!({"resourceVersion": list_rv.to_string()});
+    if let Some(token) = token {
+        metadata["continue"] = json!(token);
+    }
+    Json(json!({
+        "apiVersion": API_VERSION,
+        "kind": "OrchestrationRunList",
+        "metadata": metadata,
+        "items": items,
+    }))
+    .into_response()
+}
+
+/// The events after `from`, then new ones as they happen, bookmarks when idle; ends with
+/// 410 Gone when the history is expired, or silently when the server goes down.
+fn watch_response(
+    inner: Arc<Mutex<Inner>>,
+    changed: watch::Sender<u64>,
+    filter: Filter,
+    from: u64,
+    bookmarks: bool,
+) -> Response {
+    let (epoch, too_old) = {
+        let inner = inner.lock().unwrap_or_else(|p| p.into_inner());
+        (inner.epoch, from < inner.oldest)
+    };
+    struct Watch {
+        inner: Arc<Mutex<Inner>>,
+        changed: watch::Receiver<u64>,
+        filter: Filter,
+        sent: u64,
+        epoch: u64,
+        bookmarks: bool,
+        done: bool,
+    }
+    let state = Watch {
+        inner,
+        changed: changed.subscribe(),
+        filter,
+        sent: from,
+        epoch,
+        bookmarks,
+        done: too_old,
+    };
+    let gone = line(&json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version")}));
+    if too_old {
+        return Response::new(Body::from(gone));
+    }
+    let stream = futures::stream::unfold(state, move |mut w| {
+        let gone = gone.clone();
+        async move {
+            if w.done {
+                return None;
+            }
+            loop {
+                let (events, epoch, expired, down, rv) = {
+                    let inner = w.inner.lock().unwrap_or_else(|p| p.into_inner());
+                    let events: Vec<Value> = inner
+                        .history
+                        .iter()
+                        .filter(|(rv, _, o)| *rv > w.sent && w.filter.matches(o))
+                        .map(|(_, kind, o)| json!({"type": kind, "object": o}))
+                        .collect();
+                    (
+                        events,
+                        inner.epoch,
+                        inner.expired,
+                        inner.down,
+                        inner.resource_version,
+                    )
+                };
+                if epoch != w.epoch {
+                    w.done = true;
+                    if expired && !down {
+                        return Some((Ok::<Bytes, Infallible>(Bytes::from(gone)), w));
+                    }
+                    return None;
+                }
+                if !events.is_empty() {
+                    w.sent = rv;
+                    let mut out = Vec::new();
+                    for e in &events {
+                        out.extend_from_slice(&line(e));
+                    }
+                    return Some((Ok(Bytes::from(out)), w));
+                }
+                w.sent = w.sent.max(rv);
+                match tokio::time::timeout(BOOKMARK_EVERY, w.changed.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return None,
+                    Err(_) if w.bookmarks => {
+                        let bookmark = json!({"type": "BOOKMARK", "object": {
+                            "apiVersion": API_VERSION, "kind": "OrchestrationRun",
+                            "metadata": {"resourceVersion": w.sent.to_string()}
+                        }});
+                        return Some((Ok(Bytes::from(line(&bookmark))), w));
+                    }
+                    Err(_) => continue,
+                }
+            }
+        }
+    });
+    Response::new(Body::from_stream(stream))
+}
+
+fn line(v: &Value) -> Vec<u8> {
+    let mut out = v.to_string().into_bytes();
+    out.push(b'\n');
+    out
+}
+
+/// Which runs a list or watch asks for.
+struct Filter {
+    namespace: Option<String>,
+    selector: Selector,
+}
+
+impl Filter {
+    fn matches(&self, object: &Value) -> bool {
+        let ns = object["metadata"]["namespace"].as_str().unwrap_or_default();
+        self.namespace.as_deref().is_none_or(|n| n == ns)
+            && self.selector.matches(&object["metadata"]["labels"])
+    }
+}
+
+/// Equality-based label selectors: `k`, `!k`, `k=v`, `k==v`, `k!=v`, comma-separated.
+struct Selector(Vec<(String, Requirement)>);
+
+enum Requirement {
+    Exists,
+    Absent,
+    Equals(String),
+    NotEquals(String),
+}
+
+impl Selector {
+    fn parse(s: &str) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let req = if let Some((k, v)) = term.split_once("!=") {
+                (k, Requirement::NotEquals(v.to_owned()))
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                (k, Requirement::Equals(v.to_owned()))
+            } else if let Some(k) = term.strip_prefix('!') {
+                (k, Requirement::Absent)
+            } else {
+                (term, Requirement::Exists)
+            };
+            if req.0.trim().is_empty() {
+                return Err(format!("unable to parse requirement: {term:?}"));
+            }
+            out.push((req.0.trim().to_owned(), req.1));
+        }
+        Ok(Self(out))
+    }
+
+    fn matches(&self, labels: &Value) -> bool {
+        self.0.iter().all(|(k, req)| {
+            let value = labels.get(k).and_then(Value::as_str);
+            match req {
+                Requirement::Exists => value.is_some(),
+                Requirement::Absent => value.is_none(),
+                Requirement::Equals(v) => value == Some(v.as_str()),
+                Requirement::NotEquals(v) => value != Some(v.as_str()),
+            }
+        })
+    }
+}
+
+async fn other(State((inner, _)): State<Shared>, uri: Uri) -> Response {
+    if let Some(down) = record(&inner, &uri) {
+        return down;
     }
     (StatusCode::NOT_FOUND, "not served by the fake API server").into_response()
 }
@@ -163,17 +653,37 @@ fn tls_acceptor(certs: &certs_dev::DevCerts) -> Result<tokio_rustls::TlsAcceptor
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn serve_tls(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, router: Router) {
+/// Accepts connections (closing them at once while down) and serves `router` on each,
+/// over TLS when given an acceptor.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    inner: Arc<Mutex<Inner>>,
+) {
     while let Ok((tcp, _)) = listener.accept().await {
+        if inner.lock().unwrap_or_else(|p| p.into_inner()).down {
+            drop(tcp);
+            continue;
+        }
         let (acceptor, router) = (acceptor.clone(), router.clone());
         tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
-                return;
-            };
             let service = hyper_util::service::TowerToHyperService::new(router);
-            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            match acceptor {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        let _ = builder
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+                None => {
+                    let _ = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                }
+            }
         });
     }
 }

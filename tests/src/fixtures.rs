@@ -154,6 +154,10 @@ impl Answer {
     pub fn message(&self) -> &str {
         required_str(&self.0, "/status/message")
     }
+    /// `status.details` of a deny (`Null` when absent).
+    pub fn details(&self) -> &Value {
+        &self.0["status"]["details"]
+    }
     pub fn decision(&self) -> &str {
         required_str(&self.0, "/auditAnnotations/decision")
     }

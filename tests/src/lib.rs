@@ -16,7 +16,7 @@ pub mod tcp_proxy;
 pub mod testdb;
 pub mod webhook;
 
-pub use fake_apiserver::FakeApiServer;
+pub use fake_apiserver::{FakeApiServer, FakeRun};
 pub use fixtures::{Answer, Review};
 pub use https::HttpsClient;
 pub use postgres::TempPostgres;

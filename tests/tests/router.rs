@@ -11,12 +11,13 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use dedupe_admission::decision::Policy;
+use dedupe_admission::lookup::{KubeRunLookup, RunLookup};
 use dedupe_admission::metrics::Metrics;
 use dedupe_admission::{ops_router, webhook_router, App};
 use dedupe_shared::shutdown::Shutdown;
 use dedupe_shared::ClaimScope;
 use dedupe_tests::https::Reply;
-use dedupe_tests::{Answer, Review, TestDb};
+use dedupe_tests::{Answer, FakeApiServer, FakeRun, Review, TestDb};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -37,10 +38,28 @@ impl InProcess {
     }
 
     async fn with_body_limit(max_body_bytes: usize) -> Result<Self> {
+        Self::build(max_body_bytes, None).await
+    }
+
+    /// With the API-server lookup on, pointed at `api` through the real kube client.
+    async fn with_api(api: &FakeApiServer) -> Result<Self> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(api.kubeconfig())?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await?;
+        let lookup = KubeRunLookup::new(kube::Client::try_from(config)?, Duration::from_secs(2));
+        Self::build(
+            dedupe_admission::config::DEFAULT_MAX_BODY_BYTES,
+            Some(Arc::new(lookup) as Arc<dyn RunLookup>),
+        )
+        .await
+    }
+
+    async fn build(max_body_bytes: usize, lookup: Option<Arc<dyn RunLookup>>) -> Result<Self> {
         let db = TestDb::new().await?;
         let app = Arc::new(App {
             store: db.migrated_store().await?,
-            lookup: None,
+            lookup,
             policy: Policy {
                 scope: ClaimScope::Orchestration,
                 grace: Duration::from_secs(dedupe_shared::config::DEFAULT_PENDING_GRACE_SECONDS),
@@ -137,23 +156,29 @@ async fn retried_create_of_the_same_name_is_a_retry_and_records_the_new_uid() ->
 }
 
 #[tokio::test]
-async fn updates_and_deletes_confirm_and_a_deleted_run_keeps_its_delivery() -> Result<()> {
-    let w = InProcess::new().await?;
+async fn updates_and_deletes_confirm_what_the_api_server_shows_and_a_deleted_run_keeps_its_delivery(
+) -> Result<()> {
+    let api = FakeApiServer::start().await?;
+    let w = InProcess::with_api(&api).await?;
     let d = delivery();
     let create = Review::load("create-fixed-name")?.delivery(&d).new_uids();
     assert_eq!(w.answer(&create).await?.decision(), "claimed");
+    api.add_run("jangar", "run-fixed", &d);
 
-    // An UPDATE that keeps the key (the recorded label change, with the label left alone).
+    // An UPDATE that keeps the key (the recorded label change, with the label left alone):
+    // the pending claim names this run, so the webhook GETs it, and it carries the delivery.
     let update = Review::load("update-label-changed")?.delivery(&d).new_uids();
     let a = w.answer(&update).await?;
     assert_eq!((a.allowed(), a.decision()), (true, "confirmed"));
     assert_eq!(w.db.claim_rows(&d).await?[0].2, "confirmed");
+    assert_eq!(api.gets().len(), 1, "{:?}", api.requests());
     let a = w.answer(&update.clone().new_uids()).await?;
     assert_eq!(
         (a.allowed(), a.decision()),
         (true, "allowed"),
         "nothing left to confirm"
     );
+    assert_eq!(api.gets().len(), 1, "a confirmed claim is not looked up again");
 
     let delete = Review::load("delete")?.delivery(&d).new_uids();
     let a = w.answer(&delete).await?;
@@ -172,14 +197,135 @@ async fn updates_and_deletes_confirm_and_a_deleted_run_keeps_its_delivery() -> R
 }
 
 #[tokio::test]
-async fn delete_of_a_pending_run_confirms_it() -> Result<()> {
-    let w = InProcess::new().await?;
+async fn delete_of_a_pending_run_the_api_server_shows_confirms_it() -> Result<()> {
+    let api = FakeApiServer::start().await?;
+    let w = InProcess::with_api(&api).await?;
     let d = delivery();
     let create = Review::load("create-fixed-name")?.delivery(&d).new_uids();
     assert_eq!(w.answer(&create).await?.decision(), "claimed");
+    api.add_run("jangar", "run-fixed", &d);
     let a = w.answer(&Review::load("delete")?.delivery(&d).new_uids()).await?;
     assert_eq!((a.allowed(), a.decision()), (true, "confirmed"));
     assert_eq!(w.db.claim_rows(&d).await?[0].2, "confirmed");
+    Ok(())
+}
+
+/// Anything that reaches the port can POST a review: a forged CREATE then a forged UPDATE
+/// or DELETE for a run that never existed must leave the claim pending (so a real create
+/// takes it over after the grace period).
+#[tokio::test]
+async fn forged_updates_and_deletes_confirm_nothing() -> Result<()> {
+    let api = FakeApiServer::start().await?;
+    let w = InProcess::with_api(&api).await?;
+    let d = delivery();
+    let create = Review::load("create-fixed-name")?.delivery(&d).new_uids();
+    assert_eq!(w.answer(&create).await?.decision(), "claimed");
+
+    let update = Review::load("update-label-changed")?.delivery(&d).new_uids();
+    let a = w.answer(&update).await?;
+    assert_eq!((a.allowed(), a.decision()), (true, "allowed"), "{:?}", a.0);
+    assert_eq!(
+        w.db.claim_rows(&d).await?[0].2,
+        "pending",
+        "a forged UPDATE confirms nothing"
+    );
+
+    let delete = Review::load("delete")?.delivery(&d).new_uids();
+    let a = w.answer(&delete).await?;
+    assert_eq!((a.allowed(), a.decision()), (true, "allowed"));
+    assert_eq!(
+        w.db.claim_rows(&d).await?[0].2,
+        "pending",
+        "a forged DELETE confirms nothing"
+    );
+
+    // A run of that name exists, but for another delivery: still not this claim's run.
+    api.add_run("jangar", "run-fixed", &delivery());
+    let a = w.answer(&delete.clone().new_uids()).await?;
+    assert_eq!(a.decision(), "allowed");
+    assert_eq!(w.db.claim_rows(&d).await?[0].2, "pending");
+    // Each forged review was checked against the API server by name.
+    assert_eq!(api.gets().len(), 3, "{:?}", api.requests());
+
+    // With the lookup off there is nothing to check with: the claim stays pending too.
+    let off = InProcess::new().await?;
+    let create = Review::load("create-fixed-name")?.delivery(&d).new_uids();
+    assert_eq!(off.answer(&create).await?.decision(), "claimed");
+    let a = off.answer(&update.clone().new_uids()).await?;
+    assert_eq!(a.decision(), "allowed");
+    assert_eq!(off.db.claim_rows(&d).await?[0].2, "pending");
+    Ok(())
+}
+
+/// A stale pending claim names `run-x` for delivery A; `run-x` now exists for delivery B.
+/// The holder check compares the delivery, so A's next create takes the claim over.
+#[tokio::test]
+async fn a_holder_name_reused_by_another_delivery_is_taken_over() -> Result<()> {
+    let api = FakeApiServer::start().await?;
+    let w = InProcess::with_api(&api).await?;
+    let (a_delivery, b_delivery) = (delivery(), delivery());
+    w.claimed(&a_delivery, "run-x").await?;
+    w.db.age_claim(&a_delivery, 600.0).await?;
+    api.add_run("jangar", "run-x", &b_delivery);
+    let redelivery = Review::create(&a_delivery, "run-new")?;
+    let a = w.answer(&redelivery).await?;
+    assert_eq!((a.allowed(), a.decision()), (true, "takeover"), "{:?}", a.0);
+    assert_eq!(
+        w.db.claim_rows(&a_delivery).await?,
+        vec![("run-new".into(), redelivery.object_uid(), "pending".into())]
+    );
+
+    // Same name and delivery but another orchestration (scope `orchestration`): not the
+    // holder either.
+    let c = delivery();
+    w.claimed(&c, "run-y").await?;
+    w.db.age_claim(&c, 600.0).await?;
+    api.put(FakeRun::new("jangar", "run-y", &c).orchestration("other-orchestration"));
+    assert_eq!(
+        w.answer(&Review::create(&c, "run-z")?).await?.decision(),
+        "takeover"
+    );
+
+    // The real holder, carrying the delivery: confirmed and denied.
+    let e = delivery();
+    w.claimed(&e, "run-alive").await?;
+    w.db.age_claim(&e, 600.0).await?;
+    api.add_run("jangar", "run-alive", &e);
+    let a = w.answer(&Review::create(&e, "run-late")?).await?;
+    assert_eq!((a.allowed(), a.code()), (false, 409));
+    assert_eq!(w.db.claim_rows(&e).await?[0].2, "confirmed");
+    Ok(())
+}
+
+/// The duplicate's 409 names the holder for programs in `status.details`, beside the
+/// unchanged human message.
+#[tokio::test]
+async fn the_duplicate_answer_has_details_naming_the_holder() -> Result<()> {
+    let w = InProcess::new().await?;
+    let d = delivery();
+    let first = Review::create(&d, "run-first")?;
+    assert_eq!(w.answer(&first).await?.decision(), "claimed");
+    let a = w.answer(&Review::create(&d, "run-second")?).await?;
+    assert_eq!((a.code(), a.reason()), (409, "AlreadyExists"));
+    assert!(a.message().contains("idempotently") && a.message().contains("jangar/run-first"));
+    let details = a.details();
+    assert_eq!(
+        details,
+        &serde_json::json!({
+            "group": "orchestration.proompteng.ai",
+            "kind": "orchestrationruns",
+            "name": "run-first",
+            "uid": first.object_uid(),
+            "causes": [{
+                "reason": "FieldValueDuplicate",
+                "field": "metadata.labels[\"jangar.proompteng.ai/delivery-id\"]",
+                "message": "the delivery is held by orchestrationrun run-first in namespace jangar"
+            }]
+        })
+    );
+    // An allowed answer carries no details; nor does a 422.
+    let allowed = w.answer(&Review::create(&delivery(), "run-other")?).await?;
+    assert!(allowed.details().is_null(), "{:?}", allowed.0);
     Ok(())
 }
 

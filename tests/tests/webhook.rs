@@ -28,7 +28,12 @@ async fn start_with_api(api: FakeApiServer, args: &[&str]) -> Result<(TestDb, Fa
     let certs = TestCerts::new()?;
     let kubeconfig = api.kubeconfig();
     let kubeconfig = kubeconfig.to_string_lossy();
-    let all: Vec<&str> = ["--kube-lookup", "on"].iter().chain(args).copied().collect();
+    // The reconciler off: these tests are about the lookup (tests/tests/reconcile.rs has it on).
+    let all: Vec<&str> = ["--kube-lookup", "on", "--reconcile", "off"]
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
     let webhook = Webhook::start(db.url(), &certs, &all, &[("KUBECONFIG", &kubeconfig)]).await?;
     Ok((db, api, webhook))
 }
@@ -151,7 +156,7 @@ async fn stale_pending_claim_whose_run_exists_is_confirmed_and_denied() -> Resul
     let (db, api, webhook) = start_with_api(FakeApiServer::start().await?, &[]).await?;
     let d = delivery();
     claimed(&webhook, &d, "run-alive").await?;
-    api.add_run("jangar", "run-alive");
+    api.add_run("jangar", "run-alive", &d);
     db.age_claim(&d, 600.0).await?;
     let a = answer(&webhook, &Review::create(&d, "run-new")?).await?;
     assert_eq!((a.allowed(), a.code(), a.decision()), (false, 409, "duplicate"));
@@ -474,12 +479,12 @@ async fn the_api_server_lookup_works_over_https_with_the_kubeconfig_ca() -> Resu
     let (db, api, webhook) = start_with_api(FakeApiServer::start_tls().await?, &[]).await?;
     let d = delivery();
     claimed(&webhook, &d, "run-alive").await?;
-    api.add_run("jangar", "run-alive");
+    api.add_run("jangar", "run-alive", &d);
     db.age_claim(&d, 600.0).await?;
     let a = answer(&webhook, &Review::create(&d, "run-new")?).await?;
     assert_eq!((a.allowed(), a.code()), (false, 409), "{:?}", a.0);
     assert!(a.message().contains("that run exists"), "{}", a.message());
-    assert_eq!(api.requests().len(), 1);
+    assert_eq!(api.gets().len(), 1, "{:?}", api.requests());
     assert_eq!(db.claim_rows(&d).await?[0].2, "confirmed");
     Ok(())
 }

@@ -1,0 +1,64 @@
+//! The reconciler's metrics, registered with the webhook's (`orchestration_dedupe_reconcile_*`).
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Cheap to clone: every field shares its value.
+#[derive(Clone, Debug, Default)]
+pub struct ReconcileMetrics {
+    /// Unix seconds at which every watched run of the last (re)list was written to the
+    /// store; 0 until the first complete sync.
+    pub last_sync: Gauge<i64, AtomicI64>,
+    pub backfilled: Counter,
+    pub confirmed: Counter,
+    /// Keys with more than one live run now.
+    pub conflicts: Gauge<i64, AtomicI64>,
+    /// Labelled runs the watches show now.
+    pub observed_runs: Gauge<i64, AtomicI64>,
+    pub watch_errors: Counter,
+    pub store_errors: Counter,
+}
+
+impl ReconcileMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let sub = registry.sub_registry_with_prefix("reconcile");
+        sub.register(
+            "last_sync_timestamp_seconds",
+            "When the reconciler last had every listed run written to the claim store (unix seconds; 0 = never)",
+            self.last_sync.clone(),
+        );
+        sub.register(
+            "backfilled",
+            "Confirmed claims inserted for runs that had none",
+            self.backfilled.clone(),
+        );
+        sub.register(
+            "confirmed",
+            "Pending claims confirmed because the API server showed their run",
+            self.confirmed.clone(),
+        );
+        sub.register(
+            "conflicts",
+            "Claim keys carried by more than one live run (the oldest holds; the others got in while the webhook was bypassed)",
+            self.conflicts.clone(),
+        );
+        sub.register(
+            "observed_runs",
+            "Labelled runs the reconciler's watches show",
+            self.observed_runs.clone(),
+        );
+        sub.register(
+            "watch_errors",
+            "Failed lists and watches of the API server (retried with backoff)",
+            self.watch_errors.clone(),
+        );
+        sub.register(
+            "store_errors",
+            "Reconciler batches the claim store did not take (retried)",
+            self.store_errors.clone(),
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! `ClaimStore::reconcile_batch` (shared/sql/reconcile_batch.sql) against a real PostgreSQL:
+//! what one batch confirms, back-fills and leaves alone, and that running it again — a
+//! second replica, or a restart — changes nothing.
+
+use anyhow::Result;
+use dedupe_shared::{ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ObservedRun, ReconcileCounts, RunRef};
+use dedupe_tests::TestDb;
+
+fn key(delivery: &str) -> ClaimKey {
+    ClaimKey::new(ClaimScope::Orchestration, "agents", "codex-autonomous", delivery)
+}
+
+fn observed(delivery: &str, name: &str, holds: bool) -> ObservedRun {
+    ObservedRun {
+        key: key(delivery),
+        namespace: "agents".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        holds,
+    }
+}
+
+fn run(name: &str) -> RunRef {
+    RunRef {
+        namespace: "agents".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_confirms_back_fills_leaves_other_claims_alone_and_is_idempotent() -> Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.migrated_store().await?;
+    // d-pending: a pending claim naming a run the batch shows → confirmed.
+    assert!(matches!(
+        store.claim(&key("d-pending"), &run("r-pending")).await?,
+        ClaimOutcome::Claimed(_)
+    ));
+    // d-other: a pending claim naming another run than the one observed → left as it is.
+    assert!(matches!(
+        store.claim(&key("d-other"), &run("r-ghost")).await?,
+        ClaimOutcome::Claimed(_)
+    ));
+    let batch = vec![
+        observed("d-pending", "r-pending", true),
+        observed("d-other", "r-real", true),
+        // d-new: no claim → back-filled for the holder, not for the younger run.
+        observed("d-new", "r-old", true),
+        observed("d-new", "r-young", false),
+    ];
+    assert_eq!(
+        store.reconcile_batch(&batch).await?,
+        ReconcileCounts {
+            confirmed: 1,
+            backfilled: 1
+        }
+    );
+    let state = |d: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .lookup(&key(d))
+                .await
+                .map(|c| c.map(|c| (c.holder.name, c.state)))
+        }
+    };
+    assert_eq!(
+        state("d-pending").await?,
+        Some(("r-pending".into(), ClaimState::Confirmed))
+    );
+    assert_eq!(
+        state("d-other").await?,
+        Some(("r-ghost".into(), ClaimState::Pending))
+    );
+    assert_eq!(
+        state("d-new").await?,
+        Some(("r-old".into(), ClaimState::Confirmed))
+    );
+
+    // Again, as another replica or a restarted one would: nothing changes.
+    assert_eq!(store.reconcile_batch(&batch).await?, ReconcileCounts::default());
+    let count: i64 = db
+        .client()
+        .await?
+        .query_one("SELECT count(*) FROM orchestration_dedupe_claims", &[])
+        .await?
+        .get(0);
+    assert_eq!(count, 3);
+    assert_eq!(store.reconcile_batch(&[]).await?, ReconcileCounts::default());
+    Ok(())
+}
