@@ -31,7 +31,10 @@ ADMISSION_ALERTS = {
     "OrchestrationDedupeCertificateExpiring": "warning",
     "OrchestrationDedupeCertificateReloadFailing": "warning",
     "OrchestrationDedupeTakeovers": "warning",
+    "OrchestrationDedupeReconcileStale": "warning",
+    "OrchestrationDedupeDuplicateRuns": "warning",
 }
+RECONCILE_ALERTS = {"OrchestrationDedupeReconcileStale", "OrchestrationDedupeDuplicateRuns"}
 PRUNER_ALERTS = {"OrchestrationDedupePrunerNotSucceeding": "warning"}
 
 
@@ -72,6 +75,9 @@ def test_prometheus_rule_toggle_follows_the_parts_installed(chart: helm.Chart) -
     rule = rules_of(chart, {"prometheusRule": {"enabled": True}, "admission": {"enabled": False}})
     assert rule is not None and set(alerts(rule)) == set(PRUNER_ALERTS)
     assert rules_of(chart, {"prometheusRule": {"enabled": True}, "admission": {"enabled": False}, "pruner": {"enabled": False}}) is None
+    # The reconciler's alerts only where it runs.
+    rule = rules_of(chart, {"prometheusRule": {"enabled": True}, "admission": {"reconcile": {"enabled": False}}})
+    assert rule is not None and set(alerts(rule)) == (set(ADMISSION_ALERTS) - RECONCILE_ALERTS) | set(PRUNER_ALERTS)
 
 
 def test_rule_labels_selector_and_thresholds_come_from_values(chart: helm.Chart) -> None:
