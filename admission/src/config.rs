@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use dedupe_shared::config::{DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_POOL_SIZE, DEFAULT_STORE_TIMEOUT_MS};
-use dedupe_shared::group_commit::{DEFAULT_IN_FLIGHT, DEFAULT_MAX_BATCH};
-use dedupe_shared::{ClaimScope, CommonArgs, GroupCommitConfig};
+use dedupe_store::config::{DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_POOL_SIZE, DEFAULT_STORE_TIMEOUT_MS};
+use dedupe_store::group_commit::{DEFAULT_IN_FLIGHT, DEFAULT_MAX_BATCH};
+use dedupe_store::{ClaimScope, CommonArgs, GroupCommitConfig};
 
 /// Largest AdmissionReview body accepted: 4 MiB. kube-apiserver decodes no write request
 /// body over 3 MiB (`MaxRequestBodyBytes`, 3145728: twice etcd's 1.5 MiB request limit,

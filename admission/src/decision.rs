@@ -30,10 +30,8 @@
 
 use std::time::Duration;
 
-use dedupe_shared::run::{
-    dns1123_label_problem, dns1123_subdomain_problem, label_value_problem, uid_problem,
-};
-use dedupe_shared::{
+use dedupe_store::run::{dns1123_label_problem, dns1123_subdomain_problem, label_value_problem, uid_problem};
+use dedupe_store::{
     Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, RunRef, RunView, DELIVERY_ID_LABEL,
 };
 

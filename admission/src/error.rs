@@ -5,8 +5,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dedupe_shared::error::Chain;
-use dedupe_shared::StoreError;
+use dedupe_store::error::Chain;
+use dedupe_store::StoreError;
 use serde_json::json;
 
 use crate::metrics::Metrics;

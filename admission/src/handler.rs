@@ -12,8 +12,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dedupe_shared::error::Chain;
-use dedupe_shared::ClaimStore;
+use dedupe_store::error::Chain;
+use dedupe_store::ClaimStore;
 use tracing::Instrument;
 
 use crate::decision::{
@@ -174,8 +174,8 @@ async fn confirm(app: &App, plan: &ConfirmPlan) -> Result<Verdict, AdmitError> {
 async fn look_up(
     app: &App,
     lookup: &dyn RunLookup,
-    holder: &dedupe_shared::RunRef,
-    key: &dedupe_shared::ClaimKey,
+    holder: &dedupe_store::RunRef,
+    key: &dedupe_store::ClaimKey,
 ) -> Holder {
     match lookup.get_run(holder).await {
         Ok(Some(found)) if lookup::holds(&found, holder, key) => Holder::Exists,

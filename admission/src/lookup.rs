@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dedupe_shared::error::Chain;
-use dedupe_shared::run::{GROUP, KIND, RESOURCE, VERSION};
-use dedupe_shared::{ClaimKey, RunRef, RunView};
+use dedupe_store::error::Chain;
+use dedupe_store::run::{GROUP, KIND, RESOURCE, VERSION};
+use dedupe_store::{ClaimKey, RunRef, RunView};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use dedupe_admission::config::Args;
 use dedupe_admission::run;
-use dedupe_shared::error::Chain;
+use dedupe_store::error::Chain;
 
 /// Exit code for a configuration error (bad flag value, unreadable connection string).
 const EXIT_CONFIG: u8 = 2;
@@ -19,7 +19,7 @@ const EXIT_CONFIG: u8 = 2;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let _log_writer = dedupe_shared::telemetry::init_non_blocking(args.common.log_format);
+    let _log_writer = dedupe_store::telemetry::init_non_blocking(args.common.log_format);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_config() => {

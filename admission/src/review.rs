@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use dedupe_shared::run::{GROUP, RESOURCE};
-use dedupe_shared::{RunRef, DELIVERY_ID_LABEL};
+use dedupe_store::run::{GROUP, RESOURCE};
+use dedupe_store::{RunRef, DELIVERY_ID_LABEL};
 use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation};
 use kube::core::response::{StatusCause, StatusDetails};
 use kube::core::{DynamicObject, Status};

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dedupe_shared::retry::{self, NotReached, RetryConfig};
-use dedupe_shared::shutdown::Shutdown;
-use dedupe_shared::{ClaimStore, ConfigError, MigrationMode, StoreConfig, StoreError};
+use dedupe_store::retry::{self, NotReached, RetryConfig};
+use dedupe_store::shutdown::Shutdown;
+use dedupe_store::{ClaimStore, ConfigError, MigrationMode, StoreConfig, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 

@@ -1,8 +1,8 @@
 //! One run of the pruner, start to end: reach the store, migrate, take the lock, take the
 //! cutoff, prune, report. Returns a typed failure for `main` to turn into exit code 1.
 
-use dedupe_shared::shutdown::Shutdown;
-use dedupe_shared::{ClaimStore, MigrationMode};
+use dedupe_store::shutdown::Shutdown;
+use dedupe_store::{ClaimStore, MigrationMode};
 
 use crate::config::Settings;
 use crate::error::PruneError;

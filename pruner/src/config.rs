@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use clap::Parser;
-use dedupe_shared::config::DEFAULT_RETENTION_DAYS;
-use dedupe_shared::{CommonArgs, ConfigError, LogFormat, MigrationMode, StoreConfig};
+use dedupe_store::config::DEFAULT_RETENTION_DAYS;
+use dedupe_store::{CommonArgs, ConfigError, LogFormat, MigrationMode, StoreConfig};
 
 use crate::pacing::{PacingConfig, PacingMode, DEFAULT_QUIET_BATCH_FACTOR};
 use crate::policy::BatchPolicyConfig;

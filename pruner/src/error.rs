@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dedupe_shared::StoreError;
+use dedupe_store::StoreError;
 
 /// A failure that ends the run with exit code 1. The store error is the `source()`, shown
 /// after this message by `main` (`{:#}`).

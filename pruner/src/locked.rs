@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dedupe_shared::store::PrunedBatch;
-use dedupe_shared::{ClaimStore, PrunerLock, StoreError};
+use dedupe_store::store::PrunedBatch;
+use dedupe_store::{ClaimStore, PrunerLock, StoreError};
 use tokio::sync::Mutex;
 
 use crate::config::PRUNER_APPLICATION_NAME;

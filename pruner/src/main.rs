@@ -34,12 +34,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG_ERROR);
         }
     };
-    dedupe_shared::telemetry::init(settings.log_format);
+    dedupe_store::telemetry::init(settings.log_format);
     match run(&settings) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             let error: &(dyn std::error::Error + 'static) = e.as_ref();
-            tracing::error!(error = %dedupe_shared::error::Chain(error), "prune failed");
+            tracing::error!(error = %dedupe_store::error::Chain(error), "prune failed");
             ExitCode::from(EXIT_RUNTIME_FAILURE)
         }
     }
@@ -52,7 +52,7 @@ fn run(settings: &config::Settings) -> anyhow::Result<app::Ended> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let mut shutdown =
-            dedupe_shared::shutdown::Shutdown::install().context("installing the SIGTERM/SIGINT handlers")?;
+            dedupe_store::shutdown::Shutdown::install().context("installing the SIGTERM/SIGINT handlers")?;
         Ok(app::run(settings, &mut shutdown).await?)
     })
 }

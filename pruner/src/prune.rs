@@ -4,15 +4,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dedupe_shared::store::PrunedBatch;
-use dedupe_shared::StoreError;
+use dedupe_store::store::PrunedBatch;
+use dedupe_store::StoreError;
 use tokio::time::Instant;
 
 use crate::error::{classify, ErrorClass, PruneError};
 use crate::pacing::{Pacer, TrafficSample};
 use crate::policy::{BatchPolicy, GiveUp, NextStep, Outcome, StopReason};
 use crate::report::{self, Progress, Summary};
-use dedupe_shared::shutdown::Shutdown;
+use dedupe_store::shutdown::Shutdown;
 
 /// The one store operation the loop needs (a trait so the loop is tested without a database).
 pub trait BatchStore {

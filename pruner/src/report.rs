@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dedupe_shared::error::Chain;
-use dedupe_shared::{ExpiredCount, StoreError};
+use dedupe_store::error::Chain;
+use dedupe_store::{ExpiredCount, StoreError};
 
 /// One committed batch.
 #[derive(Debug, Clone, Copy, PartialEq)]

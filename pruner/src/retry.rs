@@ -1,12 +1,12 @@
-//! Reaching the store at start: the shared back-off ([`dedupe_shared::retry`]), retrying
+//! Reaching the store at start: the shared back-off ([`dedupe_store::retry`]), retrying
 //! only what waiting can fix (the pruner's error classes: unavailable or timed out).
 
 use std::future::Future;
 
-use dedupe_shared::retry;
-pub use dedupe_shared::retry::{NotReached, RetryConfig};
-use dedupe_shared::shutdown::Shutdown;
-use dedupe_shared::StoreError;
+use dedupe_store::retry;
+pub use dedupe_store::retry::{NotReached, RetryConfig};
+use dedupe_store::shutdown::Shutdown;
+use dedupe_store::StoreError;
 
 use crate::error::{classify, ErrorClass};
 

@@ -4,7 +4,7 @@
 # Builds the release binaries once, starts a private PostgreSQL (target/release/with-postgres),
 # dev certificates and the real dedupe-admission on loopback, then in ONE run, against the same
 # database server:
-#   pgbench   running the webhook's own claim statement (dedupe_shared::sql::CLAIM_INSERT, written out
+#   pgbench   running the webhook's own claim statement (dedupe_store::sql::CLAIM_INSERT, written out
 #             by `loadgen pgbench-script`) with the same client count, -M prepared: the baseline;
 #   loadgen   (tests/src/bin/loadgen/) over HTTPS keep-alive connections:
 #             (a) max-rate, every request a new delivery (claimed),

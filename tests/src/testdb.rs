@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use dedupe_shared::{ClaimStore, StoreConfig};
+use dedupe_store::{ClaimStore, StoreConfig};
 use tokio_postgres::{GenericClient, NoTls};
 
 /// A schema of its own for one test.

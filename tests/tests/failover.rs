@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use dedupe_shared::{ClaimStore, StoreConfig};
+use dedupe_store::{ClaimStore, StoreConfig};
 use dedupe_tests::binaries::binary;
 use dedupe_tests::pg_cluster::{PgNode, PgPair, Replication};
 use dedupe_tests::tcp_proxy::TcpProxy;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use dedupe_shared::{ClaimKey, ClaimOutcome, ClaimScope, ClaimStore, GroupCommitConfig, RunRef, StoreError};
+use dedupe_store::{ClaimKey, ClaimOutcome, ClaimScope, ClaimStore, GroupCommitConfig, RunRef, StoreError};
 use dedupe_tests::TestDb;
 use proptest::prelude::*;
 use tokio::sync::Barrier;
@@ -181,7 +181,7 @@ async fn an_unreachable_store_fails_every_caller_within_the_timeout() -> Result<
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     drop(listener);
-    let cfg = dedupe_shared::StoreConfig::new(
+    let cfg = dedupe_store::StoreConfig::new(
         &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         2,
         Duration::from_millis(500),

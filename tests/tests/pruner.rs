@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use chrono::{DateTime, Utc};
-use dedupe_shared::{ClaimKey, ClaimOutcome, ClaimScope, RunRef};
+use dedupe_store::{ClaimKey, ClaimOutcome, ClaimScope, RunRef};
 use dedupe_tests::pruner::{app_name, pruner_url, run, run_with_env, str_field, u64_field, Live, RUN_BOUND};
 use dedupe_tests::signal::Signal;
 use dedupe_tests::testdb::{claim_count, delivery_ids, seed_claim_at, seed_claims};

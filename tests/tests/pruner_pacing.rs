@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use dedupe_shared::{ClaimKey, ClaimScope, RunRef};
+use dedupe_store::{ClaimKey, ClaimScope, RunRef};
 use dedupe_tests::pruner::run_with_env;
 use dedupe_tests::TestDb;
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! second replica, or a restart — changes nothing.
 
 use anyhow::Result;
-use dedupe_shared::{ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ObservedRun, ReconcileCounts, RunRef};
+use dedupe_store::{ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ObservedRun, ReconcileCounts, RunRef};
 use dedupe_tests::TestDb;
 
 fn key(delivery: &str) -> ClaimKey {

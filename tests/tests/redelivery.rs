@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use dedupe_shared::{ClaimKey, ClaimOutcome, ClaimScope, GroupCommitConfig, RunRef};
+use dedupe_store::{ClaimKey, ClaimOutcome, ClaimScope, GroupCommitConfig, RunRef};
 use dedupe_tests::TestDb;
 
 fn run(name: &str) -> RunRef {

@@ -14,8 +14,8 @@ use dedupe_admission::decision::Policy;
 use dedupe_admission::lookup::{KubeRunLookup, RunLookup};
 use dedupe_admission::metrics::Metrics;
 use dedupe_admission::{ops_router, webhook_router, App};
-use dedupe_shared::shutdown::Shutdown;
-use dedupe_shared::ClaimScope;
+use dedupe_store::shutdown::Shutdown;
+use dedupe_store::ClaimScope;
 use dedupe_tests::https::Reply;
 use dedupe_tests::{Answer, FakeApiServer, FakeRun, Review, TestDb};
 use http_body_util::BodyExt;
@@ -62,7 +62,7 @@ impl InProcess {
             lookup,
             policy: Policy {
                 scope: ClaimScope::Orchestration,
-                grace: Duration::from_secs(dedupe_shared::config::DEFAULT_PENDING_GRACE_SECONDS),
+                grace: Duration::from_secs(dedupe_store::config::DEFAULT_PENDING_GRACE_SECONDS),
             },
             metrics: Arc::new(Metrics::new()),
             max_body_bytes,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use dedupe_shared::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ClaimStore, RunRef};
+use dedupe_store::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ClaimStore, RunRef};
 use dedupe_tests::testdb::seed_claim_at;
 use dedupe_tests::TestDb;
 use tokio::sync::Barrier;
@@ -430,7 +430,7 @@ async fn an_unreachable_store_fails_within_the_timeout() -> Result<()> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     drop(listener);
-    let cfg = dedupe_shared::StoreConfig::new(
+    let cfg = dedupe_store::StoreConfig::new(
         &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         2,
         Duration::from_millis(500),

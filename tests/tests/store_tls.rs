@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use dedupe_shared::{ClaimKey, ClaimOutcome, ClaimScope, ClaimStore, RunRef, StoreConfig};
+use dedupe_store::{ClaimKey, ClaimOutcome, ClaimScope, ClaimStore, RunRef, StoreConfig};
 use dedupe_tests::TempPostgres;
 
 fn run() -> RunRef {
@@ -84,7 +84,7 @@ async fn the_store_encrypts_when_the_server_offers_tls_and_verifies_with_a_ca() 
         .ping()
         .await
         .err()
-        .map(|e| dedupe_shared::error::Chain(&e).to_string())
+        .map(|e| dedupe_store::error::Chain(&e).to_string())
         .expect("a server certificate from another CA is refused");
     assert!(error.to_lowercase().contains("certificate"), "{error}");
     Ok(())

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use dedupe_shared::{ClaimKey, ClaimScope, ObservedRun};
+use dedupe_store::{ClaimKey, ClaimScope, ObservedRun};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
 

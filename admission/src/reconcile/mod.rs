@@ -25,7 +25,7 @@ pub mod metrics;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dedupe_shared::{ClaimKey, ClaimScope, ClaimStore, DELIVERY_ID_LABEL};
+use dedupe_store::{ClaimKey, ClaimScope, ClaimStore, DELIVERY_ID_LABEL};
 use futures::stream::{select_all, BoxStream};
 use futures::{Stream, StreamExt};
 use kube::api::{Api, DynamicObject};

@@ -18,8 +18,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use dedupe_shared::run::{OrchestrationRef, OrchestrationRunSpec, GROUP, RESOURCE};
-use dedupe_shared::{RunView, DELIVERY_ID_LABEL};
+use dedupe_store::run::{OrchestrationRef, OrchestrationRunSpec, GROUP, RESOURCE};
+use dedupe_store::{RunView, DELIVERY_ID_LABEL};
 use kube::core::admission::Operation;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde::Deserialize;

@@ -14,7 +14,7 @@ use rustls::ServerConfig;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use dedupe_shared::error::Chain;
+use dedupe_store::error::Chain;
 
 use super::config::{build, read_stable, warn_if_expired, Material};
 use super::{TlsError, TlsSettings};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use dedupe_shared::{ClaimKey, ClaimOutcome, ClaimScope, ClaimStore, GroupCommitConfig, RunRef, StoreConfig};
+use dedupe_store::{ClaimKey, ClaimOutcome, ClaimScope, ClaimStore, GroupCommitConfig, RunRef, StoreConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,9 +24,9 @@ struct Args {
     pool_size: usize,
     #[arg(long)]
     group_commit: bool,
-    #[arg(long, default_value_t = dedupe_shared::group_commit::DEFAULT_IN_FLIGHT)]
+    #[arg(long, default_value_t = dedupe_store::group_commit::DEFAULT_IN_FLIGHT)]
     in_flight: usize,
-    #[arg(long, default_value_t = dedupe_shared::group_commit::DEFAULT_MAX_BATCH)]
+    #[arg(long, default_value_t = dedupe_store::group_commit::DEFAULT_MAX_BATCH)]
     max_batch: usize,
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,

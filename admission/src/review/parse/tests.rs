@@ -243,8 +243,8 @@ fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
 fn decide(body: &[u8]) {
     if let Ok(request) = parse(body) {
         for scope in [
-            dedupe_shared::ClaimScope::Orchestration,
-            dedupe_shared::ClaimScope::Cluster,
+            dedupe_store::ClaimScope::Orchestration,
+            dedupe_store::ClaimScope::Cluster,
         ] {
             let policy = crate::decision::Policy {
                 scope,

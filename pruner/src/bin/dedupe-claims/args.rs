@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
-use dedupe_shared::claim::ClaimState;
-use dedupe_shared::config::{DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_RETENTION_DAYS};
-use dedupe_shared::inspect::{KeySelector, ListFilter};
-use dedupe_shared::{ClaimScope, ConfigError, StoreConfig};
+use dedupe_store::claim::ClaimState;
+use dedupe_store::config::{DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_RETENTION_DAYS};
+use dedupe_store::inspect::{KeySelector, ListFilter};
+use dedupe_store::{ClaimScope, ConfigError, StoreConfig};
 
 use crate::human;
 
@@ -184,7 +184,7 @@ impl From<StateArg> for ClaimState {
 
 /// A delivery id is a label value: the same rule the webhook applies.
 fn parse_delivery_id(value: &str) -> Result<String, String> {
-    match dedupe_shared::run::label_value_problem(value) {
+    match dedupe_store::run::label_value_problem(value) {
         None => Ok(value.to_owned()),
         Some(problem) => Err(format!("not a delivery id (a label value): {problem}")),
     }

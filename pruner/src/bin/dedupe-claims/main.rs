@@ -15,8 +15,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use dedupe_shared::inspect::ReleaseOutcome;
-use dedupe_shared::{ClaimStore, StoreError};
+use dedupe_store::inspect::ReleaseOutcome;
+use dedupe_store::{ClaimStore, StoreError};
 
 use args::{Format, Request, Settings};
 use render::Context;

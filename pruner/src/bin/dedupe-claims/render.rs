@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use dedupe_shared::claim::ClaimState;
-use dedupe_shared::inspect::{ClaimList, ClaimRecord, ClaimStats};
+use dedupe_store::claim::ClaimState;
+use dedupe_store::inspect::{ClaimList, ClaimRecord, ClaimStats};
 use serde_json::{json, Value};
 
 use crate::human;

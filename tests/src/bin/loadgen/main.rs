@@ -23,7 +23,7 @@
 //! a short drain; it stops by itself. Only loopback targets are accepted.
 //!
 //! `loadgen pgbench-script` writes the pgbench baseline: the webhook's own claim statement
-//! (`dedupe_shared::sql::CLAIM_INSERT`, verbatim, `$n` → pgbench variables; or with
+//! (`dedupe_store::sql::CLAIM_INSERT`, verbatim, `$n` → pgbench variables; or with
 //! `--statement insert` a bare `INSERT … ON CONFLICT DO NOTHING`, the durable baseline) with the same key parts
 //! as the fixture, for new or duplicate deliveries.
 //!

@@ -91,8 +91,8 @@ pub(crate) fn pgbench_script(args: &ScriptArgs) -> Result<()> {
     ];
     let (sql, what) = match args.statement {
         Statement::Claim => (
-            dedupe_shared::sql::CLAIM_INSERT,
-            "The webhook's claim statement (dedupe_shared::sql::CLAIM_INSERT)",
+            dedupe_store::sql::CLAIM_INSERT,
+            "The webhook's claim statement (dedupe_store::sql::CLAIM_INSERT)",
         ),
         Statement::Insert => (
             DURABLE_INSERT,
