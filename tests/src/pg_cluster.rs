@@ -9,14 +9,13 @@
 //! of every acknowledged commit. `fsync` stays off: the tests kill processes, not the
 //! machine, and the page cache survives a process kill.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::postgres::{find_bin_dir, INSTALL_HINT};
+use crate::postgres::{find_bin_dir, free_port, is_root, run, INSTALL_HINT};
 
 /// How long a node may take to start, or a standby to start streaming.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -385,29 +384,4 @@ impl PgPair {
             self.primary.port, self.standby.port
         )
     }
-}
-
-fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
-    Ok(listener.local_addr()?.port())
 }

@@ -197,7 +197,8 @@ impl Drop for TempPostgres {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<Output> {
+/// Runs `cmd` to its end; its output, or an error carrying what it printed.
+pub(crate) fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -209,7 +210,7 @@ fn run(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -242,7 +243,7 @@ pub fn find_bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, bin)| bin)
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
     Ok(listener.local_addr()?.port())
 }
