@@ -200,19 +200,12 @@ fn parse_max_concurrent(s: &str) -> Result<usize, String> {
     }
 }
 
-/// A namespace name: a DNS-1123 label (lower-case alphanumerics and '-', at most 63).
+/// A namespace name: a DNS-1123 label, checked as the webhook checks a run's namespace.
 fn parse_namespace(s: &str) -> Result<String, String> {
     let s = s.trim();
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
-        Ok(s.to_owned())
-    } else {
-        Err(format!("`{s}` is not a namespace name (a DNS-1123 label)"))
+    match dedupe_store::run::dns1123_label_problem(s) {
+        None => Ok(s.to_owned()),
+        Some(problem) => Err(format!("namespace `{s}` {problem}")),
     }
 }
 
