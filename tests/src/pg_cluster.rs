@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::postgres::{find_bin_dir, free_port, is_root, run, INSTALL_HINT};
+use crate::postgres::{find_bin_dir, free_port, is_root, run, server_command, INITDB_ARGS, INSTALL_HINT};
 
 /// How long a node may take to start, or a standby to start streaming.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -86,16 +86,11 @@ impl PgNode {
     /// its standby is to be synchronous; started.
     pub fn primary(replication: Replication) -> Result<Self> {
         let mut node = Self::new("primary")?;
-        run(node.command("initdb").arg("-D").arg(node.data_dir()).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--no-locale",
-            "--no-instructions",
-        ]))
+        run(node
+            .command("initdb")
+            .arg("-D")
+            .arg(node.data_dir())
+            .args(INITDB_ARGS))
         .context("initdb")?;
         let sync = match replication {
             Replication::Synchronous => "synchronous_standby_names = '*'\n",
@@ -329,14 +324,7 @@ impl PgNode {
     }
 
     fn command(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
-        if self.as_postgres_user {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        }
+        server_command(&self.bin, program, self.as_postgres_user)
     }
 
     /// The server binaries directory.

@@ -60,17 +60,7 @@ impl TempPostgres {
             ssl: tls.is_some(),
         };
         let data = pg.data_dir();
-        run(pg.command("initdb").arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--no-locale",
-            "--no-instructions",
-        ]))
-        .context("initdb")?;
+        run(pg.command("initdb").arg("-D").arg(&data).args(INITDB_ARGS)).context("initdb")?;
         if let Some((cert, key)) = tls {
             pg.install_server_certificate(cert, key)?;
         }
@@ -172,14 +162,7 @@ impl TempPostgres {
     }
 
     fn command(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
-        if self.as_postgres_user {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        }
+        server_command(&self.bin, program, self.as_postgres_user)
     }
 }
 
@@ -194,6 +177,32 @@ impl Drop for TempPostgres {
                 .output();
         }
         // The TempDir removes the directory after this.
+    }
+}
+
+/// `initdb`'s arguments for every throwaway server the tests start: superuser `postgres`,
+/// trust authentication on loopback, no fsync while creating it.
+pub(crate) const INITDB_ARGS: [&str; 8] = [
+    "-U",
+    "postgres",
+    "--auth=trust",
+    "--no-sync",
+    "-E",
+    "UTF8",
+    "--no-locale",
+    "--no-instructions",
+];
+
+/// `program` from the server binaries in `bin`, run as the `postgres` user when the tests run
+/// as root (initdb and postgres refuse root).
+pub(crate) fn server_command(bin: &Path, program: &str, as_postgres_user: bool) -> Command {
+    let path = bin.join(program);
+    if as_postgres_user {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
     }
 }
 
