@@ -164,6 +164,31 @@ fn assert_no_double_allow(records: &[Record]) -> Result<()> {
     Ok(())
 }
 
+/// What every kill-and-promote failover must show: no broken answer, no delivery allowed
+/// twice, nothing allowed between losing the primary and promoting the standby (and some
+/// requests sent then), every acknowledged claim on the new primary, and recovery within
+/// [`RECOVERY_BOUND`] of it accepting writes.
+async fn assert_healed_after_failover(
+    label: &str,
+    records: &[Record],
+    lost: Instant,
+    promoting: Instant,
+    up: Instant,
+    new_primary: &PgNode,
+) -> Result<()> {
+    assert_nothing_broken(records)?;
+    assert_no_double_allow(records)?;
+    let outage = assert_no_primary_window(records, lost, promoting)?;
+    ensure!(outage > 0, "no request was sent while there was no primary");
+    let acked = assert_acknowledged_present(records, new_primary).await?;
+    let delay = assert_recovered(records, up)?;
+    eprintln!(
+        "{label}: {} requests, {acked} acknowledged claims all on the new primary, {outage} sent without a primary, first claim {delay:?} after promotion",
+        records.len()
+    );
+    Ok(())
+}
+
 /// Every claim the webhook acknowledged (`claimed`) is on `primary`, held by that name.
 async fn assert_acknowledged_present(records: &[Record], primary: &PgNode) -> Result<usize> {
     let client = primary.client().await?;
@@ -343,16 +368,7 @@ async fn multi_host_url_survives_kill_and_promote() -> Result<()> {
     tokio::time::sleep(RECOVERY_BOUND + Duration::from_secs(1)).await;
     let records = load.finish().await?;
 
-    assert_nothing_broken(&records)?;
-    assert_no_double_allow(&records)?;
-    let outage = assert_no_primary_window(&records, killed, promoting)?;
-    ensure!(outage > 0, "no request was sent while there was no primary");
-    let acked = assert_acknowledged_present(&records, &pair.standby).await?;
-    let delay = assert_recovered(&records, up)?;
-    eprintln!(
-        "multi-host: {} requests, {acked} acknowledged claims all on the new primary, {outage} sent without a primary, first claim {delay:?} after promotion",
-        records.len()
-    );
+    assert_healed_after_failover("multi-host", &records, killed, promoting, up, &pair.standby).await?;
     Ok(())
 }
 
@@ -384,16 +400,7 @@ async fn service_address_survives_a_lost_node() -> Result<()> {
     tokio::time::sleep(RECOVERY_BOUND + Duration::from_secs(1)).await;
     let records = load.finish().await?;
 
-    assert_nothing_broken(&records)?;
-    assert_no_double_allow(&records)?;
-    let outage = assert_no_primary_window(&records, lost, promoting)?;
-    ensure!(outage > 0, "no request was sent while there was no primary");
-    let acked = assert_acknowledged_present(&records, &pair.standby).await?;
-    let delay = assert_recovered(&records, up)?;
-    eprintln!(
-        "lost node: {} requests, {acked} acknowledged claims all on the new primary, {outage} sent without a primary, first claim {delay:?} after promotion",
-        records.len()
-    );
+    assert_healed_after_failover("lost node", &records, lost, promoting, up, &pair.standby).await?;
     Ok(())
 }
 
