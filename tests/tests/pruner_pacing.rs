@@ -92,6 +92,19 @@ impl OwnDatabase {
         })
     }
 
+    /// The pruner's dry run applies the migrations (creates the table) and deletes nothing;
+    /// then `n` expired claims are seeded from a session that is gone before the pruner
+    /// looks, so it sees no claim traffic anywhere.
+    async fn migrate_and_seed_expired(&self, n: i64) -> Result<()> {
+        run_pruner(&self.url, &["--dry-run"]).await?;
+        let (client, conn) = tokio_postgres::connect(&self.url, NoTls).await?;
+        let conn = tokio::spawn(conn);
+        seed_expired(&client, n).await?;
+        drop(client);
+        conn.await??;
+        Ok(())
+    }
+
     async fn drop_it(self) -> Result<()> {
         self.admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
@@ -103,16 +116,7 @@ impl OwnDatabase {
 #[tokio::test]
 async fn with_nobody_claiming_batches_are_larger_and_unpaused() -> Result<()> {
     let db = OwnDatabase::new().await?;
-    // The dry run applies the migrations (creates the table) and deletes nothing.
-    run_pruner(&db.url, &["--dry-run"]).await?;
-    {
-        let (client, conn) = tokio_postgres::connect(&db.url, NoTls).await?;
-        let conn = tokio::spawn(conn);
-        seed_expired(&client, 3_000).await?;
-        drop(client);
-        // The seeding session is gone before the pruner looks: no claim traffic anywhere.
-        conn.await??;
-    }
+    db.migrate_and_seed_expired(3_000).await?;
     let events = run_pruner(
         &db.url,
         &[
@@ -184,14 +188,7 @@ async fn while_claims_flow_the_configured_size_and_pause_hold() -> Result<()> {
 #[tokio::test]
 async fn fixed_pacing_never_changes_the_batch_size() -> Result<()> {
     let db = OwnDatabase::new().await?;
-    run_pruner(&db.url, &["--dry-run"]).await?;
-    {
-        let (client, conn) = tokio_postgres::connect(&db.url, NoTls).await?;
-        let conn = tokio::spawn(conn);
-        seed_expired(&client, 500).await?;
-        drop(client);
-        conn.await??;
-    }
+    db.migrate_and_seed_expired(500).await?;
     let events = run_pruner(
         &db.url,
         &[
