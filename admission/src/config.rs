@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use dedupe_store::config::{DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_POOL_SIZE, DEFAULT_STORE_TIMEOUT_MS};
-use dedupe_store::group_commit::{DEFAULT_IN_FLIGHT, DEFAULT_MAX_BATCH};
+use dedupe_store::group_commit::{DEFAULT_IN_FLIGHT, DEFAULT_LINGER, DEFAULT_MAX_BATCH};
 use dedupe_store::{ClaimScope, CommonArgs, GroupCommitConfig};
 
 /// Largest AdmissionReview body accepted: 4 MiB. kube-apiserver decodes no write request
@@ -147,9 +147,13 @@ pub struct Args {
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_GROUP_COMMIT_MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH as u16, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub group_commit_max_batch: u16,
 
-    /// Group-commit batches in flight at once (each holds one pooled connection while it runs).
+    /// Most group-commit batches in flight at once (each holds one pooled connection while it runs).
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_GROUP_COMMIT_IN_FLIGHT", default_value_t = DEFAULT_IN_FLIGHT as u16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub group_commit_in_flight: u16,
+
+    /// Microseconds a queued claim waits for a running group-commit batch before another starts for it.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_GROUP_COMMIT_LINGER_US", default_value_t = DEFAULT_LINGER.as_micros() as u64, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub group_commit_linger_us: u64,
 
     /// Largest request body accepted (bytes); larger gets 413.
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
@@ -181,6 +185,7 @@ impl Args {
         self.group_commit.then_some(GroupCommitConfig {
             max_batch: usize::from(self.group_commit_max_batch),
             in_flight: usize::from(self.group_commit_in_flight),
+            linger: Duration::from_micros(self.group_commit_linger_us),
         })
     }
 
@@ -233,6 +238,7 @@ mod tests {
             Some(GroupCommitConfig {
                 max_batch: DEFAULT_MAX_BATCH,
                 in_flight: DEFAULT_IN_FLIGHT,
+                linger: DEFAULT_LINGER,
             })
         );
         assert_eq!(
@@ -240,6 +246,7 @@ mod tests {
             Some(GroupCommitConfig {
                 max_batch: DEFAULT_MAX_BATCH,
                 in_flight: DEFAULT_IN_FLIGHT,
+                linger: DEFAULT_LINGER,
             })
         );
         assert_eq!(parse(&["--group-commit", "false"])?.group_commit(), None);
@@ -249,12 +256,15 @@ mod tests {
             "8",
             "--group-commit-in-flight",
             "2",
+            "--group-commit-linger-us",
+            "250",
         ])?;
         assert_eq!(
             tuned.group_commit(),
             Some(GroupCommitConfig {
                 max_batch: 8,
-                in_flight: 2
+                in_flight: 2,
+                linger: Duration::from_micros(250),
             })
         );
         assert!(parse(&["--group-commit-max-batch", "0"]).is_err());

@@ -4,13 +4,23 @@
 //!
 //! Why: every claim is a transaction, and with durable commits each one waits for a WAL
 //! flush; on a busy server each also pays a statement's parse/plan/execute and a round
-//! trip. A batch pays those once for all its claims.
+//! trip. A batch pays those once for all its claims, so the larger the batches, the less
+//! PostgreSQL CPU a claim costs (docs/BENCHMARKS.md, "Group commit").
 //!
-//! How a batch forms (no timer): a fixed number of workers ([`GroupCommitConfig::in_flight`])
-//! each take whatever claims are queued the moment they become free, up to
-//! [`GroupCommitConfig::max_batch`], and run them. A claim that arrives while a worker is
-//! idle goes at once, alone, so at low load nobody waits for company; only when every
-//! worker is busy do claims queue, and then the next free worker takes them all.
+//! How a batch forms: [`GroupCommitConfig::in_flight`] workers share one queue. A worker
+//! that is free decides whether to take what is queued ([`next_batch`], a pure function):
+//! - *No other batch in flight*: the queue goes at once. At low load a claim never waits for
+//!   company, and under load the worker that just finished a batch takes everything that
+//!   arrived during it, straight away, without a hand-off to another task.
+//! - *Batches in flight*: claims wait for one of them to finish, and then go together, unless
+//!   a full batch ([`GroupCommitConfig::max_batch`]) is queued or the oldest has waited
+//!   [`GroupCommitConfig::linger`]: then another worker starts a batch beside the running
+//!   ones. (Starting one for fewer, say 8 queued, made two batches run at once half the time
+//!   and cost ~10% of durable claims/s: concurrent batches contend in PostgreSQL for the
+//!   same index pages and the WAL, docs/BENCHMARKS.md.) So while commits are fast, one batch at a time collects everything that arrived
+//!   during the previous one (the largest batches, the least CPU per claim); while commits
+//!   are slow (a synchronous standby, a row lock, a busy disk), more batches run at once and
+//!   no claim waits much more than `linger` for a free worker.
 //!
 //! The promises of the single-claim path hold:
 //! - *One winner per key*: the table's primary key decides, as before. Two claims for the
@@ -25,11 +35,13 @@
 //! - *Bounded*: each caller still waits at most the store timeout ([`crate::ClaimStore`]
 //!   bounds the call); a batch whose callers all gave up is skipped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 
 use crate::claim::{Claim, ClaimKey, RunRef};
@@ -37,19 +49,22 @@ use crate::error::{Cause, Chain, StoreError};
 use crate::sql;
 use crate::store::{read_claim, ClaimStore};
 
-/// Largest batch a worker takes: 64 claims are ~20 KB of parameters, one short statement;
-/// larger batches stopped paying on the store-level measurement (docs/BENCHMARKS.md).
+/// Largest batch: 64 claims are ~20 KB of parameters, one short statement; larger batches
+/// stopped paying on the store-level measurement (docs/BENCHMARKS.md).
 pub const DEFAULT_MAX_BATCH: usize = 64;
-/// Batches in flight at once (each on its own pooled connection). Fewer means larger
-/// batches under load, more means less queueing behind a slow batch; see
-/// docs/BENCHMARKS.md for the measurement behind the default.
+/// Most batches in flight at once (each on its own pooled connection). Only slow commits
+/// bring more than one: see [`DEFAULT_LINGER`].
 pub const DEFAULT_IN_FLIGHT: usize = 4;
+/// Longest a queued claim waits for a running batch before another batch starts for it:
+/// the extra latency batching may add to a claim when batches are in flight.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
 
 /// The knobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommitConfig {
     pub max_batch: usize,
     pub in_flight: usize,
+    pub linger: Duration,
 }
 
 impl Default for GroupCommitConfig {
@@ -57,8 +72,23 @@ impl Default for GroupCommitConfig {
         Self {
             max_batch: DEFAULT_MAX_BATCH,
             in_flight: DEFAULT_IN_FLIGHT,
+            linger: DEFAULT_LINGER,
         }
     }
+}
+
+/// How many queued claims to send as a new batch now, if any: the dispatcher's whole policy.
+/// `oldest_waited` is how long the first queued claim has been waiting.
+pub(crate) fn next_batch(
+    config: &GroupCommitConfig,
+    queued: usize,
+    running: usize,
+    oldest_waited: Duration,
+) -> Option<usize> {
+    let go = queued > 0
+        && running < config.in_flight
+        && (running == 0 || queued >= config.max_batch || oldest_waited >= config.linger);
+    go.then(|| queued.min(config.max_batch))
 }
 
 /// What the insert step found for one caller: `(written, claim)`, or `None` when the key was
@@ -68,17 +98,44 @@ pub(crate) type Inserted = Option<(bool, Claim)>;
 struct Pending {
     key: ClaimKey,
     run: RunRef,
+    queued_at: Instant,
     reply: oneshot::Sender<Result<Inserted, StoreError>>,
 }
 
 /// The batcher. Workers start on first use (inside the caller's runtime) and end when the
-/// last [`ClaimStore`] clone holding this is dropped.
+/// last [`ClaimStore`] clone holding this is dropped, after the queue is empty.
 pub(crate) struct GroupCommit {
     config: GroupCommitConfig,
     /// Runs the batches; a store without group commit, sharing the pool.
     executor: ClaimStore,
-    queue: OnceLock<mpsc::UnboundedSender<Pending>>,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
+    started: Once,
+}
+
+/// What the callers and the workers share.
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes one idle worker: the queue became non-empty, or reached a full batch. (A worker
+    /// that finishes a batch looks at the queue itself.) On drop: every worker.
+    wake: Notify,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Pending>,
+    /// Batches being run.
+    running: usize,
+    /// No more claims will come: workers return once the queue is empty.
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A worker never panics while holding the lock (no call in it can), and the state
+        // stays consistent at every step anyway.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Batches run and claims they carried, since start.
@@ -109,17 +166,23 @@ impl GroupCommit {
             config: GroupCommitConfig {
                 max_batch: config.max_batch.max(1),
                 in_flight: config.in_flight.max(1),
+                linger: config.linger,
             },
             executor,
-            queue: OnceLock::new(),
-            counters: Arc::default(),
+            shared: Arc::new(Shared {
+                state: Mutex::default(),
+                wake: Notify::new(),
+                counters: Counters::default(),
+            }),
+            started: Once::new(),
         }
     }
 
     pub(crate) fn stats(&self) -> GroupCommitStats {
+        let counters = &self.shared.counters;
         GroupCommitStats {
-            batches: self.counters.batches.load(Ordering::Relaxed),
-            claims: self.counters.claims.load(Ordering::Relaxed),
+            batches: counters.batches.load(Ordering::Relaxed),
+            claims: counters.claims.load(Ordering::Relaxed),
         }
     }
 
@@ -130,84 +193,126 @@ impl GroupCommit {
     /// The insert step of one claim ([`sql::CLAIM_INSERT`]'s answer), batched with whatever
     /// else is waiting. Not bounded here: the caller bounds it with the store timeout.
     pub(crate) async fn insert(&self, key: &ClaimKey, run: &RunRef) -> Result<Inserted, StoreError> {
+        self.start_workers();
         let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            key: key.clone(),
-            run: run.clone(),
-            reply,
+        let queued = {
+            let mut state = self.shared.lock();
+            state.queue.push_back(Pending {
+                key: key.clone(),
+                run: run.clone(),
+                queued_at: Instant::now(),
+                reply,
+            });
+            state.queue.len()
         };
-        self.queue()
-            .send(pending)
-            .map_err(|_| StoreError::Unavailable("group commit workers stopped".into()))?;
+        // Only the changes an idle worker acts on: a queue to take or to start the linger
+        // clock for, and enough claims for a batch beside the running ones.
+        if queued == 1 || queued == self.config.max_batch {
+            self.shared.wake.notify_one();
+        }
         answer
             .await
             .map_err(|_| StoreError::Unavailable("group commit batch was dropped".into()))?
     }
 
-    fn queue(&self) -> &mpsc::UnboundedSender<Pending> {
-        self.queue.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let rx = Arc::new(Mutex::new(rx));
+    fn start_workers(&self) {
+        self.started.call_once(|| {
             for _ in 0..self.config.in_flight {
-                tokio::spawn(worker(
-                    rx.clone(),
-                    self.executor.clone(),
-                    self.config.max_batch,
-                    self.counters.clone(),
-                ));
+                tokio::spawn(worker(self.shared.clone(), self.executor.clone(), self.config));
             }
-            tx
-        })
+        });
     }
 }
 
-/// Takes what is queued when it is free, runs it, answers; until every sender is gone.
-async fn worker(
-    rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>,
-    executor: ClaimStore,
-    max_batch: usize,
-    counters: Arc<Counters>,
-) {
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_waiters();
+    }
+}
+
+/// What a free worker does next.
+enum Step {
+    Run(Vec<Pending>),
+    /// Until woken, or until the instant the oldest queued claim has lingered.
+    Wait(Option<Instant>),
+}
+
+/// Takes batches as [`next_batch`] allows and runs them, until the store is dropped and the
+/// queue is empty.
+async fn worker(shared: Arc<Shared>, executor: ClaimStore, config: GroupCommitConfig) {
     loop {
-        let mut batch = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
+        // Registered before looking at the queue, so a wake-up sent in between is not lost.
+        let notified = shared.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let step = {
+            let mut state = shared.lock();
+            let waited = state.queue.front().map(|p| p.queued_at.elapsed());
+            match waited.and_then(|w| next_batch(&config, state.queue.len(), state.running, w)) {
+                Some(n) => {
+                    state.running += 1;
+                    Step::Run(state.queue.drain(..n).collect())
                 }
+                None if state.closed && state.queue.is_empty() => return,
+                // Claims wait beside running batches: wake when the oldest has lingered.
+                None => Step::Wait(
+                    state
+                        .queue
+                        .front()
+                        .filter(|_| state.running < config.in_flight)
+                        .map(|p| p.queued_at + config.linger),
+                ),
             }
-            batch
         };
-        // Callers that already gave up (store timeout) need no claim.
-        batch.retain(|p| !p.reply.is_closed());
-        if batch.is_empty() {
-            continue;
+        let linger_until = match step {
+            Step::Run(batch) => {
+                run_and_answer(&executor, batch, &shared.counters).await;
+                shared.lock().running -= 1;
+                continue;
+            }
+            Step::Wait(until) => until,
+        };
+        match linger_until {
+            Some(at) => {
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = tokio::time::sleep_until(at) => {}
+                }
+            }
+            None => notified.await,
         }
-        counters.batches.fetch_add(1, Ordering::Relaxed);
-        counters.claims.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let requests: Vec<(&ClaimKey, &RunRef)> = batch.iter().map(|p| (&p.key, &p.run)).collect();
-        match run_batch(&executor, &requests).await {
-            Ok(answers) => {
-                for (p, answer) in batch.into_iter().zip(answers) {
-                    let _ = p.reply.send(Ok(answer));
-                }
+    }
+}
+
+/// Runs one batch and hands each caller its answer.
+async fn run_and_answer(executor: &ClaimStore, mut batch: Vec<Pending>, counters: &Counters) {
+    // Callers that already gave up (store timeout) need no claim.
+    batch.retain(|p| !p.reply.is_closed());
+    if batch.is_empty() {
+        return;
+    }
+    counters.batches.fetch_add(1, Ordering::Relaxed);
+    counters.claims.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let requests: Vec<(&ClaimKey, &RunRef)> = batch.iter().map(|p| (&p.key, &p.run)).collect();
+    match run_batch(executor, &requests).await {
+        Ok(answers) => {
+            for (p, answer) in batch.into_iter().zip(answers) {
+                let _ = p.reply.send(Ok(answer));
             }
-            // The server refused the statement (a constraint, say): one request's data can do
-            // that, so each request goes alone and only its own fails. A lost connection or a
-            // timeout would hit each of them alike: they all get the error at once.
-            Err(StoreError::Database { .. }) if batch.len() > 1 => {
-                for p in batch {
-                    let answer = executor.insert_one(&p.key, &p.run).await;
-                    let _ = p.reply.send(answer);
-                }
+        }
+        // The server refused the statement (a constraint, say): one request's data can do
+        // that, so each request goes alone and only its own fails. A lost connection or a
+        // timeout would hit each of them alike: they all get the error at once.
+        Err(StoreError::Database { .. }) if batch.len() > 1 => {
+            for p in batch {
+                let answer = executor.insert_one(&p.key, &p.run).await;
+                let _ = p.reply.send(answer);
             }
-            Err(e) => {
-                for p in batch {
-                    let _ = p.reply.send(Err(copy_error(&e)));
-                }
+        }
+        Err(e) => {
+            for p in batch {
+                let _ = p.reply.send(Err(copy_error(&e)));
             }
         }
     }
@@ -353,6 +458,40 @@ mod tests {
 
     fn key(d: &str) -> ClaimKey {
         ClaimKey::new(ClaimScope::Orchestration, "agents", "codex", d)
+    }
+
+    fn config() -> GroupCommitConfig {
+        GroupCommitConfig {
+            max_batch: 64,
+            in_flight: 4,
+            linger: Duration::from_millis(1),
+        }
+    }
+
+    #[test]
+    fn with_nothing_in_flight_whatever_is_queued_goes_at_once() {
+        let c = config();
+        assert_eq!(next_batch(&c, 1, 0, Duration::ZERO), Some(1));
+        assert_eq!(
+            next_batch(&c, 100, 0, Duration::ZERO),
+            Some(64),
+            "at most max_batch"
+        );
+        assert_eq!(next_batch(&c, 0, 0, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn beside_running_batches_a_batch_starts_only_when_full_or_lingered() {
+        let c = config();
+        assert_eq!(next_batch(&c, 63, 1, Duration::from_micros(999)), None);
+        assert_eq!(next_batch(&c, 64, 1, Duration::ZERO), Some(64));
+        assert_eq!(next_batch(&c, 1, 3, Duration::from_millis(1)), Some(1));
+    }
+
+    #[test]
+    fn never_more_batches_in_flight_than_configured() {
+        let c = config();
+        assert_eq!(next_batch(&c, 64, 4, Duration::from_secs(1)), None);
     }
 
     #[test]

@@ -13,9 +13,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Keeps the webhook's log writer thread alive; dropping it flushes what is buffered.
-#[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+/// Keeps the webhook's log writer thread alive; dropping it writes what is buffered.
+pub type LogGuard = crate::log_writer::LogWriterGuard;
 
 /// Installs the global subscriber, writing to stdout on the calling thread (the pruner: a
 /// handful of lines, each of which must be out before the process exits).
@@ -24,17 +23,23 @@ pub fn init(format: LogFormat) {
     install(format, std::io::stdout);
 }
 
-/// The same, but lines are written by a background thread (the webhook: one event per
-/// admission request, so a slow log pipe must not stall request threads, and a write(2) per
-/// request costs more than handing a line over). Nothing is dropped: when the buffer is
-/// full, callers wait, as they would on stdout.
-pub fn init_non_blocking(format: LogFormat) -> LogGuard {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::stdout());
-    install(format, writer);
-    LogGuard(guard)
+/// The same, but lines are gathered and written by a background thread
+/// ([`crate::log_writer`]; the webhook: one event per admission request, so a write(2) or a
+/// thread wake-up per request would cost more than the line). Nothing is dropped: when the
+/// buffer is full, callers wait, as they would on stdout. Falls back to writing on the
+/// calling thread if the writer thread cannot be started.
+pub fn init_non_blocking(format: LogFormat) -> Option<LogGuard> {
+    match crate::log_writer::LogWriter::spawn(std::io::stdout()) {
+        Ok((writer, guard)) => {
+            install(format, writer);
+            Some(guard)
+        }
+        Err(e) => {
+            init(format);
+            tracing::warn!(error = %e, "could not start the log writer thread; logging on request threads");
+            None
+        }
+    }
 }
 
 fn install<W>(format: LogFormat, writer: W)

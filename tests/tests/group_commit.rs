@@ -23,12 +23,15 @@ fn key(delivery: &str) -> ClaimKey {
     ClaimKey::new(ClaimScope::Orchestration, "agents", "codex-autonomous", delivery)
 }
 
-/// One batch in flight: everything that arrives while it runs queues and goes together
-/// in the next one, so concurrent claims really share batches.
+/// With one batch in flight, everything that arrives while it runs queues and goes together
+/// in the next one, so concurrent claims really share batches. With more, a claim queued
+/// beside a running batch starts another at once (no linger): the most batches racing each
+/// other that `in_flight` allows.
 fn batching(in_flight: usize) -> GroupCommitConfig {
     GroupCommitConfig {
         max_batch: 64,
         in_flight,
+        linger: Duration::ZERO,
     }
 }
 
@@ -173,6 +176,57 @@ async fn a_request_the_server_refuses_fails_alone_and_its_batch_mates_are_answer
         }
     }
     assert_batched(&store);
+    Ok(())
+}
+
+/// Slow commits bring more batches: a batch stuck behind another session's uncommitted insert
+/// of its key (another replica's claim, say) does not hold up claims of other keys. They
+/// wait about the linger, then go in a batch of their own beside the stuck one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stuck_batch_does_not_hold_up_other_keys_past_the_linger() -> Result<()> {
+    let db = TestDb::new().await?;
+    let store = store(&db, GroupCommitConfig::default()).await?;
+    let other_replica = db.client().await?;
+    other_replica.batch_execute("BEGIN").await?;
+    other_replica
+        .execute(
+            "INSERT INTO orchestration_dedupe_claims \
+               (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state) \
+             VALUES ('contended', 'orchestration', 'agents', 'codex-autonomous', 'agents', 'run-elsewhere', 'u-x', 'pending')",
+            &[],
+        )
+        .await?;
+    let stuck = tokio::spawn({
+        let store = store.clone();
+        async move { store.claim(&key("contended"), &run("run-here")).await }
+    });
+    // The stuck claim's batch is running (waiting on the row) before the others arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !stuck.is_finished(),
+        "the contended claim did not wait for the other session"
+    );
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.claim(&key(&format!("free-{i}")), &run(&format!("run-{i}"))),
+        )
+        .await??;
+        assert!(matches!(outcome, ClaimOutcome::Claimed(_)), "{outcome:?}");
+    }
+    // Well under the store timeout (30 s here) and the time the other session stays open.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "claims of free keys waited {:?} behind the stuck batch",
+        started.elapsed()
+    );
+    assert!(!stuck.is_finished());
+    other_replica.batch_execute("COMMIT").await?;
+    match stuck.await?? {
+        ClaimOutcome::HeldBy(claim) => assert_eq!(claim.holder.name, "run-elsewhere"),
+        other => panic!("the contended claim: {other:?}"),
+    }
     Ok(())
 }
 

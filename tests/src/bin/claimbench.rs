@@ -28,6 +28,8 @@ struct Args {
     in_flight: usize,
     #[arg(long, default_value_t = dedupe_store::group_commit::DEFAULT_MAX_BATCH)]
     max_batch: usize,
+    #[arg(long, default_value_t = dedupe_store::group_commit::DEFAULT_LINGER.as_micros() as u64)]
+    linger_us: u64,
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
     #[arg(long, default_value_t = 2)]
@@ -50,6 +52,7 @@ async fn main() -> Result<()> {
         store = store.with_group_commit(GroupCommitConfig {
             max_batch: args.max_batch,
             in_flight: args.in_flight,
+            linger: Duration::from_micros(args.linger_us),
         });
     }
     let storm_key = ClaimKey::new(
@@ -132,6 +135,7 @@ async fn main() -> Result<()> {
             "group_commit": args.group_commit,
             "in_flight": args.in_flight,
             "max_batch": args.max_batch,
+            "linger_us": args.linger_us,
             "storm": args.storm,
             "claims_per_sec": all.len() as f64 / args.duration_secs as f64,
             "errors": errors,
