@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod group_commit;
 pub mod inspect;
+pub mod json_log;
 pub mod log_writer;
 pub mod migrate;
 pub mod reconcile_store;

@@ -1,8 +1,9 @@
 //! Logging set-up shared by both binaries: `tracing` events to stdout, text or JSON.
 //!
 //! Log lines carry values from requests (names, ids, error texts), so no value may break a
-//! line: the JSON format escapes control characters itself (serde_json writes `\n`,
-//! `\u001b`); the text format writes fields through [`escape_fields`], which escapes them.
+//! line: the JSON format escapes control characters itself (`\n`, `\u001b`:
+//! [`crate::json_log`]); the text format writes fields through [`escape_fields`], which
+//! escapes them.
 
 use std::fmt::{self, Write as _};
 
@@ -57,12 +58,11 @@ where
     let _ = match format {
         // Every field and the message through `escape_fields`: a value cannot start a line.
         LogFormat::Text => builder.fmt_fields(escape_fields()).try_init(),
-        // The request's span once (uid, operation, run, dryRun), not again in a span list.
+        // The request's span once (uid, operation, run, dryRun), not again in a span list:
+        // the lines tracing-subscriber's flattened JSON made, written directly (json_log.rs).
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(crate::json_log::JsonFields)
+            .event_format(crate::json_log::JsonLines)
             .try_init(),
     };
 }

@@ -1,0 +1,301 @@
+//! The JSON log format (`--log-format json`): one object per line, written straight into the
+//! line buffer.
+//!
+//! The lines look as tracing-subscriber's own JSON format made them (flattened event,
+//! current span): `{"timestamp":…,"level":…,"message":…,<fields>,"span":{<fields>,"name":…}}`.
+//! Why not that format: it keeps a span's fields as a JSON text and parses it back into a
+//! map for every event, and builds each value through serde; at one decision event per
+//! admission request that was ~7% of the webhook's CPU (docs/BENCHMARKS.md). Here a span's
+//! fields are rendered once, as JSON members, when the span is created, and copied verbatim
+//! into each event's line; an event's own fields are escaped as they are written.
+
+use std::fmt::{self, Write as _};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The event format: one JSON object per line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JsonLines;
+
+/// A span's fields, as JSON object members (`"k":v,"k2":v2`), stored with the span.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JsonFields;
+
+impl<S> FormatEvent<S, JsonFields> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        writer.write_str("{\"timestamp\":\"")?;
+        SystemTime.format_time(&mut writer)?;
+        write!(writer, "\",\"level\":\"{}\"", event.metadata().level())?;
+        let mut members = Members::new(&mut writer, false);
+        event.record(&mut members);
+        members.result?;
+        if let Some(span) = ctx.lookup_current() {
+            writer.write_str(",\"span\":{")?;
+            let extensions = span.extensions();
+            if let Some(fields) = extensions.get::<FormattedFields<JsonFields>>() {
+                if !fields.fields.is_empty() {
+                    writer.write_str(&fields.fields)?;
+                    writer.write_char(',')?;
+                }
+            }
+            writer.write_str("\"name\":")?;
+            write_string(&mut writer, span.name())?;
+            writer.write_char('}')?;
+        }
+        writer.write_str("}\n")
+    }
+}
+
+impl<'w> FormatFields<'w> for JsonFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut members = Members::new(&mut writer, true);
+        fields.record(&mut members);
+        members.result
+    }
+
+    /// Fields recorded on a span later (`Span::record`) join the ones it has.
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        let first = current.fields.is_empty();
+        let mut writer = current.as_writer();
+        let mut members = Members::new(&mut writer, first);
+        fields.record(&mut members);
+        members.result
+    }
+}
+
+/// Writes each field as a JSON member, `,` before each (unless it is the object's first).
+struct Members<'a, 'w> {
+    out: &'a mut Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl<'a, 'w> Members<'a, 'w> {
+    fn new(out: &'a mut Writer<'w>, first: bool) -> Self {
+        Self {
+            out,
+            first,
+            result: Ok(()),
+        }
+    }
+
+    fn member(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'w>) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = (|| {
+            if !self.first {
+                self.out.write_char(',')?;
+            }
+            self.first = false;
+            write_string(self.out, field.name())?;
+            self.out.write_char(':')?;
+            value(self.out)
+        })();
+    }
+}
+
+impl Visit for Members<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.member(field, |out| write_string(out, value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.member(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.member(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.member(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // JSON has no NaN or infinities; serde_json writes them as null too.
+        self.member(field, |out| {
+            if value.is_finite() {
+                write!(out, "{value}")
+            } else {
+                out.write_str("null")
+            }
+        });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        // Messages (`format_args!`) and `%value`/`?value` fields: their text, escaped as
+        // it is written, without an intermediate String.
+        self.member(field, |out| {
+            out.write_char('"')?;
+            write!(Escaped(&mut *out), "{value:?}")?;
+            out.write_char('"')
+        });
+    }
+}
+
+fn write_string(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
+    out.write_char('"')?;
+    Escaped(&mut *out).write_str(s)?;
+    out.write_char('"')
+}
+
+/// Writes through to `W` as the inside of a JSON string: `"` and `\` escaped, control
+/// characters as `\n`, `\r`, `\t` or `\u00XX` (RFC 8259 §7), everything else as is.
+struct Escaped<W>(W);
+
+impl<W: fmt::Write> fmt::Write for Escaped<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut rest = s;
+        while let Some(at) = rest.find(|c: char| c < ' ' || c == '"' || c == '\\') {
+            self.0.write_str(&rest[..at])?;
+            let c = rest.as_bytes()[at];
+            match c {
+                b'"' => self.0.write_str("\\\"")?,
+                b'\\' => self.0.write_str("\\\\")?,
+                b'\n' => self.0.write_str("\\n")?,
+                b'\r' => self.0.write_str("\\r")?,
+                b'\t' => self.0.write_str("\\t")?,
+                other => write!(self.0, "\\u{other:04x}")?,
+            }
+            rest = &rest[at + 1..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The lines `f` logs, each parsed as JSON (a line that is not JSON fails the test).
+    fn logged(f: impl FnOnce()) -> Vec<serde_json::Value> {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .fmt_fields(JsonFields)
+            .event_format(JsonLines)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = captured.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("not UTF-8: {e}"));
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
+    }
+
+    #[test]
+    fn an_event_is_one_object_with_its_fields_typed_and_its_span() {
+        let lines = logged(|| {
+            let span = tracing::info_span!("admission", uid = "u-1", dryRun = false);
+            let _entered = span.enter();
+            let latency_ms = 1.5;
+            tracing::info!(
+                deliveryId = "d-1",
+                allowed = true,
+                count = 3u64,
+                offset = -2i64,
+                latency_ms,
+                run = %"agents/run-1",
+                "delivery {} claimed",
+                "d-1"
+            );
+        });
+        assert_eq!(lines.len(), 1);
+        let line = &lines[0];
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["message"], "delivery d-1 claimed");
+        assert_eq!(line["deliveryId"], "d-1");
+        assert_eq!(line["allowed"], true);
+        assert_eq!(line["count"], 3);
+        assert_eq!(line["offset"], -2);
+        assert_eq!(line["latency_ms"], 1.5);
+        assert_eq!(line["run"], "agents/run-1");
+        assert_eq!(
+            line["span"],
+            serde_json::json!({"uid": "u-1", "dryRun": false, "name": "admission"})
+        );
+        let timestamp = line["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(timestamp).is_ok(),
+            "{timestamp}"
+        );
+    }
+
+    #[test]
+    fn hostile_values_stay_inside_their_strings() {
+        let nasty = "a\"b\\c\nd\re\tf\u{1}g\u{1b}[31mh\u{7f}\u{2028}i";
+        let lines = logged(|| {
+            let span = tracing::info_span!("admission", run = %nasty);
+            let _entered = span.enter();
+            tracing::warn!(field = nasty, debug = ?nasty, "message {nasty}");
+        });
+        assert_eq!(lines.len(), 1);
+        let line = &lines[0];
+        assert_eq!(line["field"], nasty);
+        assert_eq!(line["debug"], format!("{nasty:?}"));
+        assert_eq!(line["message"], format!("message {nasty}"));
+        assert_eq!(line["span"]["run"], nasty);
+    }
+
+    #[test]
+    fn outside_a_span_there_is_no_span_member_and_non_finite_numbers_are_null() {
+        let lines = logged(|| {
+            let nan = f64::NAN;
+            tracing::info!(nan, "no span");
+        });
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].get("span").is_none());
+        assert!(lines[0]["nan"].is_null());
+    }
+
+    #[test]
+    fn fields_recorded_on_a_span_later_join_its_others() {
+        let lines = logged(|| {
+            let span = tracing::info_span!("admission", uid = "u-1", decision = tracing::field::Empty);
+            span.record("decision", "claimed");
+            let _entered = span.enter();
+            tracing::info!("decided");
+        });
+        assert_eq!(lines[0]["span"]["uid"], "u-1");
+        assert_eq!(lines[0]["span"]["decision"], "claimed");
+    }
+}
