@@ -110,7 +110,7 @@ impl Server {
         if args.common.migrations == MigrationMode::Apply {
             migrate(&store, shutdown).await?;
         }
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().with_group_commit(&store));
         let tls = TlsReloader::load(TlsSettings {
             cert: args.tls_cert.clone(),
             key: args.tls_key.clone(),

@@ -45,8 +45,6 @@ pub struct PruneTask {
     pub cutoff: DateTime<Utc>,
     /// statement_timeout and lock_timeout of each batch.
     pub batch_timeout: Duration,
-    /// Expired claims counted at start, for the remaining estimate.
-    pub expired_at_start: Option<u64>,
 }
 
 /// How the loop ended.
@@ -77,8 +75,8 @@ pub async fn prune_paced<S: BatchStore>(
     mut jitter: impl FnMut() -> f64,
 ) -> Finished {
     let started = Instant::now();
-    // Each batch starts at the newest claimed_at the previous one deleted, so it does not
-    // walk the dead index entries the earlier batches left behind.
+    // Each batch starts where the previous one left off (`PrunedBatch::next_from`), so it
+    // does not walk the dead index entries the earlier batches left behind.
     let mut from = floor();
     let mut deleted = 0u64;
     let mut batches = 0u64;
@@ -103,8 +101,8 @@ pub async fn prune_paced<S: BatchStore>(
                 batches += 1;
                 deleted += batch.deleted;
                 longest = longest.max(took);
-                if let Some(newest) = batch.newest {
-                    from = newest;
+                if let Some(next) = batch.next_from {
+                    from = next;
                 }
                 report::progress(&Progress {
                     batch: batches,
@@ -181,7 +179,8 @@ pub async fn prune_paced<S: BatchStore>(
             deleted,
             batches,
             elapsed: started.elapsed(),
-            expired_at_start: task.expired_at_start,
+            // Ran out of expired claims: none left. Otherwise the caller counts them.
+            remaining: matches!(result, Ok(StopReason::Done)).then_some(0),
             stopped: match &result {
                 Ok(stop) => stop.as_str(),
                 Err(_) => "failed",
@@ -267,7 +266,7 @@ mod tests {
         Box::new(move |_| {
             Ok(PrunedBatch {
                 deleted: n,
-                newest: (n > 0).then(|| at(newest)),
+                next_from: (n > 0).then(|| at(newest)),
                 more,
             })
         })
@@ -281,7 +280,6 @@ mod tests {
         PruneTask {
             cutoff: at(1_000),
             batch_timeout: Duration::from_secs(1),
-            expired_at_start: Some(250),
         }
     }
 
@@ -323,7 +321,7 @@ mod tests {
         let f = prune(&store, &task(), policy(100, HOUR), &mut shutdown, || 0.5).await;
         assert_eq!(f.result.ok(), Some(StopReason::Done));
         assert_eq!((f.summary.deleted, f.summary.batches), (250, 3));
-        assert_eq!(f.summary.remaining_estimate(), Some(0));
+        assert_eq!(f.summary.remaining, Some(0), "ran out of them: none left");
         assert_eq!(f.summary.stopped, "done");
         let froms: Vec<DateTime<Utc>> = store.calls().iter().map(|c| c.from).collect();
         assert_eq!(froms, vec![floor(), at(10), at(20)]);
@@ -337,7 +335,7 @@ mod tests {
             let _ = tx.send(Some("SIGTERM"));
             Ok(PrunedBatch {
                 deleted: 100,
-                newest: Some(at(20)),
+                next_from: Some(at(20)),
                 more: true,
             })
         });
@@ -549,7 +547,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             Ok(PrunedBatch {
                 deleted: 100,
-                newest: Some(at(1)),
+                next_from: Some(at(1)),
                 more: true,
             })
         });
@@ -565,6 +563,9 @@ mod tests {
         .await;
         assert_eq!(f.result.ok(), Some(StopReason::MaxRuntime));
         assert_eq!(f.summary.batches, 1);
-        assert_eq!(f.summary.remaining_estimate(), Some(150));
+        assert_eq!(
+            f.summary.remaining, None,
+            "stopped early: left for the caller to count"
+        );
     }
 }

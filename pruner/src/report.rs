@@ -30,8 +30,9 @@ pub struct Summary {
     pub deleted: u64,
     pub batches: u64,
     pub elapsed: Duration,
-    /// Expired claims counted at start, when the count finished in time.
-    pub expired_at_start: Option<u64>,
+    /// Expired claims left when the run ended: `0` when the loop ran out of them, else
+    /// counted after the last batch (`None` if that count failed).
+    pub remaining: Option<u64>,
     /// `done`, `max-runtime`, `signal`, `lock-lost` or `failed`.
     pub stopped: &'static str,
     /// The longest batch transaction.
@@ -47,12 +48,6 @@ impl Summary {
             0.0
         }
     }
-
-    /// Expired claims still there: counted at start minus deleted since. An estimate,
-    /// since a take-over may also have renewed an expired claim meanwhile.
-    pub fn remaining_estimate(&self) -> Option<u64> {
-        self.expired_at_start.map(|n| n.saturating_sub(self.deleted))
-    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -64,20 +59,12 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// The task, once the cutoff is known.
-pub fn starting(
-    cutoff: DateTime<Utc>,
-    retention_days: u32,
-    batch_size: u32,
-    pause: Duration,
-    count: Option<ExpiredCount>,
-) {
+pub fn starting(cutoff: DateTime<Utc>, retention_days: u32, batch_size: u32, pause: Duration) {
     tracing::info!(
         cutoff = %cutoff.to_rfc3339(),
         retention_days,
         batch_size,
         batch_pause_ms = ms(pause),
-        expired = count.map(|c| c.expired),
-        oldest = count.and_then(|c| c.oldest).map(|t| t.to_rfc3339()),
         "prune starting: deleting claims older than the cutoff"
     );
 }
@@ -101,7 +88,7 @@ pub fn summary(s: &Summary) {
         batches = s.batches,
         seconds = secs(s.elapsed),
         rows_per_second = s.rows_per_second().round(),
-        remaining_expired_estimate = s.remaining_estimate(),
+        remaining_expired_estimate = s.remaining,
         longest_batch_ms = ms(s.longest_batch),
         stopped = s.stopped,
         "prune finished"
@@ -175,7 +162,7 @@ pub fn lock_lost_to_another() {
 pub fn count_skipped(error: &StoreError) {
     tracing::warn!(
         error = %Chain(error),
-        "counting expired claims did not finish in time; pruning without an estimate"
+        "counting the expired claims left did not finish in time; no remaining count"
     );
 }
 
@@ -190,12 +177,12 @@ pub fn interrupted_before_start(signal: &str) {
 mod tests {
     use super::*;
 
-    fn summary(deleted: u64, elapsed_ms: u64, at_start: Option<u64>) -> Summary {
+    fn summary(deleted: u64, elapsed_ms: u64) -> Summary {
         Summary {
             deleted,
             batches: 1,
             elapsed: Duration::from_millis(elapsed_ms),
-            expired_at_start: at_start,
+            remaining: None,
             stopped: "done",
             longest_batch: Duration::ZERO,
         }
@@ -203,15 +190,8 @@ mod tests {
 
     #[test]
     fn rows_per_second_is_deleted_over_elapsed() {
-        assert_eq!(summary(1_000, 500, None).rows_per_second(), 2_000.0);
-        assert_eq!(summary(1_000, 0, None).rows_per_second(), 0.0);
-    }
-
-    #[test]
-    fn remaining_is_counted_minus_deleted_never_negative() {
-        assert_eq!(summary(300, 1, Some(1_000)).remaining_estimate(), Some(700));
-        assert_eq!(summary(1_200, 1, Some(1_000)).remaining_estimate(), Some(0));
-        assert_eq!(summary(1, 1, None).remaining_estimate(), None);
+        assert_eq!(summary(1_000, 500).rows_per_second(), 2_000.0);
+        assert_eq!(summary(1_000, 0).rows_per_second(), 0.0);
     }
 
     #[test]

@@ -74,22 +74,27 @@ pub fn set_local_timeouts(statement_timeout_ms: u64, lock_timeout_ms: u64) -> St
     )
 }
 
-/// The pruner's batch, deleting by `claimed_at` range instead of key by key: up to `$3`
-/// claims with `$1 <= claimed_at < $2`, oldest first. The bound is the `claimed_at` of the
-/// (`$3`+1)-th oldest such claim and only claims strictly before it go, so a batch never
-/// exceeds `$3` rows; they are found through the `claimed_at` index and deleted in place,
-/// with none of [`DELETE_EXPIRED_KEYS`]'s per-row primary-key lookups (measured in
-/// docs/BENCHMARKS.md, "Pruner").
+/// The prune batch's bound: the (`$3`+1)-th oldest `claimed_at` with `$1 <= claimed_at < $2`,
+/// found through the `claimed_at` index (an index-only scan); no row when the range holds
+/// `$3` claims or fewer. [`DELETE_EXPIRED_RANGE`] then deletes below it, in the same
+/// transaction.
+pub const PRUNE_RANGE_BOUND: &str = include_str!("../sql/prune_range_bound.sql");
+
+/// Delete every claim with `$1 <= claimed_at < $2`: a prune batch, `$2` being the lower of the
+/// cutoff and [`PRUNE_RANGE_BOUND`], so at most N rows go (a claim committed between the two
+/// statements with an older `claimed_at` would go too: it is expired as well, the bound only
+/// sizes the transaction). Found through the `claimed_at` index and deleted in place, with
+/// none of [`DELETE_EXPIRED_KEYS`]'s per-row primary-key lookups, and no `RETURNING`: the
+/// count is the command's row count, and the next batch starts at the bound. (The single
+/// statement it replaced returned every deleted `claimed_at` to count them and find the
+/// newest, which doubled its cost; docs/BENCHMARKS.md, "Pruner".)
 ///
 /// Unlike [`DELETE_EXPIRED_KEYS`] it does not skip locked rows: it waits (bounded by the
 /// batch's `lock_timeout`) for an admission statement holding one, and READ COMMITTED then
 /// re-checks the range on the row's new version, so a claim renewed meanwhile (take-over)
 /// is not deleted. Admission statements lock one row each, so no deadlock cycle can form.
-///
-/// Returns the count deleted, the newest `claimed_at` among them, and `more`: whether
-/// claims at or past the bound are left in the range. `more` with nothing deleted means
-/// more than `$3` claims share the oldest `claimed_at`; the caller then falls back to
-/// [`DELETE_EXPIRED_KEYS`] for that batch.
+/// When more than N claims share the oldest `claimed_at`, the bound is that timestamp and
+/// nothing is deleted: the caller falls back to [`DELETE_EXPIRED_KEYS`] for that batch.
 pub const DELETE_EXPIRED_RANGE: &str = include_str!("../sql/delete_expired_range.sql");
 
 /// Claim a key: insert a pending claim, or — when the key is taken — return the holder as it

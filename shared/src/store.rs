@@ -736,8 +736,10 @@ pub struct ClaimTraffic {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrunedBatch {
     pub deleted: u64,
-    /// The newest `claimed_at` among the deleted rows (the next batch can start there).
-    pub newest: Option<DateTime<Utc>>,
+    /// Where the next batch can start: every expired claim before it is gone (the range's
+    /// bound, or the newest `claimed_at` a key-by-key batch deleted). Starting there, a batch
+    /// does not re-walk the dead index entries the earlier ones left behind.
+    pub next_from: Option<DateTime<Utc>>,
     /// Claims are left in the range past this batch's bound: the prune is not done.
     pub more: bool,
 }
@@ -747,31 +749,52 @@ pub struct PrunedBatch {
 enum BatchShape {
     /// [`sql::DELETE_EXPIRED_KEYS`]: the N oldest keys, skipping locked rows.
     KeyByKey,
-    /// [`sql::DELETE_EXPIRED_RANGE`]: everything below the (N+1)-th oldest `claimed_at`.
+    /// [`sql::PRUNE_RANGE_BOUND`] then [`sql::DELETE_EXPIRED_RANGE`]: everything below the
+    /// (N+1)-th oldest `claimed_at`.
     Range,
 }
 
-/// Runs one batch statement (`$1 from, $2 cutoff, $3 limit`) and reads its one row.
+/// Runs one batch's statements (`$1 from, $2 cutoff, $3 limit`) in `tx`.
 async fn delete_step(
     tx: &deadpool_postgres::Transaction<'_>,
     shape: BatchShape,
-    params: &[&(dyn ToSql + Sync)],
+    params: &[&(dyn ToSql + Sync); 3],
 ) -> Result<PrunedBatch, StoreError> {
-    let statement = match shape {
-        BatchShape::KeyByKey => sql::DELETE_EXPIRED_KEYS,
-        BatchShape::Range => sql::DELETE_EXPIRED_RANGE,
-    };
-    let prepared = tx.prepare_cached(statement).await?;
-    let rows = tx.query(&prepared, params).await?;
-    let row = rows
-        .first()
-        .ok_or_else(|| StoreError::UnexpectedRow(format!("{shape:?} delete returned nothing")))?;
-    Ok(PrunedBatch {
-        deleted: u64::try_from(row.try_get::<_, i64>("deleted")?).unwrap_or(0),
-        newest: row.try_get("newest")?,
-        // Only the range statement can tell whether claims remain past its bound.
-        more: shape == BatchShape::Range && row.try_get::<_, bool>("more")?,
-    })
+    match shape {
+        BatchShape::KeyByKey => {
+            let prepared = tx.prepare_cached(sql::DELETE_EXPIRED_KEYS).await?;
+            let rows = tx.query(&prepared, params).await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| StoreError::UnexpectedRow("key-by-key delete returned nothing".into()))?;
+            Ok(PrunedBatch {
+                deleted: u64::try_from(row.try_get::<_, i64>("deleted")?).unwrap_or(0),
+                next_from: row.try_get("newest")?,
+                // Key by key cannot tell whether claims remain: the caller decides.
+                more: false,
+            })
+        }
+        BatchShape::Range => {
+            let prepared = tx.prepare_cached(sql::PRUNE_RANGE_BOUND).await?;
+            let bound: Option<DateTime<Utc>> = tx
+                .query_opt(&prepared, params)
+                .await?
+                .map(|row| row.try_get("claimed_at"))
+                .transpose()?;
+            let [from, cutoff, _] = *params;
+            let below: &(dyn ToSql + Sync) = match &bound {
+                Some(bound) => bound,
+                None => cutoff,
+            };
+            let prepared = tx.prepare_cached(sql::DELETE_EXPIRED_RANGE).await?;
+            let deleted = tx.execute(&prepared, &[from, below]).await?;
+            Ok(PrunedBatch {
+                deleted,
+                next_from: bound,
+                more: bound.is_some(),
+            })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -246,6 +246,17 @@ async fn every_metric_the_alerts_and_the_dashboard_query_is_exported() -> Result
     std::fs::write(certs.cert(), &renewed.server_cert_pem)?;
     std::fs::write(certs.key(), &renewed.server_key_pem)?;
     let main = scrape_until(&webhook, |m| m.contains("result=\"success\"")).await?;
+    // The claim went through group commit (on by default): one batch carrying it.
+    for counter in ["group_commit_batches_total", "group_commit_claims_total"] {
+        let name = format!("orchestration_dedupe_{counter} ");
+        let value: u64 = main
+            .lines()
+            .find_map(|l| l.strip_prefix(name.as_str()))
+            .with_context(|| format!("no {name} in\n{main}"))?
+            .trim()
+            .parse()?;
+        ensure!(value == 1, "{counter} = {value}, expected 1 (one claimed CREATE)");
+    }
 
     // A second webhook whose store is down answers 503 (it serves without migrating).
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();

@@ -682,16 +682,17 @@ async fn a_range_batch_never_exceeds_its_limit_and_never_splits_a_timestamp() ->
     let cutoff = t(4);
     let timeout = Duration::from_secs(5);
 
-    // Limit 4: the 5th oldest is at t(2), so only the t(1) rows go (3 ≤ 4), more remain.
+    // Limit 4: the 5th oldest is at t(2), so only the t(1) rows go (3 ≤ 4), more remain,
+    // and the next batch starts at that bound.
     let b = store.prune_batch(t(-100), cutoff, 4, timeout).await?;
-    assert_eq!((b.deleted, b.newest, b.more), (3, Some(t(1)), true));
-    let b = store.prune_batch(t(1), cutoff, 4, timeout).await?;
-    assert_eq!((b.deleted, b.newest, b.more), (3, Some(t(2)), true));
-    // Three left, fewer than the limit: all go, and nothing is left behind them.
+    assert_eq!((b.deleted, b.next_from, b.more), (3, Some(t(2)), true));
     let b = store.prune_batch(t(2), cutoff, 4, timeout).await?;
-    assert_eq!((b.deleted, b.newest, b.more), (3, Some(t(3)), false));
+    assert_eq!((b.deleted, b.next_from, b.more), (3, Some(t(3)), true));
+    // Three left, fewer than the limit: all go, and nothing is left behind them.
     let b = store.prune_batch(t(3), cutoff, 4, timeout).await?;
-    assert_eq!((b.deleted, b.newest, b.more), (0, None, false));
+    assert_eq!((b.deleted, b.next_from, b.more), (3, None, false));
+    let b = store.prune_batch(t(3), cutoff, 4, timeout).await?;
+    assert_eq!((b.deleted, b.next_from, b.more), (0, None, false));
     assert_eq!(delivery_ids(&client).await?, vec!["at-cutoff", "young"]);
     Ok(())
 }
@@ -713,8 +714,8 @@ async fn more_rows_sharing_one_timestamp_than_the_limit_still_go_limit_at_a_time
         let b = store.prune_batch(from, t(5), 3, timeout).await?;
         sizes.push(b.deleted);
         assert!(b.deleted <= 3, "{b:?}");
-        if let Some(newest) = b.newest {
-            from = newest;
+        if let Some(next) = b.next_from {
+            from = next;
         }
         if !b.more || b.deleted == 0 {
             break;

@@ -382,7 +382,7 @@ async fn batch_delete_takes_only_rows_older_than_the_cutoff_and_at_most_n() -> R
         .prune_batch(epoch, cutoff, 4, Duration::from_secs(5))
         .await?;
     assert_eq!(first.deleted, 4, "at most N");
-    assert_eq!(first.newest, Some(cutoff - chrono::Duration::seconds(1)));
+    assert_eq!(first.next_from, Some(cutoff - chrono::Duration::seconds(1)));
     let rest = store
         .prune_batch(epoch, cutoff, 100, Duration::from_secs(5))
         .await?;
@@ -393,7 +393,7 @@ async fn batch_delete_takes_only_rows_older_than_the_cutoff_and_at_most_n() -> R
     let none = store
         .prune_batch(epoch, cutoff, 100, Duration::from_secs(5))
         .await?;
-    assert_eq!((none.deleted, none.newest), (0, None));
+    assert_eq!((none.deleted, none.next_from), (0, None));
     let left: Vec<String> = client
         .query(
             "SELECT delivery_id FROM orchestration_dedupe_claims ORDER BY delivery_id",
