@@ -236,52 +236,61 @@ enum Step {
     Run(Vec<Pending>),
     /// Until woken, or until the instant the oldest queued claim has lingered.
     Wait(Option<Instant>),
+    /// The store was dropped and the queue is empty.
+    Stop,
 }
 
 /// Takes batches as [`next_batch`] allows and runs them, until the store is dropped and the
 /// queue is empty.
 async fn worker(shared: Arc<Shared>, executor: ClaimStore, config: GroupCommitConfig) {
     loop {
-        // Registered before looking at the queue, so a wake-up sent in between is not lost.
-        let notified = shared.wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let step = {
-            let mut state = shared.lock();
-            let waited = state.queue.front().map(|p| p.queued_at.elapsed());
-            match waited.and_then(|w| next_batch(&config, state.queue.len(), state.running, w)) {
-                Some(n) => {
-                    state.running += 1;
-                    Step::Run(state.queue.drain(..n).collect())
+        let batch = {
+            // Registered before looking at the queue, so a wake-up sent in between is not
+            // lost. Dropped before the batch runs: a registered waiter that is not waiting
+            // would swallow the next wake-up for as long as its batch takes (tokio passes a
+            // wake-up on only when the waiter is dropped).
+            let notified = shared.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match next_step(&shared, &config) {
+                Step::Run(batch) => batch,
+                Step::Stop => return,
+                Step::Wait(Some(linger_until)) => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep_until(linger_until) => {}
+                    }
+                    continue;
                 }
-                None if state.closed && state.queue.is_empty() => return,
-                // Claims wait beside running batches: wake when the oldest has lingered.
-                None => Step::Wait(
-                    state
-                        .queue
-                        .front()
-                        .filter(|_| state.running < config.in_flight)
-                        .map(|p| p.queued_at + config.linger),
-                ),
-            }
-        };
-        let linger_until = match step {
-            Step::Run(batch) => {
-                run_and_answer(&executor, batch, &shared.counters).await;
-                shared.lock().running -= 1;
-                continue;
-            }
-            Step::Wait(until) => until,
-        };
-        match linger_until {
-            Some(at) => {
-                tokio::select! {
-                    () = &mut notified => {}
-                    () = tokio::time::sleep_until(at) => {}
+                Step::Wait(None) => {
+                    notified.await;
+                    continue;
                 }
             }
-            None => notified.await,
+        };
+        run_and_answer(&executor, batch, &shared.counters).await;
+        shared.lock().running -= 1;
+    }
+}
+
+/// Under the lock: a batch to run now, or how long to wait.
+fn next_step(shared: &Shared, config: &GroupCommitConfig) -> Step {
+    let mut state = shared.lock();
+    let waited = state.queue.front().map(|p| p.queued_at.elapsed());
+    match waited.and_then(|w| next_batch(config, state.queue.len(), state.running, w)) {
+        Some(n) => {
+            state.running += 1;
+            Step::Run(state.queue.drain(..n).collect())
         }
+        None if state.closed && state.queue.is_empty() => Step::Stop,
+        // Claims wait beside running batches: wake when the oldest has lingered.
+        None => Step::Wait(
+            state
+                .queue
+                .front()
+                .filter(|_| state.running < config.in_flight)
+                .map(|p| p.queued_at + config.linger),
+        ),
     }
 }
 

@@ -184,30 +184,12 @@ impl<W: fmt::Write> fmt::Write for Escaped<W> {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-    use std::sync::{Arc, Mutex, PoisonError};
-
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::test_sink::Sink;
 
     /// The lines `f` logs, each parsed as JSON (a line that is not JSON fails the test).
     fn logged(f: impl FnOnce()) -> Vec<serde_json::Value> {
-        let captured = Captured::default();
+        let captured = Sink::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
@@ -215,9 +197,9 @@ mod tests {
             .event_format(JsonLines)
             .finish();
         tracing::subscriber::with_default(subscriber, f);
-        let bytes = captured.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("not UTF-8: {e}"));
-        text.lines()
+        captured
+            .text()
+            .lines()
             .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
             .collect()
     }

@@ -17,6 +17,8 @@ pub mod sql;
 pub mod store;
 pub mod store_tls;
 pub mod telemetry;
+#[cfg(test)]
+mod test_sink;
 
 pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ExpiredCount, RunRef};
 pub use config::{CommonArgs, LogFormat, MigrationMode, StoreConfig, TcpHealth};

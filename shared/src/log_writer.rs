@@ -159,36 +159,8 @@ fn write_loop<W: Write>(shared: &Shared, mut sink: W) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_sink::Sink;
     use std::time::Instant;
-
-    /// A sink the test can read, optionally slow.
-    #[derive(Clone, Default)]
-    struct Sink {
-        bytes: Arc<Mutex<Vec<u8>>>,
-        writes: Arc<Mutex<usize>>,
-        delay: Duration,
-    }
-
-    impl Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            std::thread::sleep(self.delay);
-            *self.writes.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-            self.bytes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Sink {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.bytes.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
-        }
-    }
 
     fn write_lines(writer: &LogWriter, thread: usize, lines: usize) {
         let mut w = writer.clone();
