@@ -18,10 +18,14 @@ use dedupe_store::{ClaimScope, CommonArgs, GroupCommitConfig};
 /// 3 MiB for any update etcd can store (1.5 MiB each). The extra MiB is the envelope
 /// (userInfo, options, JSON re-encoding). The body is buffered, so this bounds a request's memory.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// How many requests are read and decided at once. Each holds at most `--max-body-bytes`
-/// (about twice that while the body is gathered), so 16 × 4 MiB × 2 stays well inside the
-/// chart's 256 Mi memory limit; 16 matches the default store pool, which bounds decisions anyway.
-pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 16;
+/// How many requests are read and decided at once; past it a request waits for a slot, then
+/// gets a fast 503 (load shedding). Bodies are bounded separately
+/// (`server::MAX_BODIES_IN_MEMORY`, 16 of up to `--max-body-bytes`), and a request past its
+/// parse holds a few hundred bytes, so this bounds the claims waiting on the store, not
+/// memory. 64, one full group-commit batch: at 16 (the value before group commit, when the
+/// 16-connection pool bounded decisions anyway) durable claims/s at 32 connections were
+/// capped at ~16k; at 32 and 64, 20–21k (docs/BENCHMARKS.md).
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
 /// Bound on a request's headers (HTTP/1.1), on waiting for a slot plus reading its body,
 /// and on a connection's idle time: well under the chart's `timeoutSeconds: 5` (the API
 /// server's default is 10 s), by when the API server has given up on the request anyway.

@@ -9,6 +9,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::State;
+use axum::Extension;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,6 +25,7 @@ use crate::error::{AdmitError, HttpError};
 use crate::lookup::{self, RunLookup};
 use crate::metrics::{Metrics, OperationLabels, RequestLabels};
 use crate::review;
+use crate::server::BodySlot;
 
 /// How many times a create re-reads the claim after losing a take-over race before giving
 /// up with a 503 (the API server, or the submitter, retries).
@@ -36,7 +38,8 @@ pub struct App {
     pub policy: Policy,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
-    /// `--max-concurrent-requests`: requests read and decided at once (server.rs).
+    /// `--max-concurrent-requests`: requests read and decided at once (server.rs; of those,
+    /// at most `server::MAX_BODIES_IN_MEMORY` hold their body).
     pub max_concurrent_requests: usize,
     /// `--request-read-timeout-ms`: bound on waiting for a slot and reading the body.
     pub request_read_timeout: std::time::Duration,
@@ -46,12 +49,14 @@ pub struct App {
 /// ([`crate::server::webhook_router`]); past the limit, axum hands over the rejection.
 pub async fn validate(
     State(app): State<Arc<App>>,
+    body_slot: Option<Extension<BodySlot>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let _in_flight = InFlight::enter(&app.metrics);
-    match validate_inner(&app, &headers, body, started).await {
+    let body_slot = body_slot.map(|Extension(slot)| slot);
+    match validate_inner(&app, &headers, body, body_slot, started).await {
         Ok(response) => response,
         Err(e) => e.counted(&app.metrics),
     }
@@ -78,6 +83,7 @@ async fn validate_inner(
     app: &App,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    body_slot: Option<BodySlot>,
     started: Instant,
 ) -> Result<Response, HttpError> {
     check_content_type(headers)?;
@@ -94,7 +100,14 @@ async fn validate_inner(
         },
         other => HttpError::Body(axum::Error::new(other)),
     })?;
-    let req = review::parse(&bytes)?;
+    let req = review::parse(&bytes);
+    // The request is owned now: the body, and its slot, can go before the decision waits on
+    // the store (server::MAX_BODIES_IN_MEMORY).
+    drop(bytes);
+    if let Some(slot) = body_slot {
+        slot.release();
+    }
+    let req = req?;
     // `run` rather than `name`: the JSON formatter also writes the span's own name as "name".
     let span = tracing::info_span!(
         "admission",

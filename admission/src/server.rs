@@ -8,7 +8,8 @@
 //! a connection with no request in progress for that long is closed, HTTP/1.1 (by hyper's
 //! header-read timer) and HTTP/2 (by [`serve_https`]'s idle check, which sends GOAWAY; within
 //! two timeouts when a request was in progress at the check) alike;
-//! and at most `--max-concurrent-requests` requests are read and decided at once.
+//! at most `--max-concurrent-requests` requests are read and decided at once; and of those,
+//! at most [`MAX_BODIES_IN_MEMORY`] hold their body (read or being parsed) at once.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,7 +32,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
@@ -51,6 +52,14 @@ const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 
+/// Request bodies held in memory at once: being read, or being parsed. Each is at most
+/// `--max-body-bytes` (about twice that while it is gathered), so 16 × 4 MiB × 2 stays well
+/// inside the chart's 256 Mi memory limit. A request gives its body slot back once parsed
+/// (the decision keeps a few hundred bytes of owned fields), so many requests can wait on
+/// the store at once while few bodies are in memory: with group commit, a claim waiting for
+/// its batch costs memory and no connection.
+pub const MAX_BODIES_IN_MEMORY: usize = 16;
+
 /// Routes of the HTTPS listener. `--max-body-bytes` is axum's body limit for the
 /// handler's body extractor (413 past it, see [`handler::validate`]); [`admit_request`]
 /// runs first and bounds how many requests are read at once and how long reading takes.
@@ -58,6 +67,9 @@ pub fn webhook_router(app: Arc<App>) -> Router {
     let limit = app.max_body_bytes;
     let gate = Arc::new(Gate {
         permits: Arc::new(Semaphore::new(app.max_concurrent_requests)),
+        bodies: Arc::new(Semaphore::new(
+            MAX_BODIES_IN_MEMORY.min(app.max_concurrent_requests),
+        )),
         app: app.clone(),
     });
     Router::new()
@@ -68,21 +80,44 @@ pub fn webhook_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// The `--max-concurrent-requests` slots, shared by every connection.
+/// The `--max-concurrent-requests` slots and the [`MAX_BODIES_IN_MEMORY`] body slots,
+/// shared by every connection.
 struct Gate {
     permits: Arc<Semaphore>,
+    bodies: Arc<Semaphore>,
     app: Arc<App>,
 }
 
-/// Before the body is read: take one of the slots (waiting at most the read timeout, then
-/// 503 without reading the body), and give the body a deadline, so a body still not read
-/// by then fails the read (408) instead of holding the slot and its buffer.
-async fn admit_request(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
+/// A request's body slot, handed to the handler in the request's extensions so it can give
+/// the slot back as soon as the body is parsed ([`BodySlot::release`]); otherwise it goes
+/// back when the request ends.
+#[derive(Clone)]
+pub struct BodySlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl BodySlot {
+    /// The body is no longer held: let another request read one.
+    pub fn release(&self) {
+        if let Ok(mut permit) = self.0.lock() {
+            permit.take();
+        }
+    }
+}
+
+/// Before the body is read: take a request slot and a body slot (waiting at most the read
+/// timeout for both, then 503 without reading the body), and give the body a deadline, so a
+/// body still not read by then fails the read (408) instead of holding the slots and its
+/// buffer.
+async fn admit_request(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
     let timeout = gate.app.request_read_timeout;
     let deadline = Instant::now() + timeout;
-    let permit = match tokio::time::timeout_at(deadline, gate.permits.clone().acquire_owned()).await {
-        Ok(Ok(permit)) => permit,
-        // Timed out, or (never: the semaphore is not closed) closed.
+    let slots = async {
+        let permit = gate.permits.clone().acquire_owned().await?;
+        let body = gate.bodies.clone().acquire_owned().await?;
+        Ok::<_, tokio::sync::AcquireError>((permit, body))
+    };
+    let (permit, body) = match tokio::time::timeout_at(deadline, slots).await {
+        Ok(Ok(slots)) => slots,
+        // Timed out, or (never: the semaphores are not closed) closed.
         Ok(Err(_)) | Err(_) => {
             return HttpError::Overloaded {
                 limit: gate.app.max_concurrent_requests,
@@ -90,6 +125,9 @@ async fn admit_request(State(gate): State<Arc<Gate>>, request: Request, next: Ne
             .counted(&gate.app.metrics)
         }
     };
+    request
+        .extensions_mut()
+        .insert(BodySlot(Arc::new(Mutex::new(Some(body)))));
     let request = request.map(|body| Body::new(DeadlineBody::new(body, deadline, timeout)));
     let response = next.run(request).await;
     drop(permit);

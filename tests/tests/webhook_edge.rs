@@ -413,6 +413,47 @@ async fn a_newline_in_a_logged_field_produces_no_extra_line() -> Result<()> {
     Ok(())
 }
 
+/// A request gives its body slot back once the body is parsed, so more requests than
+/// `server::MAX_BODIES_IN_MEMORY` (16) can wait on a slow store at once, up to
+/// `--max-concurrent-requests` (64 by default), and all are decided when it frees up.
+#[tokio::test]
+async fn requests_waiting_on_the_store_do_not_hold_body_slots() -> Result<()> {
+    const WAITING: usize = 24;
+    let (db, _certs, webhook) = start(&["--store-timeout-ms", "10000"]).await?;
+    let lock = db.client().await?;
+    // The table must exist before it is locked: one claim first.
+    let first = Answer::from_reply(&webhook.review(Review::create(&delivery(), "run-0")?.json()).await?)?;
+    ensure!(first.decision() == "claimed", "{:?}", first.0);
+    lock.batch_execute("BEGIN").await?;
+    lock.batch_execute("LOCK TABLE orchestration_dedupe_claims IN EXCLUSIVE MODE")
+        .await?;
+    let mut waiting = Vec::new();
+    for i in 0..WAITING {
+        let review = Review::create(&delivery(), &format!("run-{}", i + 1))?;
+        let client = webhook.client()?;
+        waiting.push(tokio::spawn(async move { client.connect().await?.review(review.json()).await }));
+    }
+    let mut all_in = false;
+    for _ in 0..200 {
+        if metric(&webhook, "orchestration_dedupe_in_flight_requests").await? == WAITING as f64 {
+            all_in = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    ensure!(
+        all_in,
+        "only {} of {WAITING} requests got in while the store was held",
+        metric(&webhook, "orchestration_dedupe_in_flight_requests").await?
+    );
+    lock.batch_execute("ROLLBACK").await?;
+    for request in waiting {
+        let answer = Answer::from_reply(&request.await??)?;
+        ensure!(answer.decision() == "claimed", "{:?}", answer.0);
+    }
+    Ok(())
+}
+
 /// Past `--max-concurrent-requests`, a request waits for a slot up to the read timeout and
 /// then gets 503 without its body being read; once the slot frees up, requests are decided.
 /// The slot is held by a decision waiting on a locked claim row (a slow store): slots held
