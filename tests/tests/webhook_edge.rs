@@ -422,7 +422,11 @@ async fn requests_waiting_on_the_store_do_not_hold_body_slots() -> Result<()> {
     let (db, _certs, webhook) = start(&["--store-timeout-ms", "10000"]).await?;
     let lock = db.client().await?;
     // The table must exist before it is locked: one claim first.
-    let first = Answer::from_reply(&webhook.review(Review::create(&delivery(), "run-0")?.json()).await?)?;
+    let first = Answer::from_reply(
+        &webhook
+            .review(Review::create(&delivery(), "run-0")?.json())
+            .await?,
+    )?;
     ensure!(first.decision() == "claimed", "{:?}", first.0);
     lock.batch_execute("BEGIN").await?;
     lock.batch_execute("LOCK TABLE orchestration_dedupe_claims IN EXCLUSIVE MODE")
@@ -431,7 +435,9 @@ async fn requests_waiting_on_the_store_do_not_hold_body_slots() -> Result<()> {
     for i in 0..WAITING {
         let review = Review::create(&delivery(), &format!("run-{}", i + 1))?;
         let client = webhook.client()?;
-        waiting.push(tokio::spawn(async move { client.connect().await?.review(review.json()).await }));
+        waiting.push(tokio::spawn(async move {
+            client.connect().await?.review(review.json()).await
+        }));
     }
     let mut all_in = false;
     for _ in 0..200 {
