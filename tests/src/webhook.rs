@@ -145,6 +145,20 @@ impl Webhook {
         self.process.lines().into_iter().map(|l| l.text).collect()
     }
 
+    /// The log lines once `done` holds for them, or as they are after 5 s. The webhook's log
+    /// writer gathers lines for up to 10 ms before writing them, so a decision's line can
+    /// follow its answer; a test that reads it waits for it this way (and then asserts).
+    pub async fn logs_when(&self, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let logs = self.logs();
+            if done(&logs) || std::time::Instant::now() >= deadline {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.process.pid()
     }

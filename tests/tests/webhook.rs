@@ -92,12 +92,14 @@ async fn first_create_is_claimed_and_the_duplicate_is_denied_naming_it() -> Resu
     assert_eq!(db.claim_rows(&d).await?.len(), 1, "the duplicate wrote nothing");
 
     // The log has one decision event per request, findable with rg 'deliveryId|idempotent'.
-    let logs = webhook.logs();
-    let decisions: Vec<Value> = logs
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["deliveryId"] == d.as_str())
-        .collect();
+    let decisions_in = |logs: &[String]| -> Vec<Value> {
+        logs.iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["deliveryId"] == d.as_str())
+            .collect()
+    };
+    let logs = webhook.logs_when(|l| decisions_in(l).len() >= 2).await;
+    let decisions = decisions_in(&logs);
     assert_eq!(decisions.len(), 2, "{logs:#?}");
     assert_eq!(decisions[0]["decision"], "claimed");
     assert_eq!(decisions[1]["decision"], "duplicate");

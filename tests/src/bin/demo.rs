@@ -203,12 +203,9 @@ async fn run() -> Result<()> {
     }
 
     println!("\nDecision events in the webhook's log (`kubectl logs … | rg 'deliveryId|idempotent'`):");
-    for line in webhook
-        .logs()
-        .iter()
-        .filter(|l| l.contains("\"deliveryId\"") && l.contains("idempotent"))
-        .take(2)
-    {
+    let decision_line = |l: &String| l.contains("\"deliveryId\"") && l.contains("idempotent");
+    let logs = webhook.logs_when(|logs| logs.iter().any(decision_line)).await;
+    for line in logs.iter().filter(|l| decision_line(l)).take(2) {
         println!("   {}", shorten(line, 200));
     }
 
