@@ -42,7 +42,6 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
-use tokio_postgres::types::ToSql;
 
 use crate::claim::{Claim, ClaimKey, RunRef};
 use crate::error::{Cause, Chain, StoreError};
@@ -398,29 +397,12 @@ async fn run_batch(
 ) -> Result<Vec<Inserted>, StoreError> {
     let keys: Vec<&ClaimKey> = requests.iter().map(|(k, _)| *k).collect();
     let plan = plan_batch(&keys);
-    let column = |f: &dyn Fn(&ClaimKey, &RunRef) -> String| -> Vec<String> {
-        plan.sent
-            .iter()
-            .map(|&i| f(requests[i].0, requests[i].1))
-            .collect()
-    };
-    let delivery = column(&|k, _| k.delivery_id.clone());
-    let scope = column(&|k, _| k.scope.as_str().to_owned());
-    let namespace = column(&|k, _| k.namespace.clone());
-    let orchestration = column(&|k, _| k.orchestration.clone());
-    let run_namespace = column(&|_, r| r.namespace.clone());
-    let run_name = column(&|_, r| r.name.clone());
-    let run_uid = column(&|_, r| r.uid.clone());
-    let params: [&(dyn ToSql + Sync); 7] = [
-        &delivery,
-        &scope,
-        &namespace,
-        &orchestration,
-        &run_namespace,
-        &run_name,
-        &run_uid,
-    ];
-    let rows = executor.query_batch(sql::CLAIM_BATCH, &params).await?;
+    let mut columns = sql::ClaimColumns::default();
+    for &i in &plan.sent {
+        let (key, run) = requests[i];
+        columns.push(key, &run.namespace, &run.name, &run.uid);
+    }
+    let rows = executor.query(sql::CLAIM_BATCH, &columns.params()).await?;
     let mut elements: Vec<Inserted> = vec![None; plan.sent.len()];
     for row in &rows {
         let ord: i64 = row.try_get("ord")?;

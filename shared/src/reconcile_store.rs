@@ -35,29 +35,14 @@ impl ClaimStore {
         if runs.is_empty() {
             return Ok(ReconcileCounts::default());
         }
-        let column = |f: fn(&ObservedRun) -> &str| runs.iter().map(f).collect::<Vec<&str>>();
-        let delivery = column(|r| &r.key.delivery_id);
-        let scope = column(|r| r.key.scope.as_str());
-        let namespace = column(|r| &r.key.namespace);
-        let orchestration = column(|r| &r.key.orchestration);
-        let run_namespace = column(|r| &r.namespace);
-        let run_name = column(|r| &r.name);
-        let run_uid = column(|r| &r.uid);
+        let mut columns = sql::ClaimColumns::default();
+        for r in runs {
+            columns.push(&r.key, &r.namespace, &r.name, &r.uid);
+        }
         let holds: Vec<bool> = runs.iter().map(|r| r.holds).collect();
+        let [p1, p2, p3, p4, p5, p6, p7] = columns.params();
         let rows = self
-            .query(
-                sql::RECONCILE_BATCH,
-                &[
-                    &delivery,
-                    &scope,
-                    &namespace,
-                    &orchestration,
-                    &run_namespace,
-                    &run_name,
-                    &run_uid,
-                    &holds,
-                ],
-            )
+            .query(sql::RECONCILE_BATCH, &[p1, p2, p3, p4, p5, p6, p7, &holds])
             .await?;
         let row = rows
             .first()

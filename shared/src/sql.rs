@@ -134,3 +134,44 @@ pub const PRUNE_CLAIM_TRAFFIC: &str = include_str!("../sql/prune_claim_traffic.s
 /// back-fill a confirmed claim for each key that has none. Parameters and reasoning in the
 /// file.
 pub const RECONCILE_BATCH: &str = include_str!("../sql/reconcile_batch.sql");
+
+/// The claim columns of many claims as parallel text arrays: `$1..$7` of the statements that
+/// `unnest` them ([`CLAIM_BATCH`], [`RECONCILE_BATCH`]), in the order delivery id, scope, key
+/// namespace, key orchestration, run namespace, run name, run uid. Borrowed from the claims,
+/// so building a batch's parameters copies no string.
+#[derive(Debug, Default)]
+pub(crate) struct ClaimColumns<'a> {
+    delivery_id: Vec<&'a str>,
+    scope: Vec<&'a str>,
+    namespace: Vec<&'a str>,
+    orchestration: Vec<&'a str>,
+    run_namespace: Vec<&'a str>,
+    run_name: Vec<&'a str>,
+    run_uid: Vec<&'a str>,
+}
+
+impl<'a> ClaimColumns<'a> {
+    /// Appends one claim: its key and the run it names.
+    pub(crate) fn push(&mut self, key: &'a crate::ClaimKey, namespace: &'a str, name: &'a str, uid: &'a str) {
+        self.delivery_id.push(&key.delivery_id);
+        self.scope.push(key.scope.as_str());
+        self.namespace.push(&key.namespace);
+        self.orchestration.push(&key.orchestration);
+        self.run_namespace.push(namespace);
+        self.run_name.push(name);
+        self.run_uid.push(uid);
+    }
+
+    /// `$1..$7`.
+    pub(crate) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
+        [
+            &self.delivery_id,
+            &self.scope,
+            &self.namespace,
+            &self.orchestration,
+            &self.run_namespace,
+            &self.run_name,
+            &self.run_uid,
+        ]
+    }
+}

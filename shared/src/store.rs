@@ -259,16 +259,6 @@ impl ClaimStore {
             .transpose()
     }
 
-    /// Runs a group-commit batch statement ([`crate::group_commit`]) like every other store
-    /// call: a pooled connection, the store timeout.
-    pub(crate) async fn query_batch(
-        &self,
-        statement: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, StoreError> {
-        self.query(statement, params).await
-    }
-
     /// Reads the claim for `key` without writing (dry-run).
     pub async fn lookup(&self, key: &ClaimKey) -> Result<Option<Claim>, StoreError> {
         let rows = self.query_keyed(sql::LOOKUP, key, &[]).await?;
