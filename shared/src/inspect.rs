@@ -16,14 +16,16 @@ use crate::claim::{Claim, ClaimKey, ClaimState, RunRef};
 use crate::error::StoreError;
 use crate::store::ClaimStore;
 
-/// Every claim of one delivery, in any scope (`$1` delivery id).
+/// The claims of one delivery (`$1`), filtered by key parts when `$2..$4` are not NULL:
+/// `get` (no filter) and a release's preview.
 pub const CLAIMS_OF_DELIVERY: &str = include_str!("../sql/inspect_claims_of_delivery.sql");
 /// Claims newest first, filtered (see the file for the parameters).
 pub const LIST_CLAIMS: &str = include_str!("../sql/inspect_list_claims.sql");
-/// The claims a release would pick, read only.
-pub const RELEASE_PREVIEW: &str = include_str!("../sql/inspect_release_preview.sql");
 /// The same selection, locked, inside the release transaction.
-pub const RELEASE_LOCK: &str = include_str!("../sql/inspect_release_lock.sql");
+pub const RELEASE_LOCK: &str = concat!(
+    include_str!("../sql/inspect_claims_of_delivery.sql"),
+    "   FOR UPDATE\n"
+);
 /// Deletes the one key the lock found.
 pub const RELEASE_DELETE: &str = include_str!("../sql/inspect_release_delete.sql");
 /// Counts by scope and state.
@@ -133,11 +135,7 @@ pub struct ClaimStats {
 impl ClaimStore {
     /// Every claim of `delivery_id`, in any scope (empty when none).
     pub async fn claims_of_delivery(&self, delivery_id: &str) -> Result<Vec<ClaimRecord>, StoreError> {
-        self.on_connection(self.timeout(), async |client| {
-            let statement = client.prepare_cached(CLAIMS_OF_DELIVERY).await?;
-            read_records(&client.query(&statement, &[&delivery_id]).await?)
-        })
-        .await
+        self.release_preview(delivery_id, &KeySelector::default()).await
     }
 
     /// Claims matching `filter`, newest first, at most `filter.limit`.
@@ -176,7 +174,7 @@ impl ClaimStore {
         let params: [&(dyn ToSql + Sync); 4] =
             [&delivery_id, &scope, &selector.namespace, &selector.orchestration];
         self.on_connection(self.timeout(), async |client| {
-            let statement = client.prepare_cached(RELEASE_PREVIEW).await?;
+            let statement = client.prepare_cached(CLAIMS_OF_DELIVERY).await?;
             read_records(&client.query(&statement, &params).await?)
         })
         .await
@@ -362,7 +360,6 @@ mod tests {
         for sql in [
             CLAIMS_OF_DELIVERY,
             LIST_CLAIMS,
-            RELEASE_PREVIEW,
             RELEASE_LOCK,
             RELEASE_DELETE,
             STATS_BY_SCOPE_STATE,
@@ -371,5 +368,6 @@ mod tests {
         ] {
             assert!(sql.contains("orchestration_dedupe_claims"), "{sql}");
         }
+        assert!(RELEASE_LOCK.trim_end().ends_with("FOR UPDATE"), "{RELEASE_LOCK}");
     }
 }
