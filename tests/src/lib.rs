@@ -21,5 +21,5 @@ pub use fixtures::{Answer, Review};
 pub use https::HttpsClient;
 pub use postgres::TempPostgres;
 pub use process::Process;
-pub use testdb::TestDb;
+pub use testdb::{agents_run, claim_key, new_delivery, unreachable_url, TestDb};
 pub use webhook::{TestCerts, Webhook};

@@ -5,8 +5,36 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use dedupe_store::{ClaimStore, StoreConfig};
+use dedupe_store::{ClaimKey, ClaimScope, ClaimStore, RunRef, StoreConfig};
 use tokio_postgres::{GenericClient, NoTls};
+
+/// A connection string to a loopback port nothing listens on (bound, then released): a
+/// store that refuses connections, for outage tests.
+pub fn unreachable_url() -> Result<String> {
+    Ok(format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        crate::postgres::free_port()?
+    ))
+}
+
+/// A new delivery id (a UUID, as GitHub's are).
+pub fn new_delivery() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The claim key the store tests use: scope `orchestration`, `agents/codex-autonomous/<delivery>`.
+pub fn claim_key(delivery: &str) -> ClaimKey {
+    ClaimKey::new(ClaimScope::Orchestration, "agents", "codex-autonomous", delivery)
+}
+
+/// A run named `name` in namespace `agents`, with a fresh uid.
+pub fn agents_run(name: &str) -> RunRef {
+    RunRef {
+        namespace: "agents".into(),
+        name: name.into(),
+        uid: uuid::Uuid::new_v4().to_string(),
+    }
+}
 
 /// A schema of its own for one test.
 pub struct TestDb {

@@ -60,6 +60,21 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// A fresh schema, dev certificates and the webhook on them with `--kube-lookup off`
+    /// plus `args`: the start of most end-to-end tests.
+    pub async fn start_fresh(args: &[&str]) -> Result<(crate::TestDb, TestCerts, Self)> {
+        let db = crate::TestDb::new().await?;
+        let certs = TestCerts::new()?;
+        let webhook = Self::start_without_lookup(&db, &certs, args).await?;
+        Ok((db, certs, webhook))
+    }
+
+    /// The webhook on `db` with `--kube-lookup off` plus `args`.
+    pub async fn start_without_lookup(db: &crate::TestDb, certs: &TestCerts, args: &[&str]) -> Result<Self> {
+        let all: Vec<&str> = ["--kube-lookup", "off"].iter().chain(args).copied().collect();
+        Self::start(db.url(), certs, &all, &[]).await
+    }
+
     /// Starts the webhook on `database_url` with the dev certs and extra flags/env.
     pub async fn start(
         database_url: &str,

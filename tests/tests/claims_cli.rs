@@ -72,21 +72,10 @@ async fn cli(db: &TestDb, args: &[&str]) -> Result<Run> {
     cli_with(Some(db.url()), args).await
 }
 
-fn delivery() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// A fresh schema, dev certificates and the webhook (lookup off) with `args`.
-async fn start(args: &[&str]) -> Result<(TestDb, TestCerts, Webhook)> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = start_on(&db, &certs, args).await?;
-    Ok((db, certs, webhook))
-}
+use dedupe_tests::new_delivery as delivery;
 
 async fn start_on(db: &TestDb, certs: &TestCerts, args: &[&str]) -> Result<Webhook> {
-    let all: Vec<&str> = ["--kube-lookup", "off"].iter().chain(args).copied().collect();
-    Webhook::start(db.url(), certs, &all, &[]).await
+    Webhook::start_without_lookup(db, certs, args).await
 }
 
 /// Sends `review` and checks the decision.
@@ -143,7 +132,7 @@ fn assert_fits_80_columns(text: &str) {
 
 #[tokio::test]
 async fn get_shows_the_claim_in_a_table_and_in_json() -> Result<()> {
-    let (db, _certs, webhook) = start(&[]).await?;
+    let (db, _certs, webhook) = Webhook::start_fresh(&[]).await?;
     let d = delivery();
     let first = Review::create(&d, "run-first")?;
     admit(&webhook, &first, "claimed").await?;
@@ -219,7 +208,7 @@ async fn get_shows_the_claim_in_a_table_and_in_json() -> Result<()> {
 
 #[tokio::test]
 async fn a_delivery_held_in_two_scopes_shows_both_and_release_must_pick_one() -> Result<()> {
-    let (db, certs, by_orchestration) = start(&[]).await?;
+    let (db, certs, by_orchestration) = Webhook::start_fresh(&[]).await?;
     let by_namespace = start_on(
         &db,
         &certs,
@@ -299,7 +288,7 @@ async fn a_delivery_held_in_two_scopes_shows_both_and_release_must_pick_one() ->
 
 #[tokio::test]
 async fn release_without_yes_deletes_nothing_and_with_yes_frees_the_delivery() -> Result<()> {
-    let (db, _certs, webhook) = start(&[]).await?;
+    let (db, _certs, webhook) = Webhook::start_fresh(&[]).await?;
     let d = delivery();
     let other = delivery();
     admit(&webhook, &Review::create(&d, "run-first")?, "claimed").await?;
@@ -356,7 +345,7 @@ async fn release_without_yes_deletes_nothing_and_with_yes_frees_the_delivery() -
 
 #[tokio::test]
 async fn list_filters_orders_newest_first_and_says_when_the_limit_cut_it() -> Result<()> {
-    let (db, _certs, webhook) = start(&[]).await?;
+    let (db, _certs, webhook) = Webhook::start_fresh(&[]).await?;
     // Five claims, made in this order: two aged (one older than 2 days, one older than 1 h),
     // one in another namespace, one for another orchestration, one confirmed.
     let ds: Vec<String> = (0..5).map(|_| delivery()).collect();
@@ -481,7 +470,7 @@ async fn list_filters_orders_newest_first_and_says_when_the_limit_cut_it() -> Re
 
 #[tokio::test]
 async fn stats_match_the_table() -> Result<()> {
-    let (db, certs, webhook) = start(&[]).await?;
+    let (db, certs, webhook) = Webhook::start_fresh(&[]).await?;
     let by_cluster = start_on(&db, &certs, &["--claim-scope", "cluster", "--migrations", "skip"]).await?;
     let ds: Vec<String> = (0..6).map(|_| delivery()).collect();
     for (i, d) in ds.iter().enumerate() {
@@ -659,9 +648,7 @@ async fn no_such_claim_exits_3_with_one_line() -> Result<()> {
 
 #[tokio::test]
 async fn store_failures_exit_1_with_one_line() -> Result<()> {
-    // Nothing listens on this port (bound, then released).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let down = format!("postgres://postgres@127.0.0.1:{port}/postgres?connect_timeout=5");
+    let down = format!("{}?connect_timeout=5", dedupe_tests::unreachable_url()?);
     for args in [
         &["get", "d1"][..],
         &["list"][..],

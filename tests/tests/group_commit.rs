@@ -6,22 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use dedupe_store::{ClaimKey, ClaimOutcome, ClaimScope, ClaimStore, GroupCommitConfig, RunRef, StoreError};
+use dedupe_store::{ClaimOutcome, ClaimStore, GroupCommitConfig, RunRef, StoreError};
 use dedupe_tests::TestDb;
 use proptest::prelude::*;
 use tokio::sync::Barrier;
 
-fn run(name: &str) -> RunRef {
-    RunRef {
-        namespace: "agents".into(),
-        name: name.into(),
-        uid: uuid::Uuid::new_v4().to_string(),
-    }
-}
-
-fn key(delivery: &str) -> ClaimKey {
-    ClaimKey::new(ClaimScope::Orchestration, "agents", "codex-autonomous", delivery)
-}
+use dedupe_tests::{agents_run as run, claim_key as key};
 
 /// With one batch in flight, everything that arrives while it runs queues and goes together
 /// in the next one, so concurrent claims really share batches. With more, a claim queued
@@ -232,14 +222,8 @@ async fn a_stuck_batch_does_not_hold_up_other_keys_past_the_linger() -> Result<(
 
 #[tokio::test]
 async fn an_unreachable_store_fails_every_caller_within_the_timeout() -> Result<()> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    drop(listener);
-    let cfg = dedupe_store::StoreConfig::new(
-        &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-        2,
-        Duration::from_millis(500),
-    )?;
+    let cfg =
+        dedupe_store::StoreConfig::new(&dedupe_tests::unreachable_url()?, 2, Duration::from_millis(500))?;
     let store = ClaimStore::new(&cfg)?.with_group_commit(batching(1));
     let started = std::time::Instant::now();
     let results = futures_join(&store, 8).await;

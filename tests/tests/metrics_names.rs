@@ -259,9 +259,8 @@ async fn every_metric_the_alerts_and_the_dashboard_query_is_exported() -> Result
     }
 
     // A second webhook whose store is down answers 503 (it serves without migrating).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let down = Webhook::start(
-        &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        &dedupe_tests::unreachable_url()?,
         &certs,
         &[
             "--kube-lookup",

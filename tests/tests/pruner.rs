@@ -326,10 +326,7 @@ async fn sigint_during_a_long_pause_stops_at_once_with_whole_batches() -> Result
 
 #[tokio::test]
 async fn an_unreachable_store_exits_1_with_one_clear_error() -> Result<()> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    drop(listener); // nothing listens there now
-    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let url = dedupe_tests::unreachable_url()?;
     let started = Instant::now();
     let done = run(&[
         "--database-url",

@@ -14,9 +14,7 @@ use serde_json::Value;
 /// what it takes (well under a second here), so a loaded CI machine does not flake.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn delivery() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
+use dedupe_tests::new_delivery as delivery;
 
 async fn start(db: &TestDb, certs: &TestCerts, api: &FakeApiServer, args: &[&str]) -> Result<Webhook> {
     let kubeconfig = api.kubeconfig();

@@ -3,12 +3,10 @@
 //! second replica, or a restart — changes nothing.
 
 use anyhow::Result;
-use dedupe_store::{ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ObservedRun, ReconcileCounts, RunRef};
+use dedupe_store::{ClaimOutcome, ClaimState, ObservedRun, ReconcileCounts, RunRef};
 use dedupe_tests::TestDb;
 
-fn key(delivery: &str) -> ClaimKey {
-    ClaimKey::new(ClaimScope::Orchestration, "agents", "codex-autonomous", delivery)
-}
+use dedupe_tests::claim_key as key;
 
 fn observed(delivery: &str, name: &str, holds: bool) -> ObservedRun {
     ObservedRun {

@@ -4,20 +4,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use dedupe_store::{ClaimKey, ClaimOutcome, ClaimScope, GroupCommitConfig, RunRef};
+use dedupe_store::{ClaimOutcome, GroupCommitConfig, RunRef};
 use dedupe_tests::TestDb;
 
-fn run(name: &str) -> RunRef {
-    RunRef {
-        namespace: "agents".into(),
-        name: name.into(),
-        uid: uuid::Uuid::new_v4().to_string(),
-    }
-}
-
-fn key(delivery: &str) -> ClaimKey {
-    ClaimKey::new(ClaimScope::Orchestration, "agents", "codex-autonomous", delivery)
-}
+use dedupe_tests::{agents_run as run, claim_key as key};
 
 #[tokio::test]
 async fn a_duplicate_is_answered_while_another_session_holds_the_row_locked() -> Result<()> {

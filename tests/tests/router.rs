@@ -22,9 +22,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
-fn delivery() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
+use dedupe_tests::new_delivery as delivery;
 
 /// The webhook's state over a fresh schema, with the API-server lookup off.
 struct InProcess {

@@ -18,9 +18,7 @@ fn run(ns: &str, name: &str) -> RunRef {
     }
 }
 
-fn key(delivery: &str) -> ClaimKey {
-    ClaimKey::new(ClaimScope::Orchestration, "agents", "codex-autonomous", delivery)
-}
+use dedupe_tests::claim_key as key;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_of_one_key_have_exactly_one_winner() -> Result<()> {
@@ -427,14 +425,8 @@ async fn prune_cutoff_comes_from_the_database_clock() -> Result<()> {
 #[tokio::test]
 async fn an_unreachable_store_fails_within_the_timeout() -> Result<()> {
     // A port nothing listens on: connection refused, reported as a store error, no hang.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    drop(listener);
-    let cfg = dedupe_store::StoreConfig::new(
-        &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-        2,
-        Duration::from_millis(500),
-    )?;
+    let cfg =
+        dedupe_store::StoreConfig::new(&dedupe_tests::unreachable_url()?, 2, Duration::from_millis(500))?;
     let store = ClaimStore::new(&cfg)?;
     let started = std::time::Instant::now();
     assert!(store.claim(&key("d"), &run("a", "r")).await.is_err());

@@ -9,18 +9,7 @@ use anyhow::Result;
 use dedupe_tests::{Answer, FakeApiServer, Review, TestCerts, TestDb, Webhook};
 use serde_json::Value;
 
-fn delivery() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// A fresh schema, dev certificates and the webhook with `--kube-lookup off` plus `args`.
-async fn start(args: &[&str]) -> Result<(TestDb, TestCerts, Webhook)> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let all: Vec<&str> = ["--kube-lookup", "off"].iter().chain(args).copied().collect();
-    let webhook = Webhook::start(db.url(), &certs, &all, &[]).await?;
-    Ok((db, certs, webhook))
-}
+use dedupe_tests::new_delivery as delivery;
 
 /// The same with the API-server lookup on, against `api` (a fake API server).
 async fn start_with_api(api: FakeApiServer, args: &[&str]) -> Result<(TestDb, FakeApiServer, Webhook)> {
@@ -57,7 +46,7 @@ async fn claimed(webhook: &Webhook, delivery: &str, name: &str) -> Result<()> {
 
 #[tokio::test]
 async fn first_create_is_claimed_and_the_duplicate_is_denied_naming_it() -> Result<()> {
-    let (db, _certs, webhook) = start(&[]).await?;
+    let (db, _certs, webhook) = Webhook::start_fresh(&[]).await?;
     let d = delivery();
 
     let first = Review::create(&d, "run-first")?;
@@ -172,7 +161,7 @@ async fn stale_pending_claim_whose_run_exists_is_confirmed_and_denied() -> Resul
 async fn concurrent_creates_of_one_delivery_over_https_have_exactly_one_winner() -> Result<()> {
     const CLIENTS: usize = 64;
     const ROUNDS: usize = 10;
-    let (db, _certs, webhook) = start(&["--pool-size", "32"]).await?;
+    let (db, _certs, webhook) = Webhook::start_fresh(&["--pool-size", "32"]).await?;
     let client = webhook.client()?;
     for round in 0..ROUNDS {
         let d = delivery();
@@ -217,7 +206,7 @@ async fn concurrent_creates_of_one_delivery_over_https_have_exactly_one_winner()
 
 #[tokio::test]
 async fn a_killed_webhook_restarts_and_still_denies_the_duplicate() -> Result<()> {
-    let (db, certs, mut webhook) = start(&[]).await?;
+    let (db, certs, mut webhook) = Webhook::start_fresh(&[]).await?;
     let d = delivery();
     claimed(&webhook, &d, "run-before").await?;
     webhook.kill9().await?;
@@ -238,7 +227,7 @@ async fn a_killed_webhook_restarts_and_still_denies_the_duplicate() -> Result<()
 /// connection: a valid request on it is answered after them.
 #[tokio::test]
 async fn malformed_requests_get_json_errors_and_the_server_keeps_serving() -> Result<()> {
-    let (_db, _certs, webhook) = start(&["--max-body-bytes", "65536"]).await?;
+    let (_db, _certs, webhook) = Webhook::start_fresh(&["--max-body-bytes", "65536"]).await?;
     let mut conn = webhook.client()?.connect().await?;
     let valid = Review::create(&delivery(), "run-ok")?;
     let mut oversize = valid.json().clone();
@@ -263,7 +252,7 @@ async fn malformed_requests_get_json_errors_and_the_server_keeps_serving() -> Re
 
 #[tokio::test]
 async fn sigterm_stops_accepting_and_exits_zero() -> Result<()> {
-    let (_db, _certs, mut webhook) = start(&[]).await?;
+    let (_db, _certs, mut webhook) = Webhook::start_fresh(&[]).await?;
     let mut open = webhook.client()?.connect().await?;
     assert!(Answer::from_reply(&open.review(Review::create(&delivery(), "run-a")?.json()).await?)?.allowed());
     let addr = webhook.addr;
@@ -463,13 +452,13 @@ async fn http2_is_served_only_behind_its_flag() -> Result<()> {
         Ok(alpn)
     }
 
-    let (_db, _certs, webhook) = start(&[]).await?;
+    let (_db, _certs, webhook) = Webhook::start_fresh(&[]).await?;
     assert_eq!(
         negotiated(&webhook).await?.as_deref(),
         Some(&b"http/1.1"[..]),
         "HTTP/1.1 only by default"
     );
-    let (_db2, _certs2, webhook2) = start(&["--http2"]).await?;
+    let (_db2, _certs2, webhook2) = Webhook::start_fresh(&["--http2"]).await?;
     assert_eq!(negotiated(&webhook2).await?.as_deref(), Some(&b"h2"[..]));
     Ok(())
 }

@@ -9,23 +9,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
-use dedupe_tests::{Answer, Review, TestCerts, TestDb, Webhook};
+use dedupe_tests::{Answer, Review, Webhook};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: i64 = 1024 * 1024;
 
-fn delivery() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-async fn start(args: &[&str]) -> Result<(TestDb, TestCerts, Webhook)> {
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let all: Vec<&str> = ["--kube-lookup", "off"].iter().chain(args).copied().collect();
-    let webhook = Webhook::start(db.url(), &certs, &all, &[]).await?;
-    Ok((db, certs, webhook))
-}
+use dedupe_tests::new_delivery as delivery;
 
 /// A `kB` field of `/proc/<pid>/status`, in bytes.
 fn status_bytes(status: &str, field: &str) -> Result<i64> {
@@ -98,7 +88,7 @@ async fn metric(webhook: &Webhook, name: &str) -> Result<f64> {
 /// (The body itself is buffered, up to `--max-body-bytes`: raised here to take 7 MB.)
 #[tokio::test]
 async fn adversarial_reviews_cost_memory_bounded_by_their_size() -> Result<()> {
-    let (_db, _certs, webhook) = start(&["--max-body-bytes", "8388608"]).await?;
+    let (_db, _certs, webhook) = Webhook::start_fresh(&["--max-body-bytes", "8388608"]).await?;
     // Warm up: TLS, the store pool, the first decision.
     let d = delivery();
     let warm = Review::create(&d, "run-warm")?;
@@ -182,7 +172,7 @@ async fn adversarial_reviews_cost_memory_bounded_by_their_size() -> Result<()> {
 #[tokio::test]
 async fn a_trickled_body_is_cut_off_at_the_deadline_while_others_are_served() -> Result<()> {
     const DEADLINE: Duration = Duration::from_millis(1_500);
-    let (_db, _certs, webhook) = start(&["--request-read-timeout-ms", "1500"]).await?;
+    let (_db, _certs, webhook) = Webhook::start_fresh(&["--request-read-timeout-ms", "1500"]).await?;
     let mut trickles = Vec::new();
     for _ in 0..8 {
         let client = webhook.client()?;
@@ -247,7 +237,8 @@ async fn a_trickled_body_is_cut_off_at_the_deadline_while_others_are_served() ->
 #[tokio::test]
 async fn idle_http2_connections_are_closed() -> Result<()> {
     const IDLE: Duration = Duration::from_millis(1_500);
-    let (_db, _certs, webhook) = start(&["--http2", "--request-read-timeout-ms", "1500"]).await?;
+    let (_db, _certs, webhook) =
+        Webhook::start_fresh(&["--http2", "--request-read-timeout-ms", "1500"]).await?;
 
     // Idle time counts from the accept, so from before the connection is opened.
     let started = Instant::now();
@@ -313,7 +304,7 @@ async fn idle_http2_connections_are_closed() -> Result<()> {
 /// field and the rule, decision `invalid`, nothing claimed, and no store error counted.
 #[tokio::test]
 async fn malformed_names_are_422_not_store_errors() -> Result<()> {
-    let (db, _certs, webhook) = start(&[]).await?;
+    let (db, _certs, webhook) = Webhook::start_fresh(&[]).await?;
     let long = "a".repeat(3_000);
     let cases: Vec<(Review, &str)> = vec![
         (
@@ -374,7 +365,7 @@ async fn malformed_names_are_422_not_store_errors() -> Result<()> {
 #[tokio::test]
 async fn a_newline_in_a_logged_field_produces_no_extra_line() -> Result<()> {
     for format in ["text", "json"] {
-        let (_db, _certs, webhook) = start(&["--log-format", format]).await?;
+        let (_db, _certs, webhook) = Webhook::start_fresh(&["--log-format", format]).await?;
         let marker = format!("FORGED-{}", uuid::Uuid::new_v4().simple());
         let name = format!("run-x\nINFO {marker} \u{1b}[2Jcleared");
         // No delivery label: answered `ignored`, and the one decision line names the run.
@@ -419,7 +410,7 @@ async fn a_newline_in_a_logged_field_produces_no_extra_line() -> Result<()> {
 #[tokio::test]
 async fn requests_waiting_on_the_store_do_not_hold_body_slots() -> Result<()> {
     const WAITING: usize = 24;
-    let (db, _certs, webhook) = start(&["--store-timeout-ms", "10000"]).await?;
+    let (db, _certs, webhook) = Webhook::start_fresh(&["--store-timeout-ms", "10000"]).await?;
     let lock = db.client().await?;
     // The table must exist before it is locked: one claim first.
     let first = Answer::from_reply(
@@ -467,7 +458,7 @@ async fn requests_waiting_on_the_store_do_not_hold_body_slots() -> Result<()> {
 /// waiters are served first come, first served.
 #[tokio::test]
 async fn past_the_concurrency_cap_a_request_gets_503() -> Result<()> {
-    let (db, _certs, webhook) = start(&[
+    let (db, _certs, webhook) = Webhook::start_fresh(&[
         "--max-concurrent-requests",
         "1",
         "--request-read-timeout-ms",
