@@ -172,6 +172,29 @@ wait "$stream_pid"; stream_pid=""
 read -r base_n base_p50 base_p99 base_max <<<"$(latency baseline "$(calc "$t0 + $WARMUP")" "$(now)")"
 echo "   $base_n claims: p50 $base_p50 ms, p99 $base_p99 ms, max $base_max ms" >&2
 
+# Fresh data for one case; with the claim stream (stream=yes), the stream starts and runs
+# alone for PAIRED_SECONDS first, the paired baseline: paired_from is where it began.
+start_case() { # label stream
+    seed
+    paired_from=""
+    [[ $2 == yes ]] || return 0
+    stream_start "$1" "$STREAM_CAP"
+    sleep "$WARMUP"
+    paired_from=$(now)
+    sleep "$PAIRED_SECONDS"
+}
+# After the case: the stream's last claims complete, then it stops.
+end_case() { # stream
+    [[ $1 == yes ]] || return 0
+    sleep "$SETTLE"
+    stream_stop
+}
+# The claims' figures during [t0, t1] (n p50 p99 max) and the paired baseline's p99.
+case_latency() { # label t0 t1
+    read -r n p50 p99 max <<<"$(latency "$1" "$2" "$3")"
+    read -r _ _ pre_p99 _ <<<"$(latency "$1" "$paired_from" "$2")"
+}
+
 # One pruner run on freshly seeded data: with the claim stream (stream=yes: the paired
 # baseline just before, the claims' p99 during) or without it (stream=no).
 results=()
@@ -179,22 +202,13 @@ run_pruner_case() { # label stream size pause flags...
     local label=$1 stream=$2 size=$3 pause=$4; shift 4
     local flags=("$@")
     echo "== pruner $label (batch $size, pause $pause ms, ${flags[*]:-defaults}), claim stream: $stream" >&2
-    seed
-    local vacuums_before vacuums autovacuum t0 t1 pre0="" load
+    start_case "$label" "$stream"
+    local vacuums_before vacuums autovacuum t0 t1 load
     vacuums_before=$(psql -At -c "SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'orchestration_dedupe_claims'")
-    if [[ $stream == yes ]]; then
-        stream_start "$label" "$STREAM_CAP"
-        sleep "$WARMUP"
-        pre0=$(now)
-        sleep "$PAIRED_SECONDS"
-    fi
     t0=$(now)
     "$pruner" --database-url "$pruner_url" --log-format json "${flags[@]}" >"$OUT/$label.jsonl"
     t1=$(now)
-    if [[ $stream == yes ]]; then
-        sleep "$SETTLE"
-        stream_stop
-    fi
+    end_case "$stream"
     load=$(cut -d' ' -f1 /proc/loadavg)
     vacuums=$(psql -At -c "SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'orchestration_dedupe_claims'")
     autovacuum=$([[ $vacuums != "$vacuums_before" ]] && echo yes || echo no)
@@ -210,10 +224,7 @@ run_pruner_case() { # label stream size pause flags...
     [[ $deleted == "$EXPIRED" && $left == 0 ]] || echo "   WARNING: deleted $deleted, $left expired left" >&2
     secs=$(calc "$t1 - $t0")
     rps=$(calc "$deleted / $secs")
-    if [[ $stream == yes ]]; then
-        read -r n p50 p99 max <<<"$(latency "$label" "$t0" "$t1")"
-        read -r _ _ pre_p99 _ <<<"$(latency "$label" "$pre0" "$t0")"
-    fi
+    [[ $stream == yes ]] && case_latency "$label" "$t0" "$t1"
     printf '   deleted %s in %s batches (%s at full pace), %.2f s wall, %.0f rows/s (loop alone %s); longest batch %s ms (p99 %s); claims p99 %s ms (%s claims; %s ms just before); load %s; autovacuum during it: %s\n' \
         "$deleted" "$batches" "$full" "$secs" "$rps" "$loop_rps" "$longest" "$batch_p99" "$p99" "$n" "$pre_p99" "$load" "$autovacuum" >&2
     results+=("$label|$stream|$size|$pause|$deleted|$batches|$full|$secs|$rps|$loop_rps|$longest|$batch_p99|$n|$p99|$pre_p99|$max|$load|$autovacuum")
@@ -221,31 +232,19 @@ run_pruner_case() { # label stream size pause flags...
 
 # One `DELETE ... WHERE claimed_at < cutoff` on the same freshly seeded data.
 single_delete() { # label stream
-    local label=$1 stream=$2 t0 t1 out pre0=""
+    local label=$1 stream=$2 t0 t1 out
     echo "== one single DELETE ... WHERE claimed_at < cutoff, claim stream: $stream" >&2
-    seed
-    if [[ $stream == yes ]]; then
-        stream_start "$label" "$STREAM_CAP"
-        sleep "$WARMUP"
-        pre0=$(now)
-        sleep "$PAIRED_SECONDS"
-    fi
+    start_case "$label" "$stream"
     t0=$(now)
     out=$(psql -c "DELETE FROM orchestration_dedupe_claims WHERE claimed_at < now() - make_interval(days => 7)" -v QUIET=0)
     t1=$(now)
-    if [[ $stream == yes ]]; then
-        sleep "$SETTLE"
-        stream_stop
-    fi
+    end_case "$stream"
     local load deleted secs rps n=- p50 p99=- max=- pre_p99=-
     load=$(cut -d' ' -f1 /proc/loadavg)
     deleted=$(grep -oP 'DELETE \K[0-9]+' <<<"$out")
     secs=$(calc "$t1 - $t0")
     rps=$(calc "$deleted / $secs")
-    if [[ $stream == yes ]]; then
-        read -r n p50 p99 max <<<"$(latency "$label" "$t0" "$t1")"
-        read -r _ _ pre_p99 _ <<<"$(latency "$label" "$pre0" "$t0")"
-    fi
+    [[ $stream == yes ]] && case_latency "$label" "$t0" "$t1"
     printf '   deleted %s in %.2f s, %.0f rows/s; claims p99 %s ms (%s claims), max %s ms; load %s\n' \
         "$deleted" "$secs" "$rps" "$p99" "$n" "$max" "$load" >&2
     results+=("$label|$stream|-|-|$deleted|1|-|$secs|$rps|-|$(printf "%.0f" "$(calc "$secs * 1000")")|-|$n|$p99|$pre_p99|$max|$load|-")
