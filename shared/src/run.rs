@@ -120,11 +120,12 @@ pub fn label_value_problem(value: &str) -> Option<String> {
     if value.is_empty() {
         return Some("is empty".into());
     }
-    if value.len() > crate::claim::MAX_DELIVERY_ID_LEN {
-        return Some(format!(
-            "is {} characters long; label values are at most 63",
-            value.len()
-        ));
+    if let Some(problem) = too_long(
+        value,
+        crate::claim::MAX_DELIVERY_ID_LEN,
+        "label values are at most",
+    ) {
+        return Some(problem);
     }
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if !value.chars().all(ok_char) {
@@ -146,11 +147,8 @@ pub const DNS1123_SUBDOMAIN_MAX_LEN: usize = 253;
 /// 63 characters, lower-case letters, digits and `-`, starting and ending with a letter or
 /// digit. Returns the rule that is broken, worded to follow the field's name.
 pub fn dns1123_label_problem(value: &str) -> Option<String> {
-    if value.len() > DNS1123_LABEL_MAX_LEN {
-        return Some(format!(
-            "is {} characters long; a DNS-1123 label is at most {DNS1123_LABEL_MAX_LEN}",
-            value.len()
-        ));
+    if let Some(problem) = too_long(value, DNS1123_LABEL_MAX_LEN, "a DNS-1123 label is at most") {
+        return Some(problem);
     }
     label_part_problem(value).map(|rule| format!("is not a DNS-1123 label: {rule}"))
 }
@@ -159,11 +157,12 @@ pub fn dns1123_label_problem(value: &str) -> Option<String> {
 /// most 253 characters, dot-separated parts each of lower-case letters, digits and `-`
 /// that start and end with a letter or digit. Returns the rule that is broken.
 pub fn dns1123_subdomain_problem(value: &str) -> Option<String> {
-    if value.len() > DNS1123_SUBDOMAIN_MAX_LEN {
-        return Some(format!(
-            "is {} characters long; a DNS-1123 subdomain is at most {DNS1123_SUBDOMAIN_MAX_LEN}",
-            value.len()
-        ));
+    if let Some(problem) = too_long(
+        value,
+        DNS1123_SUBDOMAIN_MAX_LEN,
+        "a DNS-1123 subdomain is at most",
+    ) {
+        return Some(problem);
     }
     value
         .split('.')
@@ -178,14 +177,16 @@ pub const MAX_UID_LEN: usize = 128;
 /// Checks an object uid: at most [`MAX_UID_LEN`] characters of printable ASCII (no NUL,
 /// no control characters, no spaces). Empty is allowed (the field is optional).
 pub fn uid_problem(value: &str) -> Option<String> {
-    if value.len() > MAX_UID_LEN {
-        return Some(format!(
-            "is {} characters long; at most {MAX_UID_LEN}",
-            value.len()
-        ));
+    if let Some(problem) = too_long(value, MAX_UID_LEN, "at most") {
+        return Some(problem);
     }
     (!value.chars().all(|c| c.is_ascii_graphic()))
         .then(|| "may contain only printable ASCII characters without spaces".to_owned())
+}
+
+/// `is N characters long; <limit> <max>` when `value` is longer than `max`.
+fn too_long(value: &str, max: usize, limit: &str) -> Option<String> {
+    (value.len() > max).then(|| format!("is {} characters long; {limit} {max}", value.len()))
 }
 
 /// One dot-free part of a DNS-1123 name (length is checked by the callers).
