@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_rustls::{client, TlsAcceptor, TlsConnector};
 
 const LONG: Duration = Duration::from_secs(3600);
@@ -181,6 +182,50 @@ fn recorder() -> (
         }),
         rx,
     )
+}
+
+/// Fresh certificates mounted the kubelet's way, a reloader on them with its directory
+/// watch running (polling effectively off, so reloads come from the watch), and an echo
+/// server presenting what the reloader holds.
+struct WatchedMount {
+    dir: tempfile::TempDir,
+    first: DevCerts,
+    reloader: TlsReloader,
+    events: mpsc::UnboundedReceiver<ReloadEvent>,
+    stop: watch::Sender<bool>,
+    watcher: JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+impl WatchedMount {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let first = localhost_certs();
+        kubelet_mount(dir.path(), "2026_01_01_00_00_00.1", &first);
+        let reloader = TlsReloader::load(settings(dir.path(), LONG)).unwrap();
+        let (on_event, events) = recorder();
+        let (stop, stop_rx) = watch::channel(false);
+        let watcher = reloader.spawn_watcher(on_event, stop_rx);
+        let (addr, _errors) = echo_server(reloader.clone()).await;
+        Self {
+            dir,
+            first,
+            reloader,
+            events,
+            stop,
+            watcher,
+            addr,
+        }
+    }
+}
+
+/// Signals the watcher to stop and waits for it.
+async fn stop_watcher(stop: &watch::Sender<bool>, watcher: JoinHandle<()>) {
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), watcher)
+        .await
+        .expect("watcher stops on shutdown")
+        .unwrap();
 }
 
 async fn next_event(rx: &mut mpsc::UnboundedReceiver<ReloadEvent>) -> ReloadEvent {
@@ -402,16 +447,17 @@ async fn http2_flag_offers_h2_then_http11() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_symlink_swap_is_picked_up_without_dropping_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let first = localhost_certs();
-    kubelet_mount(root, "2026_01_01_00_00_00.1", &first);
     // Polling effectively off: this must come from the directory watch.
-    let reloader = TlsReloader::load(settings(root, LONG)).unwrap();
-    let (on_event, mut events) = recorder();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let watcher = reloader.spawn_watcher(on_event, stop_rx);
-    let (addr, _errors) = echo_server(reloader.clone()).await;
+    let WatchedMount {
+        dir,
+        first,
+        reloader,
+        mut events,
+        stop,
+        watcher,
+        addr,
+    } = WatchedMount::start().await;
+    let root = dir.path();
 
     let client = Client::trusting(&first.ca_cert_pem);
     let mut before = client.connect(addr).await.unwrap();
@@ -441,24 +487,21 @@ async fn kubelet_symlink_swap_is_picked_up_without_dropping_connections() {
     echo(&mut before, b"still here").await.unwrap();
     assert_eq!(peer_leaf(&before), der(&first.server_cert_pem));
 
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), watcher)
-        .await
-        .expect("watcher stops on shutdown")
-        .unwrap();
+    stop_watcher(&stop, watcher).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_replacement_keeps_the_old_certificate_and_reports_failed() {
-    let dir = tempfile::tempdir().unwrap();
+    let WatchedMount {
+        dir,
+        first,
+        reloader,
+        mut events,
+        stop: _stop,
+        watcher: _watcher,
+        addr,
+    } = WatchedMount::start().await;
     let root = dir.path();
-    let first = localhost_certs();
-    kubelet_mount(root, "2026_01_01_00_00_00.1", &first);
-    let reloader = TlsReloader::load(settings(root, LONG)).unwrap();
-    let (on_event, mut events) = recorder();
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let _watcher = reloader.spawn_watcher(on_event, stop_rx);
-    let (addr, _errors) = echo_server(reloader.clone()).await;
 
     // New certificate, but the key of a different one.
     let second = first.reissue(&CertRequest::localhost()).unwrap();
@@ -531,11 +574,7 @@ async fn polling_picks_up_changes_without_notifications() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(events.try_recv().is_err(), "failure reported again");
 
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), watcher)
-        .await
-        .expect("watcher stops on shutdown")
-        .unwrap();
+    stop_watcher(&stop_tx, watcher).await;
 }
 
 #[tokio::test]
