@@ -249,12 +249,14 @@ async fn create(app: &App, plan: &ClaimPlan) -> Result<Verdict, AdmitError> {
 /// One event per decision, worded so that `rg 'deliveryId|idempotent'` finds them all.
 fn log_decision(verdict: &Verdict, delivery: &str, claim_key: &str, latency_ms: f64) {
     let existing = verdict.existing_run.as_deref().unwrap_or_default();
-    let message = if verdict.decision == decision::Decision::Duplicate {
-        format!(
+    let idempotent;
+    let message: &str = if verdict.decision == decision::Decision::Duplicate {
+        idempotent = format!(
             "duplicate delivery {delivery}: submission answered idempotently with existing run {existing}"
-        )
+        );
+        &idempotent
     } else {
-        verdict.message.clone()
+        &verdict.message
     };
     tracing::info!(
         deliveryId = delivery,
