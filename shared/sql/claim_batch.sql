@@ -15,16 +15,12 @@ WITH input AS (
 SELECT i.ord, true AS written, a.run_namespace, a.run_name, a.run_uid, a.state, a.claimed_at,
        a.updated_at, a.admissions, a.takeovers, now() AS observed_at
   FROM input i
-  JOIN attempt a
-    ON a.delivery_id = i.delivery_id AND a.scope = i.scope
-   AND a.namespace = i.namespace AND a.orchestration = i.orchestration
+  JOIN attempt a USING (delivery_id, scope, namespace, orchestration)
 UNION ALL
 SELECT i.ord, false AS written, h.run_namespace, h.run_name, h.run_uid, h.state, h.claimed_at,
        h.updated_at, h.admissions, h.takeovers, now() AS observed_at
   FROM input i
-  JOIN orchestration_dedupe_claims h
-    ON h.delivery_id = i.delivery_id AND h.scope = i.scope
-   AND h.namespace = i.namespace AND h.orchestration = i.orchestration
+  JOIN orchestration_dedupe_claims h USING (delivery_id, scope, namespace, orchestration)
  WHERE NOT EXISTS (
         SELECT 1 FROM attempt a
          WHERE a.delivery_id = i.delivery_id AND a.scope = i.scope
