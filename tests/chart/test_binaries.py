@@ -21,7 +21,15 @@ CASES: dict[str, dict[str, Any]] = {
         "migrations": "skip",
         "logFormat": "text",
         "retentionDays": 30,
-        "admission": {"kubeLookup": "off", "pendingGraceSeconds": 300, "storeTimeoutMs": 1500, "port": 8443, "metricsPort": 9091},
+        "admission": {
+            "kubeLookup": "off",
+            "pendingGraceSeconds": 300,
+            "storeTimeoutMs": 1500,
+            "port": 8443,
+            "metricsPort": 9091,
+            "maxConcurrentRequests": 16,
+            "groupCommit": {"enabled": False, "maxBatch": 32, "inFlight": 2, "lingerUs": 250},
+        },
         "pruner": {"dryRun": True, "batchSize": 1000000, "batchPauseMs": 0, "maxRuntimeSeconds": 600},
         "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["172.16.0.0/28"]}},
         "serviceMonitor": {"enabled": True},
@@ -157,6 +165,12 @@ def test_pruner_defaults_match_the_binary(chart: helm.Chart, clis: dict[str, Cli
     assert values["claimScope"] == admission["claim-scope"].default
     assert str(values["admission"]["pendingGraceSeconds"]) == admission["pending-grace-seconds"].default
     assert str(values["admission"]["storeTimeoutMs"]) == admission["store-timeout-ms"].default
+    assert str(values["admission"]["maxConcurrentRequests"]) == admission["max-concurrent-requests"].default
+    group_commit = values["admission"]["groupCommit"]
+    assert str(group_commit["enabled"]).lower() == admission["group-commit"].default
+    assert str(group_commit["maxBatch"]) == admission["group-commit-max-batch"].default
+    assert str(group_commit["inFlight"]) == admission["group-commit-in-flight"].default
+    assert str(group_commit["lingerUs"]) == admission["group-commit-linger-us"].default
     assert values["migrations"] == admission["migrations"].default
 
 
