@@ -7,6 +7,7 @@ pub mod binaries;
 pub mod fake_apiserver;
 pub mod fixtures;
 pub mod https;
+pub mod kube;
 pub mod pg_cluster;
 pub mod postgres;
 pub mod process;
@@ -15,6 +16,7 @@ pub mod signal;
 pub mod tcp_proxy;
 pub mod testdb;
 pub mod webhook;
+pub mod wrapper;
 
 pub use fake_apiserver::{FakeApiServer, FakeRun};
 pub use fixtures::{Answer, Review};

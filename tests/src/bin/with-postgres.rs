@@ -8,13 +8,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use dedupe_tests::TempPostgres;
-use tokio::process::Command;
 
 const LOCAL_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-/// How long the command gets to exit after a forwarded SIGTERM before it is killed.
-const FORWARDED_SIGTERM_GRACE: Duration = Duration::from_secs(20);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -28,12 +25,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<ExitCode> {
-    let args: Vec<String> = std::env::args().skip(1).skip_while(|a| a == "--").collect();
-    let Some((program, rest)) = args.split_first() else {
-        bail!("usage: with-postgres -- COMMAND [ARGS...]");
-    };
-    let mut command = Command::new(program);
-    command.args(rest);
+    let mut command = dedupe_tests::wrapper::command_from_args("with-postgres")?;
 
     let _private; // kept alive until the command ends, then stopped and removed
     if std::env::var_os("DATABASE_URL").is_some() {
@@ -56,32 +48,7 @@ async fn run() -> Result<ExitCode> {
         _private = pg;
     }
 
-    let mut child = command.spawn().with_context(|| format!("starting `{program}`"))?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let status = tokio::select! {
-        status = child.wait() => status?,
-        // Ctrl-C reaches the whole process group, so the command sees it too; wait for it.
-        _ = tokio::signal::ctrl_c() => child.wait().await?,
-        // SIGTERM for the wrapper alone (a CI timeout, a supervisor): pass it on so the
-        // command can clean up, and only kill it if it has not ended after a grace period.
-        _ = sigterm.recv() => {
-            if let Some(pid) = child.id() {
-                let _ = dedupe_tests::signal::send(pid, dedupe_tests::signal::Signal::TERM);
-            }
-            match tokio::time::timeout(FORWARDED_SIGTERM_GRACE, child.wait()).await {
-                Ok(status) => status?,
-                Err(_) => {
-                    let _ = child.start_kill();
-                    child.wait().await?
-                }
-            }
-        }
-    };
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        None => ExitCode::from(1),
-    })
+    dedupe_tests::wrapper::run_to_end(command).await
 }
 
 async fn local_server_answers() -> bool {
