@@ -16,6 +16,7 @@
 mod pki;
 mod processes;
 mod runs;
+mod slice;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub use runs::{
     denial, register_webhook, run_api, run_resource, NewRun, WebhookRegistration, DELIVERY_LABEL,
     WEBHOOK_NAME,
 };
+
+pub use slice::TestNamespace;
 
 use processes::{ApiServerFiles, Processes};
 
