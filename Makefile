@@ -65,12 +65,13 @@ PYTHON ?= python3
 VENV ?= .venv
 CHART_TEST_DEPS = $(VENV)/.chart-test-deps
 PROMTOOL = $(VENV)/bin/promtool
-CHART_PYTEST = PROMTOOL=$(abspath $(PROMTOOL)) PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m pytest -c tests/chart/pytest.ini tests/chart
+CHART_ENV = PROMTOOL=$(abspath $(PROMTOOL)) PYTHONDONTWRITEBYTECODE=1
+CHART_PYTEST = $(VENV)/bin/python -m pytest -c tests/chart/pytest.ini tests/chart
 
 # Builds the whole workspace, as `unit` does: the same feature set, so after `unit` this
 # is a no-op (building two packages alone would unify features differently and rebuild).
 chart-test: $(CHART_TEST_DEPS) $(PROMTOOL) build
-	@if [ -n "$$KUBEBUILDER_ASSETS" ]; then $(WITH_KUBE) $(CHART_PYTEST); else $(CHART_PYTEST); fi
+	@if [ -n "$$KUBEBUILDER_ASSETS" ]; then $(CHART_ENV) $(WITH_KUBE) $(CHART_PYTEST); else $(CHART_ENV) $(CHART_PYTEST); fi
 
 $(PROMTOOL): tests/chart/install-promtool.sh | $(CHART_TEST_DEPS)
 	sh tests/chart/install-promtool.sh $@

@@ -15,6 +15,7 @@ pub mod pruner;
 pub mod signal;
 pub mod tcp_proxy;
 pub mod testdb;
+pub mod wait;
 pub mod webhook;
 pub mod wrapper;
 
@@ -24,4 +25,5 @@ pub use https::HttpsClient;
 pub use postgres::TempPostgres;
 pub use process::Process;
 pub use testdb::{agents_run, claim_key, new_delivery, unreachable_url, TestDb};
+pub use wait::eventually;
 pub use webhook::{TestCerts, Webhook};

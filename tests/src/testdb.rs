@@ -121,6 +121,13 @@ impl TestDb {
             .collect())
     }
 
+    /// (run name, state) of the one claim of `delivery`, if any (an error if several).
+    pub async fn claim(&self, delivery: &str) -> Result<Option<(String, String)>> {
+        let rows = self.claim_rows(delivery).await?;
+        anyhow::ensure!(rows.len() <= 1, "{} claims for {delivery}", rows.len());
+        Ok(rows.into_iter().next().map(|(name, _uid, state)| (name, state)))
+    }
+
     /// Seeds `n` confirmed claims; see [`seed_claims`].
     pub async fn seed_claims(&self, prefix: &str, n: i64, age: &str) -> Result<()> {
         seed_claims(&self.client().await?, prefix, n, age).await

@@ -149,6 +149,21 @@ impl Webhook {
         http_get(self.ops_addr, path).await
     }
 
+    /// One sample's value from `/metrics`: the line `NAME VALUE`, where NAME includes any
+    /// labels (`requests_total{decision="claimed"}`). An error when there is no such line.
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        let reply = self.ops("/metrics").await?;
+        let text = String::from_utf8(reply.body.to_vec())?;
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .ok_or_else(|| anyhow::anyhow!("no {name} in /metrics"))?;
+        value
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name} is not a number ({value:?}): {e}"))
+    }
+
     /// `/proc/<pid>/status` of the process (VmRSS, VmHWM, …).
     pub fn proc_status(&self) -> Result<String> {
         let pid = self.pid().ok_or_else(|| anyhow::anyhow!("already exited"))?;

@@ -72,17 +72,6 @@ async fn post_review(webhook: &Webhook, review: &Review, body: Vec<u8>) -> Resul
     Ok(answer)
 }
 
-async fn metric(webhook: &Webhook, name: &str) -> Result<f64> {
-    let reply = webhook.ops("/metrics").await?;
-    let text = String::from_utf8(reply.body.to_vec())?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .ok_or_else(|| anyhow!("no {name} in /metrics"))?
-        .trim()
-        .parse()
-        .with_context(|| format!("{name} is not a number"))
-}
-
 /// Issue 11's memory targets: one 7 MB adversarial review raises peak RSS by ≤ 40 MiB;
 /// eight concurrent 3 MB ones by ≤ 96 MiB; afterwards RSS is back within 32 MiB of idle.
 /// (The body itself is buffered, up to `--max-body-bytes`: raised here to take 7 MB.)
@@ -228,7 +217,7 @@ async fn a_trickled_body_is_cut_off_at_the_deadline_while_others_are_served() ->
         // Cut at the deadline: not before it, and well before 5 × it (scheduling margin).
         ensure!(took >= DEADLINE && took < DEADLINE * 5, "cut off after {took:?}");
     }
-    ensure!(metric(&webhook, "orchestration_dedupe_in_flight_requests").await? == 0.0);
+    ensure!(webhook.metric("orchestration_dedupe_in_flight_requests").await? == 0.0);
     Ok(())
 }
 
@@ -349,7 +338,7 @@ async fn malformed_names_are_422_not_store_errors() -> Result<()> {
             answer.message()
         );
     }
-    ensure!(metric(&webhook, "orchestration_dedupe_store_errors_total").await? == 0.0);
+    ensure!(webhook.metric("orchestration_dedupe_store_errors_total").await? == 0.0);
     let claims: i64 = db
         .client()
         .await?
@@ -432,7 +421,7 @@ async fn requests_waiting_on_the_store_do_not_hold_body_slots() -> Result<()> {
     }
     let mut all_in = false;
     for _ in 0..200 {
-        if metric(&webhook, "orchestration_dedupe_in_flight_requests").await? == WAITING as f64 {
+        if webhook.metric("orchestration_dedupe_in_flight_requests").await? == WAITING as f64 {
             all_in = true;
             break;
         }
@@ -441,7 +430,7 @@ async fn requests_waiting_on_the_store_do_not_hold_body_slots() -> Result<()> {
     ensure!(
         all_in,
         "only {} of {WAITING} requests got in while the store was held",
-        metric(&webhook, "orchestration_dedupe_in_flight_requests").await?
+        webhook.metric("orchestration_dedupe_in_flight_requests").await?
     );
     lock.batch_execute("ROLLBACK").await?;
     for request in waiting {
@@ -482,7 +471,7 @@ async fn past_the_concurrency_cap_a_request_gets_503() -> Result<()> {
     let holder = tokio::spawn(async move { client.connect().await?.review(blocked.json()).await });
     let mut waiting = false;
     for _ in 0..100 {
-        if metric(&webhook, "orchestration_dedupe_in_flight_requests").await? == 1.0 {
+        if webhook.metric("orchestration_dedupe_in_flight_requests").await? == 1.0 {
             waiting = true;
             break;
         }
@@ -503,7 +492,7 @@ async fn past_the_concurrency_cap_a_request_gets_503() -> Result<()> {
         message.contains("too many requests in progress (limit 1)"),
         "{message}"
     );
-    ensure!(metric(&webhook, "orchestration_dedupe_store_errors_total").await? == 0.0);
+    ensure!(webhook.metric("orchestration_dedupe_store_errors_total").await? == 0.0);
     lock.batch_execute("ROLLBACK").await?;
     let held = Answer::from_reply(&holder.await??)?;
     ensure!(held.decision() == "duplicate", "{:?}", held.0);
