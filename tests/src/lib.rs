@@ -1,7 +1,8 @@
 //! Test support for the end-to-end tests in `tests/tests/`: a private PostgreSQL, a schema
-//! per test, the real webhook binary over TLS, fixtures-based AdmissionReview bodies, and a
-//! fake API server (the only mock); the other binaries run through one process harness
-//! (`binaries`, `process`, `signal`, `pruner`).
+//! per test, the real webhook binary over TLS, fixtures-based AdmissionReview bodies, a real
+//! Kubernetes control plane (`kube`), and a fake API server (the only mock, for faults the
+//! real one cannot be made to produce on demand); the other binaries run through one process
+//! harness (`binaries`, `process`, `signal`, `pruner`).
 
 pub mod binaries;
 pub mod fake_apiserver;
