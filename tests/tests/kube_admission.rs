@@ -302,3 +302,44 @@ async fn a_stale_pending_claim_whose_run_exists_is_confirmed_and_the_create_deni
     assert_eq!(ns.runs_of(&d).await?, vec![alive.name_any()]);
     Ok(())
 }
+
+/// A stale pending claim names `run-x` for delivery A; `run-x` then exists, but for delivery
+/// B. The holder check compares the delivery, so A's next create takes the claim over.
+#[tokio::test]
+async fn a_holder_name_reused_by_another_delivery_is_taken_over() -> Result<()> {
+    let (ns, db, _certs, _webhook) = setup("reused", &["--reconcile", "off", "--kube-lookup", "on"]).await?;
+    let (a, b) = (new_delivery(), new_delivery());
+    refuse_creates_after_admission(&ns).await?;
+    create_refused_by_quota(&ns, &NewRun::submitted(&a, ORCHESTRATION).named("run-x")).await?;
+    allow_creates_again(&ns).await?;
+    let mut reused = None;
+    for _ in 0..100 {
+        match NewRun::submitted(&b, ORCHESTRATION)
+            .named("run-x")
+            .create(&ns.client, &ns.name)
+            .await?
+        {
+            Ok(run) => {
+                reused = Some(run);
+                break;
+            }
+            Err(kube::Error::Api(status)) if status.message.contains("quota") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(other) => anyhow::bail!("B's run-x was refused: {other}"),
+        }
+    }
+    reused.context("B's run-x never got past the quota")?;
+    db.age_claim(&a, 600.0).await?;
+
+    let taken = NewRun::submitted(&a, ORCHESTRATION)
+        .create(&ns.client, &ns.name)
+        .await??;
+    let rows = db.claim_rows(&a).await?;
+    assert_eq!(
+        (rows[0].0.clone(), rows[0].2.as_str()),
+        (taken.name_any(), "pending")
+    );
+    assert_eq!(ns.runs_of(&a).await?, vec![taken.name_any()]);
+    Ok(())
+}
