@@ -144,6 +144,10 @@ struct RunArgs {
     /// with other observations).
     #[arg(long)]
     slow_ms: Option<u64>,
+    /// Max-rate: stop after this many requests over all connections (or at the end of the
+    /// duration, whichever comes first): a fixed amount of work, for instruction counts.
+    #[arg(long, conflicts_with = "rate")]
+    requests: Option<u64>,
     /// A label echoed in the report.
     #[arg(long, default_value = "")]
     label: String,

@@ -59,6 +59,9 @@ pub(crate) struct Plan {
     drain: Duration,
     /// Print requests slower than this to stderr (diagnosis of stalls); None = never.
     slow: Option<Duration>,
+    /// Closed loop: requests left to send over all connections (`--requests`); None = until
+    /// the end.
+    budget: Option<std::sync::atomic::AtomicU64>,
 }
 
 /// Fast check of an answer: HTTP 200, the request's uid echoed, the expected decision.
@@ -135,6 +138,17 @@ pub(crate) async fn drive(
             Schedule::Closed => {
                 let now = Instant::now();
                 if now >= plan.end {
+                    break;
+                }
+                let spent = plan.budget.as_ref().is_some_and(|left| {
+                    left.fetch_update(
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_err()
+                });
+                if spent {
                     break;
                 }
                 now
@@ -288,6 +302,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         end: measure_from + Duration::from_secs(args.duration_secs),
         drain: Duration::from_secs(args.drain_secs),
         slow: args.slow_ms.map(Duration::from_millis),
+        budget: args.requests.map(std::sync::atomic::AtomicU64::new),
     });
     let mut schedules = Vec::with_capacity(opened.len());
     let mut pacer = None;
