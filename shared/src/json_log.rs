@@ -165,7 +165,9 @@ struct Escaped<W>(W);
 impl<W: fmt::Write> fmt::Write for Escaped<W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let mut rest = s;
-        while let Some(at) = rest.find(|c: char| c < ' ' || c == '"' || c == '\\') {
+        // Every byte to escape is ASCII, so a byte position is a char boundary: scanning bytes
+        // avoids decoding each char of the (mostly plain) text.
+        while let Some(at) = rest.bytes().position(|b| b < b' ' || b == b'"' || b == b'\\') {
             self.0.write_str(&rest[..at])?;
             let c = rest.as_bytes()[at];
             match c {

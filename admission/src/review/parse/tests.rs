@@ -322,3 +322,15 @@ fn parse_cost() {
     let tree = started.elapsed() / rounds;
     println!("{} B review: parse {new:?}, generic tree {tree:?}", body.len());
 }
+
+#[test]
+fn a_body_that_is_not_utf8_is_a_json_error() {
+    let mut body =
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":""#.to_vec();
+    body.extend_from_slice(&[0xff, 0xfe]);
+    body.extend_from_slice(br#""}}"#);
+    match parse(&body) {
+        Err(ReviewError::Json(message)) => assert!(message.contains("not UTF-8"), "{message}"),
+        other => panic!("expected a JSON error, got {other:?}"),
+    }
+}
