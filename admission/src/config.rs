@@ -26,10 +26,15 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// 16-connection pool bounded decisions anyway) durable claims/s at 32 connections were
 /// capped at ~16k; at 32 and 64, 20–21k (docs/BENCHMARKS.md).
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
-/// Bound on a request's headers (HTTP/1.1), on waiting for a slot plus reading its body,
-/// and on a connection's idle time: well under the chart's `timeoutSeconds: 5` (the API
-/// server's default is 10 s), by when the API server has given up on the request anyway.
+/// Bound on a request's headers (HTTP/1.1, from its first byte), and on waiting for a slot
+/// plus reading its body: well under the chart's `timeoutSeconds: 5` (the API server's
+/// default is 10 s), by when the API server has given up on the request anyway.
 pub const DEFAULT_REQUEST_READ_TIMEOUT_MS: u64 = 3_000;
+/// How long a keep-alive connection may sit with no request before the webhook closes it:
+/// longer than the API server's HTTP client keeps one idle (90 s, Go's `IdleConnTimeout`), so
+/// the client always closes first and never sends a create on a connection being closed
+/// (it does not retry that POST: the create would be refused with `EOF`).
+pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 120;
 /// How often the certificate files are re-read even without a change notification.
 pub const DEFAULT_TLS_RELOAD_POLL_SECONDS: u64 = 30;
 /// How long SIGTERM waits for in-flight requests before exiting anyway.
@@ -167,9 +172,14 @@ pub struct Args {
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS, value_parser = parse_max_concurrent)]
     pub max_concurrent_requests: usize,
 
-    /// Milliseconds allowed for a request's headers, and again for its body (408 past it); also closes idle connections.
+    /// Milliseconds allowed for a request's headers (from their first byte), and again for its body (408 past it).
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_REQUEST_READ_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_READ_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_read_timeout_ms: u64,
+
+    /// Seconds a keep-alive connection may sit with no request before it is closed; keep it
+    /// above the API server's 90 s idle-connection timeout.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_IDLE_TIMEOUT_SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECONDS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout_seconds: u64,
 
     /// Seconds to wait for in-flight requests after SIGTERM.
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_SHUTDOWN_GRACE_SECONDS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECONDS)]
@@ -195,6 +205,10 @@ impl Args {
 
     pub fn request_read_timeout(&self) -> Duration {
         Duration::from_millis(self.request_read_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_seconds)
     }
 
     pub fn pending_grace(&self) -> Duration {

@@ -6,15 +6,15 @@
 //! | --- | --- |
 //! | CREATE with the label, no claim for its key | insert a `pending` claim naming this run, allow (`claimed`) |
 //! | CREATE, claim `pending` for this same run (same namespace/name: a retried create) | allow, record the new uid (`retry`) |
-//! | CREATE, claim held by another run, or `confirmed` for this name (the run existed and was deleted) | deny 409 `AlreadyExists`, naming the delivery and the holder (namespace/name, uid, when claimed) (`duplicate`) |
+//! | CREATE, claim held by another run, or `confirmed` for this name (the run existed and was deleted) | deny 409 `Conflict` (never `AlreadyExists`, which the API server retries), naming the delivery and the holder (namespace/name, uid, when claimed) in the message and in `status.details` (`duplicate`) |
 //! | CREATE, claim `pending` and idle longer than the grace period, the API server has no such run | take the claim over (compare-and-swap on the holder), allow with a warning (`takeover`) |
 //! | … the same, and the run exists | mark the claim `confirmed`, deny 409 (`duplicate`) |
 //! | … the same, and the lookup fails | keep the claim, deny 409 saying why (`duplicate`) |
 //! | … the same, with the lookup off | no take-over: the claim holds until retention, and the 409 says so (`duplicate`) |
 //! | CREATE with `dryRun: true` | the same answer, never written (`dry-run` when it would be allowed) |
 //! | CREATE with an empty or invalid label value, an unreadable spec, `spec.deliveryId` different from the label, or no `spec.orchestrationRef.name` under scope `orchestration` | deny 422 `Invalid` naming the field (`invalid`) |
-//! | UPDATE that adds, changes or removes the label, or changes `spec.deliveryId` or `spec.orchestrationRef.name` | deny 422 `Invalid` (`immutable`) |
-//! | UPDATE or DELETE of a labelled run otherwise | allow; a `pending` claim becomes `confirmed` (`confirmed`), else nothing to do (`allowed`); a dry run writes nothing |
+//! | UPDATE that adds, changes or removes the label, or changes `spec.deliveryId` or `spec.orchestrationRef.name` | deny 422 `Invalid` (`immutable`), without the store |
+//! | UPDATE or DELETE of a labelled run otherwise | allow without touching the store (`allowed`): the chart registers CREATE only, and an older registration that still sends these must not make them depend on PostgreSQL; pending claims are confirmed by the reconciler's watch and the take-over lookup |
 //! | CREATE without the label; another resource; a subresource; CONNECT | allow, write nothing (`ignored`; a warning when `spec.deliveryId` is set without the label) |
 //!
 //! Before any decision, `handler.rs` answers what is not a usable AdmissionReview with an
@@ -23,10 +23,9 @@
 //!
 //! A create goes: [`plan`] → `ClaimStore::claim` → [`after_claim`] → (only for a stale
 //! pending claim) the API-server lookup → [`after_lookup`] → `ClaimStore::take_over` →
-//! [`taken_over`]. An update or delete goes: [`plan`] → `ClaimStore::lookup` →
-//! [`after_confirm_read`] → (only for a pending claim naming this run) the API-server GET →
-//! [`after_confirm_lookup`] → `ClaimStore::confirm` → [`after_confirm`]. A review's word
-//! never confirms: anything that reaches the port can forge one.
+//! [`taken_over`]. An update or delete is answered by [`plan`] alone: no store, no
+//! API-server call, so a store outage never blocks updates, finalizer removal or deletes.
+//! A review's word never confirms a claim: anything that reaches the port can forge one.
 
 use std::time::Duration;
 
@@ -56,9 +55,7 @@ pub enum Decision {
     Immutable,
     /// A create with a bad delivery id or mismatched spec: denied 422.
     Invalid,
-    /// An allowed update/delete that confirmed a pending claim.
-    Confirmed,
-    /// An allowed update/delete with nothing to do.
+    /// An allowed update/delete (answered without the store).
     Allowed,
     /// Not ours: unlabelled, another resource, a subresource.
     Ignored,
@@ -66,7 +63,7 @@ pub enum Decision {
 
 impl Decision {
     #[cfg(test)]
-    pub const ALL: [Decision; 10] = [
+    pub const ALL: [Decision; 9] = [
         Decision::Claimed,
         Decision::Duplicate,
         Decision::Retry,
@@ -74,7 +71,6 @@ impl Decision {
         Decision::DryRun,
         Decision::Immutable,
         Decision::Invalid,
-        Decision::Confirmed,
         Decision::Allowed,
         Decision::Ignored,
     ];
@@ -88,7 +84,6 @@ impl Decision {
             Decision::DryRun => "dry-run",
             Decision::Immutable => "immutable",
             Decision::Invalid => "invalid",
-            Decision::Confirmed => "confirmed",
             Decision::Allowed => "allowed",
             Decision::Ignored => "ignored",
         }
@@ -101,7 +96,7 @@ pub struct Verdict {
     pub allowed: bool,
     /// `status.code` of a deny (409 or 422); 0 when allowed.
     pub code: u16,
-    /// `status.reason` of a deny (`AlreadyExists`, `Invalid`).
+    /// `status.reason` of a deny ([`DUPLICATE_REASON`], `Invalid`).
     pub reason: &'static str,
     pub message: String,
     pub decision: Decision,
@@ -165,22 +160,12 @@ pub struct ClaimPlan {
     pub dry_run: bool,
 }
 
-/// An update or delete of a labelled run: its pending claim may be confirmed once the API
-/// server shows the run (never on the review's word).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfirmPlan {
-    pub key: ClaimKey,
-    pub run: RunRef,
-    pub dry_run: bool,
-}
-
 /// What a request needs next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// Answer now; nothing to read or write.
     Answer(Verdict),
     Claim(ClaimPlan),
-    Confirm(ConfirmPlan),
 }
 
 impl Plan {
@@ -189,7 +174,6 @@ impl Plan {
         match self {
             Plan::Answer(_) => None,
             Plan::Claim(p) => Some(&p.key),
-            Plan::Confirm(p) => Some(&p.key),
         }
     }
 }
@@ -210,8 +194,8 @@ pub fn plan(req: &Request, policy: &Policy) -> Plan {
     }
     match (&req.operation, &req.object, &req.old_object) {
         (Operation::Create, Some(object), _) => plan_create(object, req.dry_run, policy),
-        (Operation::Update, Some(object), Some(old)) => plan_update(object, old, req.dry_run, policy),
-        (Operation::Delete, _, Some(old)) => plan_delete(old, req.dry_run, policy),
+        (Operation::Update, Some(object), Some(old)) => plan_update(object, old),
+        (Operation::Delete, _, Some(old)) => plan_delete(old),
         (Operation::Delete, _, None) => Plan::Answer(Verdict::allow(
             Decision::Ignored,
             "delete without the old object".into(),
@@ -284,7 +268,7 @@ fn plan_create(object: &RunView, dry_run: bool, policy: &Policy) -> Plan {
     })
 }
 
-fn plan_update(object: &RunView, old: &RunView, dry_run: bool, policy: &Policy) -> Plan {
+fn plan_update(object: &RunView, old: &RunView) -> Plan {
     if object.delivery_label.is_none() && old.delivery_label.is_none() {
         return Plan::Answer(Verdict::allow(Decision::Ignored, "no delivery-id label".into()));
     }
@@ -318,37 +302,23 @@ fn plan_update(object: &RunView, old: &RunView, dry_run: bool, policy: &Policy) 
             object.orchestration(),
         );
     }
-    confirm_plan(object, dry_run, policy)
+    Plan::Answer(Verdict::allow(
+        Decision::Allowed,
+        "the claim key is unchanged; updates are answered without the claim store".into(),
+    ))
 }
 
-fn plan_delete(old: &RunView, dry_run: bool, policy: &Policy) -> Plan {
+/// A delete never depends on the store: at DELETE admission the run still exists, and its
+/// claim stays until retention expires whatever happens next.
+fn plan_delete(old: &RunView) -> Plan {
     if old.delivery_label.is_none() {
         return Plan::Answer(Verdict::allow(Decision::Ignored, "no delivery-id label".into()));
     }
-    confirm_plan(old, dry_run, policy)
-}
-
-/// An update or delete of a labelled run: read its claim; a pending one naming this run is
-/// confirmed if the API server shows the run carrying the key.
-fn confirm_plan(run: &RunView, dry_run: bool, policy: &Policy) -> Plan {
-    let delivery = run.delivery_label.as_deref().unwrap_or_default();
-    if let Some(problem) = key_problem(run, policy.scope) {
-        // A run labelled before the webhook was installed, with a value no claim can have.
-        return Plan::Answer(Verdict::allow(
-            Decision::Allowed,
-            format!("not a valid claim key, nothing to confirm: {problem}"),
-        ));
-    }
-    Plan::Confirm(ConfirmPlan {
-        key: ClaimKey::new(
-            policy.scope,
-            &run.namespace,
-            run.orchestration().unwrap_or_default(),
-            delivery,
-        ),
-        run: run_ref(run),
-        dry_run,
-    })
+    Plan::Answer(Verdict::allow(
+        Decision::Allowed,
+        "deletes are answered without the claim store; the delivery stays claimed until retention expires"
+            .into(),
+    ))
 }
 
 /// The first part of the claim (its key, and the run it records) that Kubernetes itself
@@ -547,107 +517,20 @@ pub fn taken_over(plan: &ClaimPlan, previous: &Claim) -> Verdict {
     verdict
 }
 
-/// After an update's or delete's claim read. `L` is the API-server lookup, handed back when
-/// the run must be looked at before confirming.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AfterConfirmRead<'l, L: ?Sized> {
-    Answer(Verdict),
-    /// A pending claim names this run: GET it (through `lookup`) and confirm only if the API
-    /// server shows it carrying the key.
-    LookUpRun {
-        lookup: &'l L,
-    },
-}
+/// `status.reason` of a duplicate's 409. Not `AlreadyExists`: on Kubernetes >= 1.30 the API
+/// server takes that reason on a `generateName` create for a generated-name collision and
+/// retries the create with new names (up to 8 webhook calls per duplicate). `Conflict` keeps
+/// the 409 and is never retried.
+pub const DUPLICATE_REASON: &str = "Conflict";
 
-/// Only a pending claim naming this very run (namespace/name) is worth a GET: anything else
-/// has nothing to confirm, and a GET on every update would load the API server for nothing.
-pub fn after_confirm_read<'l, L: ?Sized>(
-    plan: &ConfirmPlan,
-    claim: Option<Claim>,
-    lookup: Option<&'l L>,
-) -> AfterConfirmRead<'l, L> {
-    let delivery = &plan.key.delivery_id;
-    let nothing = |why: String| {
-        AfterConfirmRead::Answer(Verdict::allow(
-            Decision::Allowed,
-            format!("delivery {delivery}: nothing to confirm ({why})"),
-        ))
-    };
-    let claim = match claim {
-        None => return nothing("no claim".into()),
-        Some(c) if c.state == ClaimState::Confirmed => {
-            return nothing("the claim is already confirmed".into())
-        }
-        Some(c) if !c.holder.same_run(&plan.run) => {
-            return nothing(format!("the pending claim names {}", c.holder))
-        }
-        Some(c) => c,
-    };
-    if plan.dry_run {
-        return nothing(format!(
-            "dry run: the pending claim of {} is left as it is",
-            claim.holder
-        ));
-    }
-    match lookup {
-        Some(lookup) => AfterConfirmRead::LookUpRun { lookup },
-        None => nothing(
-            "the claim is pending and stays so: the API-server lookup is off, and a review's word never confirms"
-                .into(),
-        ),
-    }
-}
-
-/// After the GET of an updated or deleted run whose pending claim names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfirmStep {
-    /// The API server shows the run carrying the key: `ClaimStore::confirm`, then
-    /// [`after_confirm`].
-    Confirm,
-    Answer(Verdict),
-}
-
-pub fn after_confirm_lookup(plan: &ConfirmPlan, holder: Holder) -> ConfirmStep {
-    let delivery = &plan.key.delivery_id;
-    match holder {
-        Holder::Exists => ConfirmStep::Confirm,
-        Holder::Gone => ConfirmStep::Answer(Verdict::allow(
-            Decision::Allowed,
-            format!(
-                "delivery {delivery}: the API server does not show {} carrying this delivery, so its pending claim is not confirmed",
-                plan.run
-            ),
-        )),
-        Holder::Unknown(error) => ConfirmStep::Answer(Verdict::allow(
-            Decision::Allowed,
-            format!("delivery {delivery}: the pending claim stays pending; the run could not be looked up ({error})"),
-        )),
-    }
-}
-
-/// After `ClaimStore::confirm` (`changed` = a pending claim became confirmed).
-pub fn after_confirm(plan: &ConfirmPlan, changed: bool) -> Verdict {
-    if changed {
-        Verdict::allow(
-            Decision::Confirmed,
-            format!("claim for delivery {} confirmed", plan.key.delivery_id),
-        )
-    } else {
-        Verdict::allow(
-            Decision::Allowed,
-            format!("delivery {}: nothing to confirm", plan.key.delivery_id),
-        )
-    }
-}
-
-/// The 409 for a delivery someone else holds. The message is all a submitter sees: it names
-/// the delivery and the existing run (namespace/name, uid, when claimed) so it can return it.
+/// The 409 for a delivery someone else holds. The message is for people; `status.details`
+/// (from [`Verdict::holder`]) names the existing run (namespace/name, uid) for programs.
 fn duplicate(plan: &ClaimPlan, claim: &Claim, note: &str) -> Verdict {
     let dry = if plan.dry_run { "dry run: " } else { "" };
     Verdict {
         allowed: false,
         code: 409,
-        reason: "AlreadyExists",
+        reason: DUPLICATE_REASON,
         message: format!(
             "{dry}delivery {} already has a run: orchestrationrun {} (uid {}, claimed at {}, {}); {note}. \
              This submission was answered idempotently: use the existing run",
@@ -798,7 +681,7 @@ mod tests {
         assert!(!v.allowed);
         assert_eq!(
             (v.code, v.reason, v.decision),
-            (409, "AlreadyExists", Decision::Duplicate)
+            (409, "Conflict", Decision::Duplicate)
         );
         for part in [
             "0466d0d5-31e3-4a8a-8d3f-d031fa39b1e7",
@@ -1067,84 +950,30 @@ mod tests {
         );
     }
 
+    /// Updates and deletes are answered by `plan` alone, store or no store: with the chart
+    /// registering CREATE only they never reach the webhook, and when an older registration
+    /// still sends them, a store outage must not block them.
     #[test]
-    fn other_updates_confirm_the_claim() {
-        let req = same_key_update(|v| v["request"]["object"]["spec"]["parameters"]["issue"] = "43".into());
-        let p = match plan(&req, &policy()) {
-            Plan::Confirm(p) => p,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(p.key.delivery_id, "cab75a61-62fe-44c9-aca9-be29f735114a");
-        assert_eq!(p.run.to_string(), "jangar/run-fixed");
-        assert_eq!(after_confirm(&p, true).decision, Decision::Confirmed);
-        assert_eq!(after_confirm(&p, false).decision, Decision::Allowed);
-    }
-
-    fn confirm_plan_of(body: &str) -> ConfirmPlan {
-        match plan(&same_key_update(|_| {}), &policy()) {
-            Plan::Confirm(p) if body.is_empty() => p,
-            _ => match plan(&parse(DELETE, |_| {}), &policy()) {
-                Plan::Confirm(p) => p,
-                other => panic!("{other:?}"),
-            },
-        }
-    }
-
-    #[test]
-    fn an_update_looks_the_run_up_only_for_a_pending_claim_naming_it() {
-        let p = confirm_plan_of("");
-        let read = |claim: Option<Claim>, lookup: Option<&'static ()>| after_confirm_read(&p, claim, lookup);
-        assert!(matches!(
-            read(Some(claim_by("run-fixed", ClaimState::Pending, 1)), LOOKUP),
-            AfterConfirmRead::LookUpRun { .. }
-        ));
-        for (claim, why) in [
-            (None, "no claim"),
+    fn updates_and_deletes_that_keep_the_key_are_allowed_without_the_store() {
+        for (what, req) in [
             (
-                Some(claim_by("run-fixed", ClaimState::Confirmed, 1)),
-                "already confirmed",
+                "update",
+                same_key_update(|v| v["request"]["object"]["spec"]["parameters"]["issue"] = "43".into()),
             ),
             (
-                Some(claim_by("run-other", ClaimState::Pending, 1)),
-                "names jangar/run-other",
+                "finalizer added",
+                same_key_update(|v| {
+                    v["request"]["object"]["metadata"]["finalizers"] = serde_json::json!(["x/y"])
+                }),
             ),
+            (
+                "dry-run update",
+                same_key_update(|v| v["request"]["dryRun"] = true.into()),
+            ),
+            ("delete", parse(DELETE, |_| {})),
         ] {
-            match read(claim, LOOKUP) {
-                AfterConfirmRead::Answer(v) => {
-                    assert_eq!((v.allowed, v.decision), (true, Decision::Allowed));
-                    assert!(v.message.contains(why), "{}", v.message);
-                }
-                other => panic!("{why}: {other:?}"),
-            }
-        }
-        // The lookup off: a review's word never confirms.
-        match read(Some(claim_by("run-fixed", ClaimState::Pending, 1)), None) {
-            AfterConfirmRead::Answer(v) => {
-                assert_eq!(v.decision, Decision::Allowed);
-                assert!(v.message.contains("never confirms"), "{}", v.message);
-            }
-            other => panic!("{other:?}"),
-        }
-        // A dry-run never looks up nor writes.
-        let dry = ConfirmPlan {
-            dry_run: true,
-            ..p.clone()
-        };
-        assert!(matches!(
-            after_confirm_read(&dry, Some(claim_by("run-fixed", ClaimState::Pending, 1)), LOOKUP),
-            AfterConfirmRead::Answer(v) if v.decision == Decision::Allowed
-        ));
-    }
-
-    #[test]
-    fn only_what_the_api_server_shows_is_confirmed() {
-        let p = confirm_plan_of("delete");
-        assert_eq!(after_confirm_lookup(&p, Holder::Exists), ConfirmStep::Confirm);
-        for holder in [Holder::Gone, Holder::Unknown("timed out".into())] {
-            match after_confirm_lookup(&p, holder.clone()) {
-                ConfirmStep::Answer(v) => assert_eq!((v.allowed, v.decision), (true, Decision::Allowed)),
-                other => panic!("{holder:?}: {other:?}"),
-            }
+            let v = answer(plan(&req, &policy()));
+            assert_eq!((v.allowed, v.decision), (true, Decision::Allowed), "{what}");
         }
     }
 
@@ -1166,16 +995,6 @@ mod tests {
             &policy(),
         ));
         assert_eq!(allowed.holder, None);
-    }
-
-    #[test]
-    fn delete_confirms_the_claim_of_the_old_object() {
-        let p = match plan(&parse(DELETE, |_| {}), &policy()) {
-            Plan::Confirm(p) => p,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(p.key.delivery_id, "42591602-7199-4768-99ce-0e6a1df57723");
-        assert_eq!(p.run.to_string(), "jangar/run-fixed");
     }
 
     #[test]
@@ -1270,10 +1089,9 @@ mod tests {
         assert!(matches!(plan(&request, &cluster), Plan::Claim(_)));
     }
 
-    /// An update of a run whose key could never have been claimed confirms nothing (so no
-    /// store call that would fail) and is allowed.
+    /// An update of a run whose key could never have been claimed is allowed, without the store.
     #[test]
-    fn update_with_a_malformed_key_confirms_nothing() {
+    fn update_with_a_malformed_key_is_allowed() {
         let request = parse(UPDATE_LABEL, |v| {
             for side in ["object", "oldObject"] {
                 v["request"][side]["metadata"]["labels"][DELIVERY_ID_LABEL] = "d1".into();
@@ -1283,10 +1101,5 @@ mod tests {
         });
         let verdict = answer(plan(&request, &policy()));
         assert_eq!((verdict.allowed, verdict.decision), (true, Decision::Allowed));
-        assert!(
-            verdict.message.contains("spec.orchestrationRef.name"),
-            "{}",
-            verdict.message
-        );
     }
 }

@@ -17,10 +17,7 @@ use dedupe_store::error::Chain;
 use dedupe_store::ClaimStore;
 use tracing::Instrument;
 
-use crate::decision::{
-    self, AfterClaim, AfterConfirmRead, AfterLookup, ClaimPlan, ConfirmPlan, ConfirmStep, Found, Holder,
-    Plan, Policy, Verdict,
-};
+use crate::decision::{self, AfterClaim, AfterLookup, ClaimPlan, Found, Holder, Plan, Policy, Verdict};
 use crate::error::{AdmitError, HttpError};
 use crate::lookup::{self, RunLookup};
 use crate::metrics::{Metrics, OperationLabels, RequestLabels};
@@ -86,20 +83,7 @@ async fn validate_inner(
     body_slot: Option<BodySlot>,
     started: Instant,
 ) -> Result<Response, HttpError> {
-    check_content_type(headers)?;
-    // axum reads at most the limit (also when Content-Length claims more) and answers only
-    // after reading, so a client still writing its body gets the 413, not a reset.
-    let bytes = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-            HttpError::PayloadTooLarge {
-                limit: app.max_body_bytes,
-            }
-        }
-        other if is_deadline(&other) => HttpError::RequestTimeout {
-            after: app.request_read_timeout,
-        },
-        other => HttpError::Body(axum::Error::new(other)),
-    })?;
+    let bytes = read_body(app, headers, body)?;
     let req = review::parse(&bytes);
     // The request is owned now: the body, and its slot, can go before the decision waits on
     // the store (server::MAX_BODIES_IN_MEMORY).
@@ -117,6 +101,29 @@ async fn validate_inner(
         dryRun = req.dry_run,
     );
     decide(app, &req, started).instrument(span).await
+}
+
+/// The envelope every review route checks: the content type (415), the body's size (413)
+/// and its read deadline (408).
+pub(crate) fn read_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, HttpError> {
+    check_content_type(headers)?;
+    // axum reads at most the limit (also when Content-Length claims more) and answers only
+    // after reading, so a client still writing its body gets the 413, not a reset.
+    body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            HttpError::PayloadTooLarge {
+                limit: app.max_body_bytes,
+            }
+        }
+        other if is_deadline(&other) => HttpError::RequestTimeout {
+            after: app.request_read_timeout,
+        },
+        other => HttpError::Body(axum::Error::new(other)),
+    })
 }
 
 /// Plans, runs the store steps, records the decision and writes the answer.
@@ -157,29 +164,12 @@ async fn decide(app: &App, req: &review::Request, started: Instant) -> Result<Re
     }
 }
 
-/// Runs the store and API-server steps the decision asks for.
+/// Runs the store and API-server steps the decision asks for (creates only: updates and
+/// deletes are answered by the plan).
 pub async fn admit(app: &App, plan: &Plan) -> Result<Verdict, AdmitError> {
     match plan {
         Plan::Answer(verdict) => Ok(verdict.clone()),
-        Plan::Confirm(p) => confirm(app, p).await,
         Plan::Claim(p) => create(app, p).await,
-    }
-}
-
-/// An update or delete: confirm its pending claim only if the API server shows the run.
-async fn confirm(app: &App, plan: &ConfirmPlan) -> Result<Verdict, AdmitError> {
-    let claim = app.store.lookup(&plan.key).await?;
-    let lookup = match decision::after_confirm_read(plan, claim, app.lookup.as_deref()) {
-        AfterConfirmRead::Answer(verdict) => return Ok(verdict),
-        AfterConfirmRead::LookUpRun { lookup } => lookup,
-    };
-    let holder = look_up(app, lookup, &plan.run, &plan.key).await;
-    match decision::after_confirm_lookup(plan, holder) {
-        ConfirmStep::Answer(verdict) => Ok(verdict),
-        ConfirmStep::Confirm => {
-            let changed = app.store.confirm(&plan.key, &plan.run).await?;
-            Ok(decision::after_confirm(plan, changed))
-        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod handler;
 pub mod lookup;
 pub mod metrics;
+pub mod mutate;
 pub mod reconcile;
 pub mod review;
 pub mod run;

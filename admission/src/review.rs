@@ -54,8 +54,9 @@ pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
     response.into_review()
 }
 
-/// `status.details` of a duplicate's 409, naming the run that holds the delivery the way
-/// the API server's own AlreadyExists does, so a program can fetch it: group, resource
+/// `status.details` of a duplicate's 409, naming the run that holds the delivery in the
+/// shape of the API server's own AlreadyExists details (the reason differs, see
+/// [`crate::decision::DUPLICATE_REASON`]), so a program can fetch it: group, resource
 /// (`kind` is the resource name in Status details), name, uid, and a cause carrying the
 /// holder's namespace, which for the `namespace` and `cluster` scopes may differ from the
 /// request's. The API server passes the whole Status through to the client.
@@ -92,7 +93,7 @@ mod tests {
         let verdict = Verdict {
             allowed: false,
             code: 409,
-            reason: "AlreadyExists",
+            reason: crate::decision::DUPLICATE_REASON,
             message: "delivery d already has a run".into(),
             decision: Decision::Duplicate,
             warnings: Vec::new(),
@@ -105,7 +106,7 @@ mod tests {
         };
         let status = &json["response"]["status"];
         assert_eq!(status["code"], 409);
-        assert_eq!(status["reason"], "AlreadyExists");
+        assert_eq!(status["reason"], "Conflict");
         assert_eq!(status["message"], "delivery d already has a run");
         assert_eq!(
             status["details"],

@@ -91,6 +91,7 @@ pub struct Server {
     webhook: TcpListener,
     ops: TcpListener,
     http2: bool,
+    timeouts: server::ConnectionTimeouts,
     grace: Duration,
     reconciler: Option<Reconciler>,
 }
@@ -175,6 +176,10 @@ impl Server {
             webhook,
             ops,
             http2: args.http2,
+            timeouts: server::ConnectionTimeouts {
+                read: args.request_read_timeout(),
+                idle: args.idle_timeout(),
+            },
             grace: Duration::from_secs(args.shutdown_grace_seconds),
             reconciler,
         })
@@ -204,6 +209,7 @@ impl Server {
             webhook,
             ops,
             http2,
+            timeouts,
             grace,
             reconciler,
         } = self;
@@ -239,7 +245,7 @@ impl Server {
                 tls,
                 server::webhook_router(app.clone()),
                 http2,
-                app.request_read_timeout,
+                timeouts,
                 stop_rx.clone(),
                 grace
             ),

@@ -3,13 +3,21 @@
 //! `/healthz`, `/readyz` and `/metrics`. Both stop accepting on shutdown and let in-flight
 //! requests finish.
 //!
-//! The HTTPS edge is bounded (issue 11): a TLS handshake within [`HANDSHAKE_TIMEOUT`]; a
-//! request's headers (HTTP/1.1) and then its body within `--request-read-timeout-ms` each;
-//! a connection with no request in progress for that long is closed, HTTP/1.1 (by hyper's
-//! header-read timer) and HTTP/2 (by [`serve_https`]'s idle check, which sends GOAWAY; within
-//! two timeouts when a request was in progress at the check) alike;
-//! at most `--max-concurrent-requests` requests are read and decided at once; and of those,
-//! at most [`MAX_BODIES_IN_MEMORY`] hold their body (read or being parsed) at once.
+//! The HTTPS edge is bounded: a TLS handshake within [`HANDSHAKE_TIMEOUT`]; a request's
+//! headers (HTTP/1.1: from the first byte of the request to its last header line) and then
+//! its body within `--request-read-timeout-ms` each; a connection with no request in
+//! progress for `--idle-timeout-seconds` is closed (HTTP/1.1 and HTTP/2 alike, by
+//! [`serve_https`]'s idle check; HTTP/2 with a GOAWAY); at most `--max-concurrent-requests`
+//! requests are read and decided at once; and of those, at most [`MAX_BODIES_IN_MEMORY`]
+//! hold their body (read or being parsed) at once.
+//!
+//! The idle timeout is separate from the read timeout and longer than the API server's: its
+//! HTTP client keeps an idle keep-alive connection for 90 s (Go's `IdleConnTimeout`, as
+//! client-go sets it) and does not retry a POST that meets a connection the server is
+//! closing, so a server that closed idle connections first would have creates refused with
+//! `EOF`. hyper's own header-read timer starts as soon as a connection waits for a request,
+//! idle or not, so it is off, and [`HeadWatch`] starts the header deadline at the request's
+//! first byte instead.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,6 +50,8 @@ use crate::tls::TlsReloader;
 
 /// A client that does not finish the TLS handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The HTTP/2 connection preface a client starts with (after TLS, with or without ALPN).
+const H2_PREFACE_START: &[u8] = b"PRI ";
 /// HTTP/2: a PING every this often on a connection, so a peer that vanished (no FIN, no
 /// RST) is noticed while a request is in progress; idle connections are closed anyway.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -74,6 +84,8 @@ pub fn webhook_router(app: Arc<App>) -> Router {
     });
     Router::new()
         .route("/validate", post(handler::validate))
+        // The optional mutating webhook; only called when the chart registers it.
+        .route("/mutate", post(crate::mutate::mutate))
         .route_layer(middleware::from_fn_with_state(gate, admit_request))
         .layer(DefaultBodyLimit::max(limit))
         .fallback(not_found)
@@ -232,25 +244,32 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// How long a connection may take over parts of a request, and sit between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionTimeouts {
+    /// `--request-read-timeout-ms`: an HTTP/1.1 request's headers, from their first byte.
+    /// (The body's deadline is [`admit_request`]'s, from the same flag.)
+    pub read: Duration,
+    /// `--idle-timeout-seconds`: no request in progress for this long closes the connection.
+    pub idle: Duration,
+}
+
 /// Serves HTTPS until `shutdown` turns true, then stops accepting and waits up to `grace`
-/// for open connections to finish their requests. `read_timeout` bounds an HTTP/1.1
-/// request's headers and closes a connection (either protocol) idle for that long.
+/// for open connections to finish their requests.
 pub async fn serve_https(
     listener: TcpListener,
     tls: TlsReloader,
     router: Router,
     http2: bool,
-    read_timeout: Duration,
+    timeouts: ConnectionTimeouts,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper starts this timer whenever the connection waits for a request's head, so it
-    // also closes an idle keep-alive connection.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(read_timeout);
+    // Off (hyper's default is 30 s): hyper starts this timer whenever the connection waits
+    // for a request, so it would close idle keep-alive connections at the read timeout.
+    // The connection task below applies the header deadline from the first byte instead.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
     if http2 {
         builder
             .http2()
@@ -303,10 +322,20 @@ pub async fn serve_https(
                     return;
                 }
             };
+            let h2_negotiated = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            let stream = HeadWatch {
+                inner: stream,
+                activity: activity.clone(),
+                first_read: !h2_negotiated,
+            };
+            if h2_negotiated {
+                activity.h2.store(true, Ordering::Release);
+            }
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
-            // Until the connection ends: on shutdown, or once idle for `read_timeout`,
-            // ask it to finish (HTTP/2 GOAWAY; HTTP/1.1 close after the current response).
+            // Until the connection ends: on shutdown, or once idle for the idle timeout, ask
+            // it to finish (HTTP/2 GOAWAY; HTTP/1.1 close after the current response); a
+            // request head not read by its deadline ends it at once.
             let mut closing = false;
             loop {
                 tokio::select! {
@@ -320,8 +349,14 @@ pub async fn serve_https(
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    _ = tokio::time::sleep_until(activity.idle_deadline(read_timeout)), if !closing => {
-                        if activity.idle_for(read_timeout) {
+                    // A head started: loop to sleep until its deadline instead.
+                    _ = activity.head_started.notified(), if !closing => {}
+                    _ = tokio::time::sleep_until(activity.next_check(timeouts)), if !closing => {
+                        if activity.head_overdue(timeouts.read) {
+                            tracing::debug!(%peer, "request headers not read within the read timeout; closing");
+                            break;
+                        }
+                        if activity.idle_for(timeouts.idle) {
                             tracing::debug!(%peer, "closing idle connection");
                             connection.as_mut().graceful_shutdown();
                             closing = true;
@@ -340,10 +375,18 @@ pub async fn serve_https(
     }
 }
 
-/// Requests in progress on one connection, and when the last one started or ended.
+/// Requests in progress on one connection, when the last one started or ended, and when
+/// the next one's head began to arrive.
 struct Activity {
     in_progress: AtomicUsize,
     last: Mutex<Instant>,
+    /// The first byte read while no request was in progress (an HTTP/1.1 request head on
+    /// its way); cleared when the head is complete and the request starts.
+    head_since: Mutex<Option<Instant>>,
+    /// HTTP/2: frames (PING, SETTINGS) arrive between requests, so no header deadline.
+    h2: std::sync::atomic::AtomicBool,
+    /// Wakes the connection task when a head starts, to check by its deadline.
+    head_started: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -351,6 +394,41 @@ impl Activity {
         Self {
             in_progress: AtomicUsize::new(0),
             last: Mutex::new(Instant::now()),
+            head_since: Mutex::new(None),
+            h2: std::sync::atomic::AtomicBool::new(false),
+            head_started: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Bytes were read from the client.
+    fn bytes_arrived(&self) {
+        if self.in_progress.load(Ordering::Acquire) > 0 || self.h2.load(Ordering::Acquire) {
+            return;
+        }
+        if let Ok(mut since) = self.head_since.lock() {
+            if since.is_none() {
+                *since = Some(Instant::now());
+                self.head_started.notify_one();
+            }
+        }
+    }
+
+    fn head_since(&self) -> Option<Instant> {
+        self.head_since.lock().ok().and_then(|since| *since)
+    }
+
+    /// A request head has been arriving for longer than `read` and is still not complete.
+    fn head_overdue(&self, read: Duration) -> bool {
+        self.in_progress.load(Ordering::Acquire) == 0
+            && self.head_since().is_some_and(|since| since.elapsed() >= read)
+    }
+
+    /// The earlier of the head's deadline and the idle deadline.
+    fn next_check(&self, timeouts: ConnectionTimeouts) -> Instant {
+        let idle = self.idle_deadline(timeouts.idle);
+        match self.head_since() {
+            Some(since) if self.in_progress.load(Ordering::Acquire) == 0 => idle.min(since + timeouts.read),
+            _ => idle,
         }
     }
 
@@ -413,6 +491,9 @@ where
 
     fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
         self.activity.in_progress.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut since) = self.activity.head_since.lock() {
+            *since = None;
+        }
         self.activity.touch();
         let guard = InProgress(self.activity.clone());
         let future = self.router.call(request);
@@ -421,6 +502,68 @@ where
             drop(guard);
             response
         })
+    }
+}
+
+/// The connection's stream, telling [`Activity`] when bytes arrive: the first byte of an
+/// HTTP/1.1 request head starts its deadline. Knows HTTP/2 by ALPN or by its preface.
+struct HeadWatch<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    /// Still to look at the first bytes for the HTTP/2 preface.
+    first_read: bool,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HeadWatch<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = &buf.filled()[before..];
+        if matches!(polled, Poll::Ready(Ok(()))) && !read.is_empty() {
+            if self.first_read {
+                self.first_read = false;
+                let n = read.len().min(H2_PREFACE_START.len());
+                if read[..n] == H2_PREFACE_START[..n] {
+                    self.activity.h2.store(true, Ordering::Release);
+                }
+            }
+            self.activity.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadWatch<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 

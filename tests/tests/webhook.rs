@@ -63,7 +63,7 @@ async fn first_create_is_claimed_and_the_duplicate_is_denied_naming_it() -> Resu
     assert!(!a.allowed());
     assert_eq!(
         (a.code(), a.reason(), a.decision()),
-        (409, "AlreadyExists", "duplicate")
+        (409, "Conflict", "duplicate")
     );
     for part in [
         d.as_str(),

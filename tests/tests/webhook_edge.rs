@@ -222,12 +222,19 @@ async fn a_trickled_body_is_cut_off_at_the_deadline_while_others_are_served() ->
 }
 
 /// With `--http2`: a TLS connection that negotiates h2 and sends nothing, and an h2
-/// connection left idle after a request, are both closed after the read timeout.
+/// connection left idle after a request, are both closed after the idle timeout (not the
+/// shorter read timeout).
 #[tokio::test]
 async fn idle_http2_connections_are_closed() -> Result<()> {
-    const IDLE: Duration = Duration::from_millis(1_500);
-    let (_db, _certs, webhook) =
-        Webhook::start_fresh(&["--http2", "--request-read-timeout-ms", "1500"]).await?;
+    const IDLE: Duration = Duration::from_secs(2);
+    let (_db, _certs, webhook) = Webhook::start_fresh(&[
+        "--http2",
+        "--request-read-timeout-ms",
+        "500",
+        "--idle-timeout-seconds",
+        "2",
+    ])
+    .await?;
 
     // Idle time counts from the accept, so from before the connection is opened.
     let started = Instant::now();
@@ -286,6 +293,82 @@ async fn idle_http2_connections_are_closed() -> Result<()> {
         "closed before the idle timeout: {:?}",
         sent.elapsed()
     );
+    Ok(())
+}
+
+/// An HTTP/1.1 keep-alive connection idle for longer than the read timeout is still
+/// usable (the API server's client keeps idle connections for 90 s and does not retry a
+/// POST that meets a closing one), and is closed only past the idle timeout.
+#[tokio::test]
+async fn a_keep_alive_connection_idle_past_the_read_timeout_is_still_usable() -> Result<()> {
+    const READ: Duration = Duration::from_millis(500);
+    const IDLE: Duration = Duration::from_secs(3);
+    let (_db, _certs, webhook) =
+        Webhook::start_fresh(&["--request-read-timeout-ms", "500", "--idle-timeout-seconds", "3"]).await?;
+    let mut connection = webhook.client()?.connect().await?;
+    let first = Answer::from_reply(
+        &connection
+            .review(Review::create(&delivery(), "run-a")?.json())
+            .await?,
+    )?;
+    ensure!(first.decision() == "claimed", "{:?}", first.0);
+    tokio::time::sleep(READ * 3).await;
+    let second = connection
+        .review(Review::create(&delivery(), "run-b")?.json())
+        .await
+        .context("a request on a connection idle for 3 read timeouts")?;
+    ensure!(Answer::from_reply(&second)?.decision() == "claimed");
+    // Past the idle timeout (checked between one and two of them), the server has closed it.
+    tokio::time::sleep(IDLE * 2 + READ).await;
+    ensure!(
+        connection
+            .review(Review::create(&delivery(), "run-c")?.json())
+            .await
+            .is_err(),
+        "the connection outlived twice the idle timeout"
+    );
+    Ok(())
+}
+
+/// The header deadline counts from a request's first byte, not from when the connection
+/// went idle: a connection idle for twice the read timeout that then trickles a request
+/// head is closed about one read timeout after the head's first byte.
+#[tokio::test]
+async fn a_trickled_request_head_is_cut_off_a_read_timeout_after_its_first_byte() -> Result<()> {
+    const READ: Duration = Duration::from_millis(1_000);
+    let (_db, _certs, webhook) = Webhook::start_fresh(&[
+        "--request-read-timeout-ms",
+        "1000",
+        "--idle-timeout-seconds",
+        "60",
+    ])
+    .await?;
+    let mut tls = webhook.client()?.tls(&[b"http/1.1"]).await?;
+    tokio::time::sleep(READ * 2).await;
+    let started = Instant::now();
+    tls.write_all(b"POST /validate HTTP/1.1\r\nhost: webhook\r\n")
+        .await
+        .context("the idle connection was closed before the head started")?;
+    let mut buf = [0u8; 1024];
+    let ended = tokio::time::timeout(READ * 10, async {
+        loop {
+            tokio::select! {
+                read = tls.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if tls.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    ensure!(ended.is_ok(), "a trickled head was still read after {took:?}");
+    ensure!(took >= READ && took < READ * 5, "cut off after {took:?}");
     Ok(())
 }
 

@@ -100,6 +100,36 @@ async fn a_stopped_store_gives_503_and_unready_then_decisions_resume() -> Result
     assert_eq!(ready.status.as_u16(), 503);
     assert_eq!(ready.json()?["ready"], false);
 
+    // Updates and deletes never depend on the store: an older registration that still sends
+    // them must not block annotation updates, finalizer removal or deletes in an outage.
+    // A key change is still refused, which needs no store.
+    for (what, review, decision) in [
+        (
+            "update keeping the key",
+            Review::load("update-label-changed")?.delivery(&d).new_uids(),
+            "allowed",
+        ),
+        (
+            "delete",
+            Review::load("delete")?.delivery(&d).new_uids(),
+            "allowed",
+        ),
+        (
+            "label change",
+            Review::load("update-label-changed")?.new_uids(),
+            "immutable",
+        ),
+    ] {
+        let reply = webhook.review(review.json()).await?;
+        assert_eq!(
+            reply.status.as_u16(),
+            200,
+            "{what}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(Answer::from_reply(&reply)?.decision(), decision, "{what}");
+    }
+
     pg.start_server()?;
     let mut ready_again = false;
     for _ in 0..100 {

@@ -12,6 +12,10 @@ pub struct ReconcileMetrics {
     /// Unix seconds at which every watched run of the last (re)list was written to the
     /// store; 0 until the first complete sync.
     pub last_sync: Gauge<i64, AtomicI64>,
+    /// Unix seconds of the last thing a watch delivered (a listed run, the end of a list, a
+    /// change or a delete); 0 until the first. Moves while the watches work, not only on a
+    /// relist, so alerts can tell a quiet healthy watch (no errors) from a failing one.
+    pub last_event: Gauge<i64, AtomicI64>,
     pub backfilled: Counter,
     pub confirmed: Counter,
     /// Keys with more than one live run now.
@@ -29,6 +33,11 @@ impl ReconcileMetrics {
             "last_sync_timestamp_seconds",
             "When the reconciler last had every listed run written to the claim store (unix seconds; 0 = never)",
             self.last_sync.clone(),
+        );
+        sub.register(
+            "last_event_timestamp_seconds",
+            "When a watch last delivered a run, a change, a delete or the end of a list (unix seconds; 0 = never)",
+            self.last_event.clone(),
         );
         sub.register(
             "backfilled",

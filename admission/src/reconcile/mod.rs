@@ -170,6 +170,9 @@ impl Reconciler {
         state: &mut WatchState,
         event: Result<Event<DynamicObject>, watcher::Error>,
     ) -> bool {
+        if event.is_ok() {
+            self.metrics.last_event.set(unix_now());
+        }
         match event {
             Ok(Event::Init) => state.listing = Some(Vec::new()),
             Ok(Event::InitApply(object)) => state.listing.get_or_insert_with(Vec::new).push(object),

@@ -172,7 +172,7 @@ async fn run() -> Result<()> {
     if let Some((message, details)) = duplicate {
         println!("\nWhat the submitter sees for the redelivery (kubectl):");
         println!(
-            "   Error from server (AlreadyExists): error when creating \"run.yaml\": admission webhook \"{WEBHOOK_NAME}\" \
+            "   Error from server (Conflict): error when creating \"run.yaml\": admission webhook \"{WEBHOOK_NAME}\" \
              denied the request: {message}"
         );
         println!(
