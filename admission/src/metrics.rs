@@ -54,6 +54,10 @@ pub struct Metrics {
     pub tls_reloads: Family<ResultLabels, Counter>,
     /// notAfter of the serving certificate, unix seconds.
     pub certificate_expiry: Gauge<i64, AtomicI64>,
+    /// 1 when the last `/readyz` reached the store, else 0 (also before the first). Scraped
+    /// from unready pods too, so a store outage stays visible after the pods leave the
+    /// Service and the 503s stop.
+    pub store_reachable: Gauge,
     /// The reconciler's (`orchestration_dedupe_reconcile_*`); registered whether or not it
     /// runs, so dashboards see zeros rather than gaps.
     pub reconcile: crate::reconcile::metrics::ReconcileMetrics,
@@ -80,6 +84,12 @@ impl Metrics {
         let lookup_errors = Counter::default();
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         let certificate_expiry = Gauge::<i64, AtomicI64>::default();
+        let store_reachable = Gauge::default();
+        registry.register(
+            "store_reachable",
+            "1 when the last readiness check reached the claim store, else 0",
+            store_reachable.clone(),
+        );
         registry.register(
             "requests",
             "AdmissionReviews answered, by operation and decision",
@@ -133,6 +143,7 @@ impl Metrics {
             latency,
             in_flight,
             http_errors,
+            store_reachable,
             store_errors,
             takeovers,
             lookup_errors,

@@ -219,7 +219,9 @@ async fn healthz() -> &'static str {
 /// Ready while the claim store answers within the store timeout; unready (503) otherwise,
 /// and ready again as soon as it answers — no restart needed.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match app.store.ping().await {
+    let ping = app.store.ping().await;
+    app.metrics.store_reachable.set(i64::from(ping.is_ok()));
+    match ping {
         Ok(()) => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
         Err(e) => {
             let reason = Chain(&e).to_string();

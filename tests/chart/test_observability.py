@@ -26,6 +26,8 @@ DASHBOARD_FILE = CHART_DIR / "dashboards" / "orchestration-dedupe.json"
 OPERATIONS = REPO / "docs" / "OPERATIONS.md"
 
 ADMISSION_ALERTS = {
+    "OrchestrationDedupeWebhookCallsFailing": "critical",
+    "OrchestrationDedupeWebhookUnavailable": "critical",
     "OrchestrationDedupeStoreFailing": "critical",
     "OrchestrationDedupeSlow": "warning",
     "OrchestrationDedupeCertificateExpiring": "warning",
@@ -34,6 +36,8 @@ ADMISSION_ALERTS = {
     "OrchestrationDedupeReconcileStale": "warning",
     "OrchestrationDedupeDuplicateRuns": "warning",
 }
+# Alerts on series the cluster exports, not the webhook: the API server's and kube-state-metrics'.
+CLUSTER_SIDE_ALERTS = {"OrchestrationDedupeWebhookCallsFailing", "OrchestrationDedupeWebhookUnavailable"}
 RECONCILE_ALERTS = {"OrchestrationDedupeReconcileStale", "OrchestrationDedupeDuplicateRuns"}
 PRUNER_ALERTS = {"OrchestrationDedupePrunerNotSucceeding": "warning"}
 
@@ -93,6 +97,7 @@ def test_rule_labels_selector_and_thresholds_come_from_values(chart: helm.Chart)
                 "latencyThresholdSeconds": 2.5,
                 "takeoversPerHour": 3,
                 "prunerMaxAgeHours": 30,
+                "apiServerSelector": 'cluster="prod", job="kube-apiserver"',
             }
         }
     )
@@ -102,9 +107,12 @@ def test_rule_labels_selector_and_thresholds_come_from_values(chart: helm.Chart)
     for name, r in by_name.items():
         assert r["labels"]["team"] == "platform", name
         assert r["annotations"]["runbook_url"].startswith("https://docs.example.com/dedupe/OPERATIONS.md#"), name
-        if name in ADMISSION_ALERTS:
+        if name in ADMISSION_ALERTS and name not in CLUSTER_SIDE_ALERTS:
             assert 'cluster="prod", service="dedupe"' in r["expr"], name
             assert 'job="' not in r["expr"], name
+    calls = by_name["OrchestrationDedupeWebhookCallsFailing"]["expr"]
+    assert calls.count('cluster="prod", job="kube-apiserver", name="dedupe.orchestration.proompteng.ai"') == 2, calls
+    assert 'deployment="dedupe-orchestration-dedupe-admission"' in by_name["OrchestrationDedupeWebhookUnavailable"]["expr"]
     assert by_name["OrchestrationDedupeSlow"]["expr"].rstrip().endswith("> 2.5")
     assert by_name["OrchestrationDedupeTakeovers"]["expr"].rstrip().endswith("> 3")
     assert f"> {30 * 3600}" in by_name["OrchestrationDedupePrunerNotSucceeding"]["expr"]

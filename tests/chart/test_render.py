@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from typing import Any
@@ -20,6 +21,7 @@ EVERYTHING_ON = {
         "priorityClassName": "system-cluster-critical",
         "namespaces": ["agents", "ci"],
         "tls": {"clientCA": {"name": "apiserver-client-ca"}},
+        "mutating": {"enabled": True},
     },
     "pruner": {"priorityClassName": "low", "dryRun": True},
     "database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}},
@@ -67,6 +69,9 @@ ADMISSION_KINDS = Counter(
         "Deployment": 1,
         "PodDisruptionBudget": 1,
         "ValidatingWebhookConfiguration": 1,
+        # The delivery key's invariants, enforced by the API server (admission.policy.enabled).
+        "ValidatingAdmissionPolicy": 1,
+        "ValidatingAdmissionPolicyBinding": 1,
         # tls.mode certManager (default): self-signed Issuer, CA Certificate, CA Issuer, serving Certificate.
         "Issuer": 2,
         "Certificate": 2,
@@ -103,7 +108,14 @@ def test_optional_objects_follow_their_toggles(chart: helm.Chart) -> None:
 
 def test_every_object_is_labelled_and_namespaced(chart: helm.Chart) -> None:
     out = render(chart, EVERYTHING_ON)
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration"}
+    cluster_scoped = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     for o in out.objects:
         meta = o["metadata"]
         assert meta["labels"]["app.kubernetes.io/instance"] == RELEASE
@@ -145,7 +157,8 @@ def test_webhook_registration(chart: helm.Chart) -> None:
     assert rule == {
         "apiGroups": ["orchestration.proompteng.ai"],
         "apiVersions": ["v1alpha1"],
-        "operations": ["CREATE", "UPDATE", "DELETE"],
+        # CREATE only: updates, finalizer removal and deletes never depend on the webhook.
+        "operations": ["CREATE"],
         # Not orchestrationruns/status: status writes need not reach the webhook.
         "resources": ["orchestrationruns"],
         "scope": "Namespaced",
@@ -162,6 +175,54 @@ def test_webhook_registration(chart: helm.Chart) -> None:
     assert svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "https", "containerPort": 10250, "protocol": "TCP"} in container["ports"]
+
+
+def test_the_registration_applies_after_the_deployment(chart: helm.Chart) -> None:
+    """Argo CD: a later sync wave than the Deployment's (waited for until healthy); plain Helm,
+    on request, post-install/post-upgrade hooks."""
+    out = render(chart)
+    annotations = out.one("ValidatingWebhookConfiguration")["metadata"]["annotations"]
+    assert annotations["argocd.argoproj.io/sync-wave"] == "1"
+    assert "helm.sh/hook" not in annotations
+    assert "argocd.argoproj.io/sync-wave" not in (out.one("Deployment")["metadata"].get("annotations") or {})
+    hooked = render(chart, {"admission": {"registration": {"helmHook": True}, "mutating": {"enabled": True}}})
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        annotations = hooked.one(kind)["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "post-install,post-upgrade", kind
+        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation", kind
+
+
+def test_delivery_key_policy_and_binding(chart: helm.Chart) -> None:
+    out = render(chart)
+    policy = out.one("ValidatingAdmissionPolicy")
+    binding = out.one("ValidatingAdmissionPolicyBinding")
+    assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"] == {"namespaceSelector": {}}
+    # The shipped CEL is the file the real-API-server tests load.
+    shipped = json.loads((CHART_DIR / "files" / "delivery-key-policy.json").read_text())
+    assert policy["spec"] == shipped
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["operations"] == ["CREATE", "UPDATE"] and rule["resources"] == ["orchestrationruns"]
+    scoped = render(chart, {"admission": {"namespaces": ["agents"]}})
+    assert scoped.one("ValidatingAdmissionPolicyBinding")["spec"]["matchResources"] == {
+        "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["agents"]}]}
+    }
+    off = render(chart, {"admission": {"policy": {"enabled": False}}})
+    assert not off.of_kind("ValidatingAdmissionPolicy") and not off.of_kind("ValidatingAdmissionPolicyBinding")
+
+
+def test_optional_mutating_webhook(chart: helm.Chart) -> None:
+    assert not render(chart).of_kind("MutatingWebhookConfiguration")
+    out = render(chart, {"admission": {"mutating": {"enabled": True}, "namespaces": ["agents"]}})
+    (hook,) = out.one("MutatingWebhookConfiguration")["webhooks"]
+    assert hook["clientConfig"]["service"]["path"] == "/mutate"
+    assert hook["rules"][0]["operations"] == ["CREATE"]
+    assert hook["objectSelector"] == {"matchExpressions": [{"key": "jangar.proompteng.ai/delivery-id", "operator": "DoesNotExist"}]}
+    assert hook["sideEffects"] == "None" and hook["reinvocationPolicy"] == "Never"
+    (validating,) = out.one("ValidatingWebhookConfiguration")["webhooks"]
+    assert hook["namespaceSelector"] == validating["namespaceSelector"]
 
 
 def test_webhook_values_pass_through(chart: helm.Chart) -> None:

@@ -92,7 +92,7 @@ def test_secret_mode_uses_the_existing_secret_and_ca_bundle(chart: helm.Chart) -
     assert not out.of_kind("Secret"), "the Secret exists already; the chart must not own it"
     assert mounted_secret(out) == "webhook-tls"
     assert webhook(out)["clientConfig"]["caBundle"] == ca_bundle
-    assert "annotations" not in out.one("ValidatingWebhookConfiguration")["metadata"]
+    assert "cert-manager.io/inject-ca-from" not in out.one("ValidatingWebhookConfiguration")["metadata"]["annotations"]
 
 
 @pytest.mark.parametrize(
@@ -144,7 +144,7 @@ def test_helm_mode_generates_a_ca_and_a_serving_certificate(chart: helm.Chart, t
     data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
     assert set(data) == {"tls.crt", "tls.key", "ca.crt"}
     assert webhook(out)["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
-    assert "annotations" not in out.one("ValidatingWebhookConfiguration")["metadata"]
+    assert "cert-manager.io/inject-ca-from" not in out.one("ValidatingWebhookConfiguration")["metadata"]["annotations"]
     # The API server dials <service>.<namespace>.svc; the certificate must chain and match.
     for name in service_dns_names(out):
         _handshake(data["tls.crt"], data["tls.key"], data["ca.crt"], name, tmp_path)

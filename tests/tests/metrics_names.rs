@@ -25,8 +25,23 @@ const TARGET_LABELS: &[&str] = &[
     "container",
     "endpoint",
 ];
-/// kube-state-metrics series the pruner's alert uses: not ours to export (the pruner is a Job).
-const KUBE_STATE_METRICS: &[&str] = &["kube_cronjob_status_last_successful_time", "kube_cronjob_created"];
+/// Series the cluster exports, not the webhook, with the labels the alerts use: kube-state-
+/// metrics' (the pruner's CronJob, the webhook's Deployment) and the API server's own view of
+/// its webhook calls.
+const CLUSTER_METRICS: &[(&str, &[&str])] = &[
+    ("kube_cronjob_status_last_successful_time", &["cronjob"]),
+    ("kube_cronjob_created", &["cronjob"]),
+    ("kube_deployment_status_replicas_available", &["deployment"]),
+    ("kube_deployment_spec_replicas", &["deployment"]),
+    (
+        "apiserver_admission_webhook_rejection_count",
+        &["name", "type", "operation", "error_type", "rejection_code"],
+    ),
+    (
+        "apiserver_admission_webhook_request_total",
+        &["name", "type", "operation", "code", "rejected"],
+    ),
+];
 
 fn chart_file(path: &str) -> Result<String> {
     let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -92,7 +107,10 @@ fn selectors(expr: &str) -> Vec<(String, Vec<String>)> {
                 i += 1;
             }
             let name = &expr[start..i];
-            if name.starts_with("orchestration_dedupe_") || name.starts_with("kube_") {
+            if name.starts_with("orchestration_dedupe_")
+                || name.starts_with("kube_")
+                || name.starts_with("apiserver_")
+            {
                 let mut labels = Vec::new();
                 if bytes.get(i) == Some(&b'{') {
                     let close = expr[i..].find('}').map_or(expr.len(), |c| i + c);
@@ -306,8 +324,14 @@ async fn every_metric_the_alerts_and_the_dashboard_query_is_exported() -> Result
         ensure!(!used.is_empty(), "no metric in {expr:?}");
         let mut known_labels: BTreeSet<String> = TARGET_LABELS.iter().map(|l| (*l).to_owned()).collect();
         for (name, labels) in &used {
-            if KUBE_STATE_METRICS.contains(&name.as_str()) {
-                known_labels.extend(["cronjob".to_owned()]);
+            if let Some((_, cluster_labels)) = CLUSTER_METRICS.iter().find(|(n, _)| n == name) {
+                for label in labels {
+                    ensure!(
+                        cluster_labels.contains(&label.as_str()) || TARGET_LABELS.contains(&label.as_str()),
+                        "{name} has no label {label} (in {expr:?})"
+                    );
+                }
+                known_labels.extend(cluster_labels.iter().map(|l| (*l).to_owned()));
                 continue;
             }
             let Some(exported_labels) = exported.samples.get(name) else {

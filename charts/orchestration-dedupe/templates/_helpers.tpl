@@ -243,3 +243,39 @@ seccompProfile:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end -}}
+
+{{/*
+The namespaces whose runs are checked: admission.namespaces, or every namespace. Shared by
+the webhook registrations and the delivery-key policy's binding, so they cover the same runs.
+*/}}
+{{- define "od.admission.namespaceSelector" -}}
+{{- if .Values.admission.namespaces }}
+namespaceSelector:
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: In
+      values:
+        {{- range .Values.admission.namespaces }}
+        - {{ . | quote }}
+        {{- end }}
+{{- else }}
+namespaceSelector: {}
+{{- end }}
+{{- end -}}
+
+{{/*
+Annotations that apply a webhook registration only once a webhook pod can answer (see
+docs/OPERATIONS.md, "Install order"): an Argo CD sync wave after the Deployment's (Argo CD
+waits for each wave to be healthy, and a Deployment is healthy once Available), and, with
+admission.registration.helmHook, a Helm post-install/post-upgrade hook (after the release's
+other objects, and after they are ready under `helm install --wait`).
+*/}}
+{{- define "od.admission.registrationAnnotations" -}}
+{{- $r := .Values.admission.registration }}
+argocd.argoproj.io/sync-wave: {{ $r.syncWave | quote }}
+{{- if $r.helmHook }}
+helm.sh/hook: post-install,post-upgrade
+helm.sh/hook-weight: "10"
+helm.sh/hook-delete-policy: before-hook-creation
+{{- end }}
+{{- end -}}
