@@ -77,6 +77,21 @@ async fn kubectl_create_refused(ns: &TestNamespace, run: &NewRun) -> Result<Stri
     Ok(stderr)
 }
 
+/// What `kubectl label --overwrite` prints on stderr when changing `run`'s delivery label,
+/// which must be refused.
+async fn kubectl_relabel_refused(ns: &TestNamespace, run: &str) -> Result<String> {
+    let label = format!("{DELIVERY_LABEL}=another-delivery");
+    let (ok, stdout, stderr) = kubectl(
+        ns,
+        &["label", "--overwrite", "orchestrationrun", run, &label],
+        None,
+    )
+    .await?;
+    ensure!(!ok, "kubectl label --overwrite was not refused: {stdout}");
+    println!("kubectl label: {stderr}");
+    Ok(stderr)
+}
+
 /// Applies the chart's policy, bound to this namespace only, and waits until it refuses an
 /// unlabelled run carrying `spec.deliveryId` (a dry run).
 async fn apply_chart_policy(ns: &TestNamespace) -> Result<String> {
@@ -125,6 +140,27 @@ async fn remove_policy(ns: &TestNamespace, name: &str) {
     let _ = Api::<ValidatingAdmissionPolicy>::all(ns.client.clone())
         .delete(name, &DeleteParams::default())
         .await;
+}
+
+/// What an outage must not block on a labelled run: an annotation update, a finalizer added,
+/// a delete (the run turns terminating) and the finalizer removed (the run goes).
+async fn updates_and_deletes_go_through(runs: &Api<kube::api::DynamicObject>, name: &str) -> Result<()> {
+    let annotate = json!({"metadata": {"annotations": {"example.com/note": "during the outage"}}});
+    runs.patch(name, &PatchParams::default(), &Patch::Merge(&annotate))
+        .await
+        .context("an annotation update")?;
+    let finalizer = json!({"metadata": {"finalizers": ["example.com/hold"]}});
+    runs.patch(name, &PatchParams::default(), &Patch::Merge(&finalizer))
+        .await
+        .context("adding a finalizer")?;
+    runs.delete(name, &DeleteParams::default())
+        .await
+        .context("deleting a run with a finalizer (marks it terminating)")?;
+    let unfinalize = json!({"metadata": {"finalizers": null}});
+    runs.patch(name, &PatchParams::default(), &Patch::Merge(&unfinalize))
+        .await
+        .context("removing the finalizer from a terminating run")?;
+    Ok(())
 }
 
 /// N duplicate `generateName` creates: N webhook calls, N decision lines, N counts. (With
@@ -235,21 +271,7 @@ async fn webhook_stopped(ns: &TestNamespace, webhook: &mut Webhook) -> Result<()
     );
 
     // What still works on labelled runs.
-    let annotate = json!({"metadata": {"annotations": {"example.com/note": "during the outage"}}});
-    runs.patch(&held, &PatchParams::default(), &Patch::Merge(&annotate))
-        .await
-        .context("an annotation update")?;
-    let finalizer = json!({"metadata": {"finalizers": ["example.com/hold"]}});
-    runs.patch(&held, &PatchParams::default(), &Patch::Merge(&finalizer))
-        .await
-        .context("adding a finalizer")?;
-    runs.delete(&held, &DeleteParams::default())
-        .await
-        .context("deleting a run with a finalizer (marks it terminating)")?;
-    let unfinalize = json!({"metadata": {"finalizers": null}});
-    runs.patch(&held, &PatchParams::default(), &Patch::Merge(&unfinalize))
-        .await
-        .context("removing the finalizer from a terminating run")?;
+    updates_and_deletes_go_through(&runs, &held).await?;
     let (ok, stdout, stderr) = kubectl(
         ns,
         &["annotate", "orchestrationrun", &other, "example.com/kubectl=yes"],
@@ -260,20 +282,7 @@ async fn webhook_stopped(ns: &TestNamespace, webhook: &mut Webhook) -> Result<()
     println!("kubectl annotate: {stdout}");
 
     // Still refused: the delivery key's invariants are the API server's own policy.
-    let (ok, stdout, stderr) = kubectl(
-        ns,
-        &[
-            "label",
-            "--overwrite",
-            "orchestrationrun",
-            &other,
-            &format!("{DELIVERY_LABEL}=another-delivery"),
-        ],
-        None,
-    )
-    .await?;
-    ensure!(!ok, "kubectl label --overwrite was not refused: {stdout}");
-    println!("kubectl label: {stderr}");
+    let stderr = kubectl_relabel_refused(ns, &other).await?;
     assert!(stderr.contains("ValidatingAdmissionPolicy"), "{stderr}");
     assert!(stderr.contains("label is immutable"), "{stderr}");
     let unlabelled = NewRun {
@@ -300,6 +309,83 @@ async fn webhook_stopped(ns: &TestNamespace, webhook: &mut Webhook) -> Result<()
     let (ok, stdout, stderr) = kubectl(ns, &["delete", "orchestrationrun", &other], None).await?;
     ensure!(ok, "kubectl delete: {stdout} {stderr}");
     println!("kubectl delete: {stdout}");
+    Ok(())
+}
+
+/// The database down, the webhook up (it answers 503) and registered the way an older
+/// chart did, for CREATE, UPDATE and DELETE: labelled creates are refused (the failurePolicy),
+/// while annotation updates, finalizers and deletes of labelled runs go through, as the
+/// webhook answers updates and deletes without the store; a label change is still refused
+/// (by the webhook: it needs no store).
+#[tokio::test]
+async fn with_the_database_down_an_older_registration_blocks_only_creates() -> Result<()> {
+    let ns = TestNamespace::new("footprint-nodb").await?;
+    let certs = TestCerts::new()?;
+    let runs = ns.runs();
+    // Created before the webhook is registered: runs that exist when the outage starts.
+    let held = NewRun::submitted(&new_delivery(), ORCHESTRATION)
+        .create(&ns.client, &ns.name)
+        .await??
+        .name_any();
+    let other = NewRun::submitted(&new_delivery(), ORCHESTRATION)
+        .create(&ns.client, &ns.name)
+        .await??
+        .name_any();
+    let kubeconfig = ns.plane.admin_kubeconfig();
+    let webhook = Webhook::start(
+        &dedupe_tests::unreachable_url()?,
+        &certs,
+        &[
+            "--migrations",
+            "skip",
+            "--reconcile",
+            "off",
+            "--store-timeout-ms",
+            "500",
+            "--namespaces",
+            &ns.name,
+        ],
+        &[("KUBECONFIG", &kubeconfig.to_string_lossy())],
+    )
+    .await?;
+    let registration = ns
+        .registration(&webhook)
+        .operations(&["CREATE", "UPDATE", "DELETE"]);
+    dedupe_tests::kube::register_webhook(&ns.client, &registration).await?;
+
+    let status = denial(
+        &NewRun::submitted(&new_delivery(), ORCHESTRATION)
+            .create(&ns.client, &ns.name)
+            .await?,
+    )?
+    .clone();
+    assert_eq!(status.code, 500, "{status:?}");
+    let stderr = kubectl_create_refused(&ns, &NewRun::submitted(&new_delivery(), ORCHESTRATION)).await?;
+    assert!(
+        stderr.starts_with("Error from server (InternalError): error when creating \"STDIN\": Internal error occurred: failed calling webhook"),
+        "{stderr}"
+    );
+
+    updates_and_deletes_go_through(&runs, &held).await?;
+    let stderr = kubectl_relabel_refused(&ns, &other).await?;
+    assert!(stderr.contains("is immutable"), "{stderr}");
+    let (ok, stdout, stderr) = kubectl(&ns, &["delete", "orchestrationrun", &other], None).await?;
+    ensure!(ok, "kubectl delete: {stdout} {stderr}");
+    let decisions = webhook
+        .logs_when(|l| {
+            l.iter()
+                .filter(|l| l.contains("decision=allowed") || l.contains("\"decision\":\"allowed\""))
+                .count()
+                >= 4
+        })
+        .await;
+    assert!(
+        !decisions
+            .iter()
+            .any(|l| l.contains("no decision: claim store unavailable")
+                && (l.contains("UPDATE") || l.contains("DELETE"))),
+        "an update or delete waited on the store: {decisions:#?}"
+    );
     Ok(())
 }
 
