@@ -389,28 +389,46 @@ async fn with_the_database_down_an_older_registration_blocks_only_creates() -> R
     Ok(())
 }
 
-/// A few hundred creates, each client waiting around the old 3 s idle boundary between its
-/// creates, so the API server reuses keep-alive connections idle for about that long: none
-/// is refused (a webhook closing idle connections at 3 s had ~3 % of them refused with EOF).
+/// A few hundred creates spaced around the old 3 s idle boundary, so the API server reuses
+/// keep-alive connections to the webhook that sat idle about that long: none is refused (a
+/// webhook closing idle connections at 3 s had some refused with `EOF`). The API server
+/// keeps one connection pool per webhook address and reuses the most recently idle
+/// connection, so concurrent creates to one webhook would keep its connections busy: each
+/// stream here is sequential and has a webhook (process, port, namespace) of its own.
+/// `DEDUPE_FOOTPRINT_WEBHOOK_ARGS` adds flags to the webhooks (`--idle-timeout-seconds 3`
+/// shows the boundary).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn creates_spaced_around_the_old_idle_boundary_are_never_refused_with_eof() -> Result<()> {
-    const CLIENTS: usize = 10;
-    const CREATES_PER_CLIENT: usize = 20;
-    let args: Vec<String> = std::env::var("DEDUPE_FOOTPRINT_WEBHOOK_ARGS")
+    const STREAMS: usize = 5;
+    const CREATES_PER_STREAM: usize = 40;
+    let extra: Vec<String> = std::env::var("DEDUPE_FOOTPRINT_WEBHOOK_ARGS")
         .map(|a| a.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
-    let mut all = vec!["--reconcile", "off"];
-    all.extend(args.iter().map(String::as_str));
-    let (ns, _db, _certs, _webhook) = setup("footprint-idle", &all).await?;
+    let mut args = vec!["--reconcile", "off"];
+    args.extend(extra.iter().map(String::as_str));
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let ns = TestNamespace::new("footprint-idle").await?;
+        let webhook = ns.start_webhook(&db, &certs, &args).await?;
+        ns.register(&webhook).await?;
+        streams.push((ns, webhook));
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for client_index in 0..CLIENTS {
+    for (stream, (ns, _)) in streams.iter().enumerate() {
         let (client, namespace) = (ns.client.clone(), ns.name.clone());
         tasks.push(tokio::spawn(async move {
             let mut refused = Vec::new();
-            for i in 0..CREATES_PER_CLIENT {
-                // 2.6 s .. 3.5 s, different per client and round: around the old boundary.
-                let spacing = 2_600 + ((client_index * 97 + i * 53) % 10) as u64 * 100;
+            // 2.95 s .. 3.05 s at 1 ms steps, pseudo-random per stream: the webhook call
+            // comes a few milliseconds after the create, so some land on the old boundary.
+            let mut state = 0x9e37_79b9_u64.wrapping_mul(stream as u64 + 1);
+            for _ in 0..CREATES_PER_STREAM {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let spacing = 2_950 + (state >> 33) % 100;
                 tokio::time::sleep(Duration::from_millis(spacing)).await;
                 let run = NewRun::submitted(&new_delivery(), ORCHESTRATION);
                 if let Err(e) = run.create(&client, &namespace).await? {
@@ -427,11 +445,12 @@ async fn creates_spaced_around_the_old_idle_boundary_are_never_refused_with_eof(
     let eof = refused.iter().filter(|e| e.contains("EOF")).count();
     println!(
         "{} creates in {:?}: {} refused, {eof} with EOF",
-        CLIENTS * CREATES_PER_CLIENT,
+        STREAMS * CREATES_PER_STREAM,
         started.elapsed(),
         refused.len()
     );
     assert_eq!(eof, 0, "{refused:#?}");
     assert!(refused.is_empty(), "{refused:#?}");
+    drop(streams);
     Ok(())
 }
