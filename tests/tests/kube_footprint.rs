@@ -12,10 +12,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use base64::Engine;
 use dedupe_tests::kube::{denial, NewRun, TestNamespace, DELIVERY_LABEL, WEBHOOK_NAME};
 use dedupe_tests::{new_delivery, TestCerts, TestDb, Webhook};
 use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
@@ -386,6 +387,82 @@ async fn with_the_database_down_an_older_registration_blocks_only_creates() -> R
                 && (l.contains("UPDATE") || l.contains("DELETE"))),
         "an update or delete waited on the store: {decisions:#?}"
     );
+    Ok(())
+}
+
+/// With the optional mutating webhook registered (as `admission.mutating.enabled` does): a
+/// run created with only `spec.deliveryId` gets the label from it, is claimed, and its
+/// redelivery is a 409 like any other; the policy is satisfied because mutation comes first.
+#[tokio::test]
+async fn the_mutating_webhook_labels_a_spec_only_run_so_it_is_deduplicated() -> Result<()> {
+    let (ns, db, _certs, webhook) = setup("footprint-mutate", &["--reconcile", "off"]).await?;
+    let policy = apply_chart_policy(&ns).await?;
+    let result = mutated(&ns, &db, &webhook).await;
+    remove_policy(&ns, &policy).await;
+    let _ = Api::<MutatingWebhookConfiguration>::all(ns.client.clone())
+        .delete(
+            &format!("dedupe-test-mutate-{}", ns.name),
+            &DeleteParams::default(),
+        )
+        .await;
+    result
+}
+
+async fn mutated(ns: &TestNamespace, db: &TestDb, webhook: &Webhook) -> Result<()> {
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(webhook.ca_pem.as_bytes());
+    let configuration: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": format!("dedupe-test-mutate-{}", ns.name)},
+        "webhooks": [{
+            "name": "label.orchestration.proompteng.ai",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "Never",
+            "timeoutSeconds": 5,
+            "clientConfig": {
+                "url": format!("https://127.0.0.1:{}/mutate", webhook.addr.port()),
+                "caBundle": ca_bundle,
+            },
+            "rules": [{
+                "apiGroups": ["orchestration.proompteng.ai"],
+                "apiVersions": ["v1alpha1"],
+                "operations": ["CREATE"],
+                "resources": ["orchestrationruns"],
+                "scope": "Namespaced",
+            }],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}},
+            "objectSelector": {"matchExpressions": [{"key": DELIVERY_LABEL, "operator": "DoesNotExist"}]},
+        }],
+    }))?;
+    Api::<MutatingWebhookConfiguration>::all(ns.client.clone())
+        .create(&PostParams::default(), &configuration)
+        .await
+        .context("registering the mutating webhook")?;
+    let d = new_delivery();
+    let spec_only = NewRun {
+        label: None,
+        ..NewRun::submitted(&d, ORCHESTRATION)
+    };
+    // The registration takes a moment to be picked up; until then the policy refuses.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        match spec_only.create(&ns.client, &ns.name).await? {
+            Ok(run) => break run,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("ValidatingAdmissionPolicy") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => bail!("the spec-only run was not labelled and admitted: {e}"),
+        }
+    };
+    assert_eq!(first.labels().get(DELIVERY_LABEL), Some(&d), "{first:?}");
+    assert_eq!(db.claim_rows(&d).await?.len(), 1, "the labelled run was claimed");
+    let status = denial(&spec_only.create(&ns.client, &ns.name).await?)?.clone();
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (409, "Conflict"),
+        "{status:?}"
+    );
+    assert_eq!(ns.runs_of(&d).await?, vec![first.name_any()]);
     Ok(())
 }
 
