@@ -476,8 +476,9 @@ async fn mutated(ns: &TestNamespace, db: &TestDb, webhook: &Webhook) -> Result<(
 /// shows the boundary).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn creates_spaced_around_the_old_idle_boundary_are_never_refused_with_eof() -> Result<()> {
-    const STREAMS: usize = 5;
-    const CREATES_PER_STREAM: usize = 40;
+    // 200 creates over ~1 minute: ten streams of twenty.
+    const STREAMS: usize = 10;
+    const CREATES_PER_STREAM: usize = 20;
     let extra: Vec<String> = std::env::var("DEDUPE_FOOTPRINT_WEBHOOK_ARGS")
         .map(|a| a.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
