@@ -55,7 +55,11 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One line, whatever the error chain holds: scripts and `kubectl exec` read it.
-            eprintln!("error: {}", format!("{e:#}").replace(['\n', '\r'], " "));
+            // Each cause once (the driver repeats its cause in its own text), and the store
+            // error itself names where and what to do.
+            let error: &(dyn std::error::Error + 'static) = e.as_ref();
+            let text = dedupe_store::error::Chain(error).to_string();
+            eprintln!("error: {}", text.replace(['\n', '\r'], " "));
             ExitCode::from(args::EXIT_STORE_FAILURE)
         }
     }
