@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -30,7 +31,9 @@ for a in "$@"; do printf '%s\n' "$a" >> "$FAKE_LOG"; done
 echo --END-- >> "$FAKE_LOG"
 case " $* " in
   *" exec "*) echo "exec ran"; exit "${FAKE_EXEC_EXIT:-0}" ;;
-  *" run "*) echo "run ran"; echo "from the pod's stderr" >&2; sleep "${FAKE_RUN_SLEEP:-0}"; exit "${FAKE_RUN_EXIT:-0}" ;;
+  *" run "*) echo "run ran"; echo "from the pod's stderr" >&2
+    [ "${FAKE_RUN_SLEEP:-0}" = 0 ] || exec sleep "$FAKE_RUN_SLEEP"  # one process, as kubectl is
+    exit "${FAKE_RUN_EXIT:-0}" ;;
   *" delete pod "*) exit 0 ;;
   *" --all-namespaces "*) printf '%b' "${FAKE_FOUND_ALL:-}" ;;
   *" get cronjobs "*) printf '%s' "${FAKE_RETENTION:-}" ;;
@@ -357,3 +360,61 @@ def test_a_ready_pod_is_exec_ed_into_with_no_template_read_or_pod_made(plugin: P
         assert out.returncode == 0 and out.stderr == "", out
         calls = plugin.calls()
         assert [c[2] for c in calls] == ["get", "get", "exec"], calls
+
+
+def test_the_one_off_pod_against_a_real_api_server_and_kubectl(chart: helm.Chart) -> None:
+    """The real kubectl and a real kube-apiserver (no kubelet: the pod stays Pending): the pod
+    the plugin asks for is accepted as built from the chart's Deployment, and Ctrl-C deletes it."""
+    directory = os.environ.get("DEDUPE_TEST_KUBE_DIR")
+    if not directory:
+        if os.environ.get("KUBEBUILDER_ASSETS"):
+            pytest.fail("KUBEBUILDER_ASSETS is set but DEDUPE_TEST_KUBE_DIR is not: run under with-kube (make chart-test)")
+        pytest.skip("real-API-server plugin test: KUBEBUILDER_ASSETS is not set")
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("no kubectl on PATH")
+    kubeconfig = str(Path(directory) / "admin.kubeconfig")
+
+    def kc(*args: str, stdin: str | None = None) -> str:
+        out = subprocess.run([kubectl, "--kubeconfig", kubeconfig, *args], input=stdin, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out
+        return out.stdout
+
+    ns = f"plugin-{os.getpid()}-{int(time.time())}"
+    kc("create", "namespace", ns)
+    try:
+        deployment = render(chart, {"database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}}}).one("Deployment")
+        deployment["metadata"]["namespace"] = ns
+        template = deployment["spec"]["template"]["spec"]
+        kc("-n", ns, "create", "serviceaccount", template["serviceAccountName"])
+        kc("-n", ns, "apply", "-f", "-", stdin=json.dumps(deployment))
+        proc = subprocess.Popen(
+            ["sh", str(PLUGIN), "--kubeconfig", kubeconfig, "-n", ns, "get", "d-1", "-o", "wide"],
+            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        selector = "app.kubernetes.io/component=dedupe-claims"
+        deadline = time.monotonic() + 30
+        pods: list[dict[str, Any]] = []
+        while not pods:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate(timeout=5)
+            time.sleep(0.2)
+            pods = json.loads(kc("-n", ns, "get", "pods", "-l", selector, "-o", "json"))["items"]
+        [pod] = pods
+        container = next(c for c in template["containers"] if c["name"] == "admission")
+        [c] = pod["spec"]["containers"]
+        assert c["image"] == container["image"]
+        assert c["command"] == ["/usr/local/bin/dedupe-claims"] and c["args"] == ["get", "d-1", "-o", "wide"]
+        assert c["env"] == container["env"]
+        assert {m["name"] for m in container.get("volumeMounts", [])} <= {m["name"] for m in c["volumeMounts"]}
+        assert pod["spec"]["serviceAccountName"] == template["serviceAccountName"]
+        assert pod["spec"]["restartPolicy"] == "Never"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert f"running dedupe-claims in a one-off pod {pod['metadata']['name']}" in err
+        deadline = time.monotonic() + 30
+        while json.loads(kc("-n", ns, "get", "pods", "-l", selector, "-o", "json"))["items"]:
+            assert time.monotonic() < deadline, "the one-off pod was not deleted"
+            time.sleep(0.2)
+    finally:
+        subprocess.run([kubectl, "--kubeconfig", kubeconfig, "delete", "namespace", ns, "--wait=false"], capture_output=True, timeout=60)
