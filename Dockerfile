@@ -10,6 +10,10 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
+# The commit orchestration_dedupe_build_info reports (.dockerignore keeps .git out of the
+# context, so pass it; `unknown` otherwise):
+#   docker build --build-arg DEDUPE_BUILD_COMMIT=$(git rev-parse --short HEAD) .
+ARG DEDUPE_BUILD_COMMIT=
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p dedupe-admission -p dedupe-pruner \

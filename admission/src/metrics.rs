@@ -1,5 +1,8 @@
-//! Prometheus metrics, all named `orchestration_dedupe_*`, served as text on `/metrics`.
-//! Label values are static strings or numbers, so counting a request allocates nothing.
+//! Prometheus metrics, served as text on `/metrics`: the webhook's own, all named
+//! `orchestration_dedupe_*` (with `orchestration_dedupe_build_info{version,commit}`), and the
+//! standard `process_*` metrics every Prometheus client library exports, read from `/proc` at
+//! each scrape. Label values are static strings or numbers, so counting a request allocates
+//! nothing.
 
 use std::sync::atomic::AtomicI64;
 
@@ -9,7 +12,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -33,6 +36,21 @@ pub struct StatusLabels {
 pub struct ResultLabels {
     pub result: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub commit: &'static str,
+}
+
+/// The crate version this binary was built from.
+pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit this binary was built from (`git rev-parse --short HEAD` at build time, or the
+/// `DEDUPE_BUILD_COMMIT` environment variable; `unknown` without either: see build.rs).
+pub const BUILD_COMMIT: &str = env!("DEDUPE_BUILD_COMMIT");
+
+/// The prefix of the webhook's own metrics.
+const PREFIX: &str = "orchestration_dedupe";
 
 /// Every metric the webhook exports.
 pub struct Metrics {
@@ -72,7 +90,21 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("orchestration_dedupe");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix(PREFIX);
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: BUILD_VERSION,
+                commit: BUILD_COMMIT,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The version and commit this webhook was built from (always 1)",
+            build_info,
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<OperationLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
@@ -136,9 +168,9 @@ impl Metrics {
             certificate_expiry.clone(),
         );
         let reconcile = crate::reconcile::metrics::ReconcileMetrics::default();
-        reconcile.register(&mut registry);
+        reconcile.register(registry);
         Self {
-            registry,
+            registry: root,
             requests,
             latency,
             in_flight,
@@ -166,6 +198,7 @@ impl Metrics {
     /// (`group_commit_batches_total`, `group_commit_claims_total`; zeros when it is off).
     pub fn with_group_commit(mut self, store: &ClaimStore) -> Self {
         self.registry
+            .sub_registry_with_prefix(PREFIX)
             .register_collector(Box::new(GroupCommitCollector(store.clone())));
         self
     }
@@ -207,8 +240,185 @@ impl Collector for GroupCommitCollector {
     }
 }
 
+/// The standard process metrics (names and meanings as the Prometheus client libraries
+/// export them), read from `/proc/self` at each scrape. Where `/proc` is not there (not
+/// Linux), nothing is exported rather than zeros.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s times: the kernel's USER_HZ, 100 on every
+/// Linux architecture Kubernetes runs on (Prometheus' own procfs library assumes the same;
+/// asking `sysconf` would need `unsafe`, which this workspace forbids).
+const USER_HZ: f64 = 100.0;
+
+/// What `/proc` says about this process.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub start_time_seconds: f64,
+    pub virtual_memory_bytes: u64,
+    pub resident_memory_bytes: u64,
+    pub open_fds: u64,
+    pub max_fds: Option<u64>,
+}
+
+impl ProcessStats {
+    /// Reads `/proc/self/{stat,status,fd,limits}` and `/proc/stat`; `None` without `/proc`.
+    pub fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let boot = std::fs::read_to_string("/proc/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let limits = std::fs::read_to_string("/proc/self/limits").ok();
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+        let mut stats = Self::parse(&stat, &boot, &status, limits.as_deref())?;
+        stats.open_fds = open_fds;
+        Some(stats)
+    }
+
+    /// The figures in the files' texts (`open_fds` is left 0: it is a directory listing).
+    fn parse(stat: &str, boot: &str, status: &str, limits: Option<&str>) -> Option<Self> {
+        // Fields after the command name, which is in parentheses and may hold spaces: the
+        // first of these is field 3 (state) of proc(5).
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+        let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+        let utime = field(14)?;
+        let stime = field(15)?;
+        let start_ticks = field(22)?;
+        let vsize = field(23)?;
+        let btime: u64 = boot
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let max_fds = limits.and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+            // "Max open files   <soft>   <hard>   files": the soft limit applies.
+            line.trim_start_matches("Max open files")
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        });
+        Some(Self {
+            cpu_seconds: (utime + stime) as f64 / USER_HZ,
+            start_time_seconds: btime as f64 + start_ticks as f64 / USER_HZ,
+            virtual_memory_bytes: vsize,
+            resident_memory_bytes: rss_kib * 1024,
+            open_fds: 0,
+            max_fds,
+        })
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(s) = ProcessStats::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(s.cpu_seconds);
+        let metric = encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            cpu.metric_type(),
+        )?;
+        cpu.encode(metric)?;
+        let gauges: [(&str, &str, Option<f64>); 5] = [
+            (
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                Some(s.start_time_seconds),
+            ),
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                Some(s.resident_memory_bytes as f64),
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                Some(s.virtual_memory_bytes as f64),
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                Some(s.open_fds as f64),
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                s.max_fds.map(|n| n as f64),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let Some(value) = value else { continue };
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_files_are_read_as_procfs_documents_them() {
+        // A command name with spaces and a parenthesis, as `comm` may be.
+        let stat = "4242 (dedupe (adm) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 9 0 123456 104857600 2048 18446744073709551615";
+        let boot = "cpu  1 2 3\nbtime 1800000000\nprocesses 10\n";
+        let status = "Name:\tdedupe-admission\nVmSize:\t  102400 kB\nVmRSS:\t    8192 kB\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1048576              1048576              files\n";
+        let s = ProcessStats::parse(stat, boot, status, Some(limits)).expect("parsed");
+        assert_eq!(s.cpu_seconds, 3.0);
+        assert_eq!(s.start_time_seconds, 1_800_000_000.0 + 1234.56);
+        assert_eq!(s.virtual_memory_bytes, 104_857_600);
+        assert_eq!(s.resident_memory_bytes, 8192 * 1024);
+        assert_eq!(s.max_fds, Some(1_048_576));
+        assert!(ProcessStats::parse("garbage", boot, status, None).is_none());
+    }
+
+    #[test]
+    fn the_exposition_has_build_info_and_process_metrics_unprefixed() {
+        let text = Metrics::new().encode();
+        let build = format!(
+            "orchestration_dedupe_build_info{{version=\"{BUILD_VERSION}\",commit=\"{BUILD_COMMIT}\"}} 1"
+        );
+        assert!(text.contains(&build), "{text}");
+        assert!(!BUILD_COMMIT.is_empty());
+        if std::path::Path::new("/proc/self/stat").exists() {
+            for name in [
+                "process_cpu_seconds_total ",
+                "process_start_time_seconds ",
+                "process_resident_memory_bytes ",
+                "process_virtual_memory_bytes ",
+                "process_open_fds ",
+                "process_max_fds ",
+            ] {
+                assert!(
+                    text.lines().any(|l| l.starts_with(name)),
+                    "{name} missing:\n{text}"
+                );
+            }
+        }
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(
+            text.contains("orchestration_dedupe_in_flight_requests 0"),
+            "{text}"
+        );
     }
 }

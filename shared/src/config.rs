@@ -163,7 +163,14 @@ impl StoreConfig {
         // The parser's message never contains the password; the URL itself is not echoed.
         let database = tokio_postgres::Config::from_str(database_url).map_err(|e| ConfigError::Invalid {
             flag: "--database-url (DATABASE_URL)",
-            reason: format!("not a valid PostgreSQL connection string: {e}"),
+            reason: match unsupported_sslmode(database_url) {
+                Some(mode) => format!(
+                    "sslmode={mode} is libpq's, and this client (tokio-postgres) knows only disable, prefer and require: \
+                     to verify the server's certificate, set --database-ca (JANGAR_ORCHESTRATION_DEDUPE_DATABASE_CA) to the CA bundle \
+                     (it verifies the chain and the host name, as verify-full does, and requires TLS) and drop sslmode or use sslmode=require"
+                ),
+                None => format!("not a valid PostgreSQL connection string: {e}"),
+            },
         })?;
         if pool_size == 0 {
             return Err(ConfigError::Invalid {
@@ -214,6 +221,15 @@ impl StoreConfig {
     }
 }
 
+/// libpq's verifying sslmodes, which tokio-postgres refuses as an "invalid connection string"
+/// without saying which part.
+fn unsupported_sslmode(database_url: &str) -> Option<&'static str> {
+    let lower = database_url.to_ascii_lowercase();
+    ["verify-full", "verify-ca"]
+        .into_iter()
+        .find(|mode| lower.contains(&format!("sslmode={mode}")))
+}
+
 impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The connection config's Debug would print the password.
@@ -237,6 +253,24 @@ mod tests {
             .expect("an error");
         assert!(err.contains("--database-url (DATABASE_URL)"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn verify_full_points_at_database_ca() {
+        for url in [
+            "postgres://u:s3cret@h/db?sslmode=verify-full",
+            "host=h password=s3cret sslmode=verify-ca",
+        ] {
+            let err = StoreConfig::new(url, 4, Duration::from_secs(1))
+                .err()
+                .map(|e| e.to_string())
+                .expect("an error");
+            assert!(
+                err.contains("--database-ca") && err.contains("sslmode=verify-"),
+                "{err}"
+            );
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 
     #[test]

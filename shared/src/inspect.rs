@@ -74,6 +74,16 @@ pub struct ListFilter {
     pub orchestration: Option<String>,
     /// At most this many claims.
     pub limit: u32,
+    /// Start after this row (the previous page's [`ClaimList::next`]).
+    pub after: Option<ListCursor>,
+}
+
+/// Where a page of `list` ended: the last row's position in the list's order
+/// (`claimed_at` descending, then the key), so the next page starts strictly after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub claimed_at: DateTime<Utc>,
+    pub key: ClaimKey,
 }
 
 /// One page of `list`, newest first.
@@ -82,6 +92,8 @@ pub struct ClaimList {
     pub claims: Vec<ClaimRecord>,
     /// More claims matched than the limit let through.
     pub truncated: bool,
+    /// Where the next page starts, when `truncated`.
+    pub next: Option<ListCursor>,
 }
 
 /// Which claims of a delivery a release means. `None` fields match anything; a key part the
@@ -144,12 +156,23 @@ impl ClaimStore {
         let older_than = filter.older_than.map(|d| d.as_secs_f64());
         // One more than shown, to know whether the limit cut the list.
         let fetch = i64::from(filter.limit) + 1;
-        let params: [&(dyn ToSql + Sync); 5] = [
+        let after = filter.after.as_ref();
+        let after_at = after.map(|c| c.claimed_at);
+        let after_delivery = after.map(|c| c.key.delivery_id.as_str());
+        let after_scope = after.map(|c| c.key.scope.as_str());
+        let after_namespace = after.map(|c| c.key.namespace.as_str());
+        let after_orchestration = after.map(|c| c.key.orchestration.as_str());
+        let params: [&(dyn ToSql + Sync); 10] = [
             &state,
             &older_than,
             &filter.run_namespace,
             &filter.orchestration,
             &fetch,
+            &after_at,
+            &after_delivery,
+            &after_scope,
+            &after_namespace,
+            &after_orchestration,
         ];
         let mut claims = self
             .on_connection(self.timeout(), async |client| {
@@ -160,7 +183,15 @@ impl ClaimStore {
         let limit = usize::try_from(filter.limit).unwrap_or(usize::MAX);
         let truncated = claims.len() > limit;
         claims.truncate(limit);
-        Ok(ClaimList { claims, truncated })
+        let next = claims.last().filter(|_| truncated).map(|r| ListCursor {
+            claimed_at: r.claim.claimed_at,
+            key: r.key.clone(),
+        });
+        Ok(ClaimList {
+            claims,
+            truncated,
+            next,
+        })
     }
 
     /// The claims of `delivery_id` that `selector` picks, without writing (what a release

@@ -22,7 +22,7 @@ mod test_sink;
 
 pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ExpiredCount, RunRef};
 pub use config::{CommonArgs, LogFormat, MigrationMode, StoreConfig, TcpHealth};
-pub use error::{ConfigError, StoreError};
+pub use error::{ConfigError, StoreError, StoreTarget};
 pub use group_commit::{GroupCommitConfig, GroupCommitStats};
 pub use migrate::MigrationReport;
 pub use reconcile_store::{ObservedRun, ReconcileCounts};

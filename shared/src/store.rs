@@ -13,7 +13,7 @@ use tokio_postgres::Row;
 
 use crate::claim::{Claim, ClaimKey, ClaimOutcome, ClaimState, ExpiredCount, RunRef};
 use crate::config::StoreConfig;
-use crate::error::StoreError;
+use crate::error::{StoreError, StoreTarget};
 use crate::group_commit::{GroupCommit, GroupCommitConfig, GroupCommitStats};
 use crate::migrate::{self, MigrationReport};
 use crate::sql;
@@ -39,6 +39,8 @@ pub struct ClaimStore {
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// Batches the claims' insert step when on ([`ClaimStore::with_group_commit`]).
     group: Option<Arc<GroupCommit>>,
+    /// Where the store is, for errors an operator reads (never the password).
+    target: StoreTarget,
 }
 
 impl std::fmt::Debug for ClaimStore {
@@ -53,6 +55,7 @@ impl ClaimStore {
     /// Builds the bounded pool. Connections are opened on first use, so this does not fail
     /// when the store is down; the first call does, with [`StoreError`].
     pub fn new(config: &StoreConfig) -> Result<Self, StoreError> {
+        let target = StoreTarget::of(&config.database);
         let mut pg = config.database.clone();
         // The server-side bound matches the client-side one, so a statement abandoned by a
         // timed-out call does not go on holding locks.
@@ -94,6 +97,7 @@ impl ClaimStore {
             timeout: config.timeout,
             tls: config.tls.clone(),
             group: None,
+            target,
         })
     }
 
@@ -131,8 +135,16 @@ impl ClaimStore {
             .unwrap_or(Err(StoreError::Timeout(self.timeout)))
     }
 
+    /// Where the store is (host:port, database, user), as errors name it.
+    pub fn target(&self) -> &StoreTarget {
+        &self.target
+    }
+
+    /// A pooled connection; a connection that cannot be made says where and what to do.
     async fn checkout(&self) -> Result<Checkout, StoreError> {
-        Checkout::get(&self.pool, &self.tls, self.timeout).await
+        Checkout::get(&self.pool, &self.tls, self.timeout)
+            .await
+            .map_err(|e| e.explain_connect(&self.target))
     }
 
     /// Runs `work` on one pooled connection under `bound` (pool wait included). Every store
@@ -157,6 +169,7 @@ impl ClaimStore {
         tokio::time::timeout(bound, attempt)
             .await
             .unwrap_or(Err(StoreError::Timeout(bound)))
+            .map_err(|e| e.explain_query(&self.target))
     }
 
     pub(crate) async fn query(
@@ -201,7 +214,7 @@ impl ClaimStore {
         }
         .await;
         checkout.settle(&result);
-        result
+        result.map_err(|e| e.explain_query(&self.target))
     }
 
     /// One round trip to the store (readiness).

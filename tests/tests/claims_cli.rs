@@ -121,13 +121,34 @@ fn time(v: &Value) -> Result<DateTime<Utc>> {
     Ok(DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc))
 }
 
-fn assert_fits_80_columns(text: &str) {
+/// Nothing cut (no `…`) and no value continued on a line of its own.
+fn assert_nothing_cut(text: &str) {
+    assert!(!text.contains('…'), "a value was cut: {text}");
     for line in text.lines() {
         assert!(
-            line.chars().count() <= 80,
-            "wider than 80 columns: {line:?}\n{text}"
+            line.is_empty() || !line.starts_with(' ') || line.starts_with("  "),
+            "a continuation line: {line:?}\n{text}"
         );
     }
+}
+
+/// A table's lines split into cells (kubectl's layout: cells hold no spaces, three or more
+/// spaces between columns), checking every line has one cell per header.
+fn table_rows(text: &str) -> Vec<Vec<String>> {
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| {
+            l.split("   ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect();
+    for row in &rows {
+        assert_eq!(row.len(), rows[0].len(), "a ragged table:\n{text}");
+    }
+    rows
 }
 
 #[tokio::test]
@@ -190,7 +211,62 @@ async fn get_shows_the_claim_in_a_table_and_in_json() -> Result<()> {
         chrono::Duration::days(30)
     );
 
+    // As kubectl get: a header and one line per claim, the columns in a fixed order, nothing
+    // cut; -o wide adds columns after them; --no-headers drops the header only.
     let table = cli(&db, &["get", &d]).await?.expect(0)?.stdout;
+    let rows = table_rows(&table);
+    assert_eq!(rows[0], ["DELIVERY", "SCOPE", "STATE", "RUN", "AGE"], "{table}");
+    assert_eq!(rows.len(), 2, "{table}");
+    assert_eq!(
+        rows[1][..4],
+        [d.as_str(), "orchestration", "pending", "jangar/run-first"],
+        "{table}"
+    );
+    let wide = table_rows(&cli(&db, &["get", &d, "-o", "wide"]).await?.expect(0)?.stdout);
+    assert_eq!(wide[0][..5], rows[0][..], "the default columns come first");
+    assert_eq!(
+        wide[0][5..],
+        [
+            "ORCHESTRATION",
+            "RUN-UID",
+            "IDLE",
+            "ADMISSIONS",
+            "TAKEOVERS",
+            "PRUNED-AFTER"
+        ]
+    );
+    assert_eq!(wide[1][5..7], ["demo-orchestration", retry.object_uid().as_str()]);
+    assert_eq!(wide[1][8], "1", "admissions");
+    let bare = cli(&db, &["get", &d, "--no-headers"]).await?.expect(0)?.stdout;
+    assert_eq!(
+        bare,
+        table
+            .lines()
+            .skip(1)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
+    // -o name prints what get/describe/release take back.
+    let name = cli(&db, &["get", &d, "-o", "name"]).await?.expect(0)?.stdout;
+    assert_eq!(name, format!("claim/{d}\n"));
+    let again = cli(&db, &["get", name.trim(), "-o", "json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    assert_eq!(again["claims"][0]["deliveryId"], d.as_str());
+    // -o yaml is the JSON document.
+    let yaml = cli(&db, &["get", &d, "-o", "yaml"]).await?.expect(0)?.stdout;
+    let from_yaml: Value = serde_saphyr::from_str(&yaml)?;
+    let mut from_json = cli(&db, &["get", &d, "-o", "json"]).await?.expect(0)?.json()?;
+    for doc in [&mut from_json] {
+        // Read a moment apart: only the clock-derived fields may differ.
+        for field in ["observedAt", "ageSeconds", "idleSeconds"] {
+            doc["claims"][0][field] = from_yaml["claims"][0][field].clone();
+        }
+    }
+    assert_eq!(from_yaml, from_json, "{yaml}");
+
+    let table = cli(&db, &["describe", &d]).await?.expect(0)?.stdout;
     for part in [
         format!("delivery {d}: 1 claim"),
         "jangar/run-first".to_owned(),
@@ -202,7 +278,7 @@ async fn get_shows_the_claim_in_a_table_and_in_json() -> Result<()> {
         assert!(table.contains(&part), "{part:?} missing from\n{table}");
     }
     assert!(table.contains("admissions     1"), "{table}");
-    assert_fits_80_columns(&table);
+    assert_nothing_cut(&table);
     Ok(())
 }
 
@@ -239,20 +315,31 @@ async fn a_delivery_held_in_two_scopes_shows_both_and_release_must_pick_one() ->
             ("orchestration", "demo-orchestration", "run-a")
         ]
     );
-    let table = cli(&db, &["get", &d]).await?.expect(0)?.stdout;
+    let table = cli(&db, &["get", &d, "--no-headers"]).await?.expect(0)?.stdout;
+    let lines = table_rows(&table);
+    assert_eq!(
+        lines
+            .iter()
+            .map(|r| (r[1].as_str(), r[3].as_str()))
+            .collect::<Vec<_>>(),
+        [("namespace", "jangar/run-b"), ("orchestration", "jangar/run-a")],
+        "{table}"
+    );
+    let table = cli(&db, &["describe", &d]).await?.expect(0)?.stdout;
     assert!(table.contains(&format!("delivery {d}: 2 claims")), "{table}");
-    assert_fits_80_columns(&table);
+    assert_nothing_cut(&table);
 
     // Ambiguous: refused with and without --yes, nothing deleted, the matches shown.
     for extra in [&[][..], &["--yes"][..]] {
         let args: Vec<&str> = ["release", d.as_str()].iter().chain(extra).copied().collect();
         let run = cli(&db, &args).await?.expect(4)?;
         assert!(run.one_error_line()?.contains("2 claims"), "{run:#?}");
+        let matches = table_rows(&run.stdout);
+        assert_eq!(matches.len(), 3, "a header and one line per match: {run:#?}");
         assert!(
             run.stdout.contains("namespace") && run.stdout.contains("run-a"),
             "{run:#?}"
         );
-        assert_fits_80_columns(&run.stdout);
         assert_eq!(
             rows(&db, &d).await?.len(),
             2,
@@ -298,7 +385,7 @@ async fn release_without_yes_deletes_nothing_and_with_yes_frees_the_delivery() -
     let preview = cli(&db, &["release", &d]).await?.expect(0)?;
     assert!(preview.stdout.contains("nothing deleted"), "{preview:#?}");
     assert!(preview.stdout.contains("jangar/run-first"), "{preview:#?}");
-    assert_fits_80_columns(&preview.stdout);
+    assert_nothing_cut(&preview.stdout);
     let json = cli(&db, &["release", &d, "-o", "json"])
         .await?
         .expect(0)?
@@ -316,7 +403,7 @@ async fn release_without_yes_deletes_nothing_and_with_yes_frees_the_delivery() -
     let released = cli(&db, &["release", &d, "--yes"]).await?.expect(0)?;
     assert!(released.stdout.contains("released"), "{released:#?}");
     assert!(released.stdout.contains("jangar/run-first"), "{released:#?}");
-    assert_fits_80_columns(&released.stdout);
+    assert_nothing_cut(&released.stdout);
     assert!(rows(&db, &d).await?.is_empty(), "the claim is gone");
     assert_eq!(rows(&db, &other).await?.len(), 1, "and only that one");
 
@@ -452,19 +539,101 @@ async fn list_filters_orders_newest_first_and_says_when_the_limit_cut_it() -> Re
         (5, Some(false))
     );
 
-    let table = cli(&db, &["list", "--limit", "2"]).await?.expect(0)?.stdout;
-    assert!(table.contains("showing the newest 2"), "{table}");
-    assert!(table.starts_with("DELIVERY"), "{table}");
-    assert_fits_80_columns(&table);
-    let table = cli(&db, &["list"]).await?.expect(0)?.stdout;
-    assert!(table.ends_with("5 claims\n"), "{table}");
-    assert!(
-        table.contains("other/run-2") && table.contains("confirmed"),
-        "{table}"
+    // The table on stdout, one line per claim; that the limit cut it, and how to go on, on
+    // stderr (a pipe sees only claims).
+    let cut = cli(&db, &["list", "--limit", "2"]).await?.expect(0)?;
+    let rows = table_rows(&cut.stdout);
+    assert_eq!(rows[0][0], "DELIVERY", "{cut:#?}");
+    assert_eq!(
+        rows[1..].iter().map(|r| r[0].clone()).collect::<Vec<_>>(),
+        [ds[4].clone(), ds[3].clone()]
     );
-    assert_fits_80_columns(&table);
+    let hint = cut.one_error_line()?;
+    assert!(hint.contains("showing 2 claims; more claims match"), "{cut:#?}");
+    let token = hint
+        .split_once("--continue ")
+        .map(|(_, t)| t.trim().to_owned())
+        .with_context(|| format!("no token in {hint:?}"))?;
+    let table = cli(&db, &["list"]).await?.expect(0)?;
+    assert_eq!(table_rows(&table.stdout).len(), 6, "{table:#?}");
+    assert!(table.stderr.is_empty(), "nothing cut, nothing said: {table:#?}");
+    assert!(
+        table.stdout.contains("other/run-2") && table.stdout.contains("confirmed"),
+        "{table:#?}"
+    );
+    assert_nothing_cut(&table.stdout);
     let empty = cli(&db, &["list", "--namespace", "nowhere"]).await?.expect(0)?;
-    assert_eq!(empty.stdout, "0 claims\n");
+    assert_eq!(
+        (empty.stdout.as_str(), empty.stderr.as_str()),
+        ("", "No claims found.\n")
+    );
+
+    // Paging: the token from the table's hint, then the JSON's `continue`, walk every claim
+    // once, newest first, and the last page has no token.
+    let next = cli(&db, &["list", "--limit", "2", "--continue", &token, "-o", "json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    assert_eq!(deliveries(&next), vec![ds[2].clone(), ds[1].clone()]);
+    let last_token = next["continue"].as_str().context("a continue token")?.to_owned();
+    let last = cli(
+        &db,
+        &["list", "--limit", "2", "--continue", &last_token, "-o", "json"],
+    )
+    .await?
+    .expect(0)?
+    .json()?;
+    assert_eq!(deliveries(&last), vec![ds[0].clone()]);
+    assert_eq!(
+        (last["truncated"].as_bool(), last["continue"].is_null()),
+        (Some(false), true)
+    );
+    // A filter applies on every page.
+    let confirmed = cli(
+        &db,
+        &[
+            "list",
+            "--limit",
+            "1",
+            "--continue",
+            &token,
+            "--state",
+            "confirmed",
+            "-o",
+            "json",
+        ],
+    )
+    .await?
+    .expect(0)?
+    .json()?;
+    assert!(deliveries(&confirmed).is_empty(), "{confirmed}");
+
+    // Claims made in the same microsecond (one transaction's now()): the key breaks the tie,
+    // so pages of one never skip or repeat a claim.
+    db.client()
+        .await?
+        .execute(
+            "UPDATE orchestration_dedupe_claims SET claimed_at = '2026-01-01T00:00:00Z'",
+            &[],
+        )
+        .await?;
+    let mut walked = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let mut args = vec!["list", "--limit", "1", "-o", "json"];
+        if let Some(t) = &after {
+            args.extend(["--continue", t.as_str()]);
+        }
+        let page = cli(&db, &args).await?.expect(0)?.json()?;
+        walked.extend(deliveries(&page));
+        match page["continue"].as_str() {
+            Some(t) => after = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    let mut expected = ds.clone();
+    expected.sort();
+    assert_eq!(walked, expected, "every claim once, by key within one instant");
     Ok(())
 }
 
@@ -593,7 +762,7 @@ async fn stats_match_the_table() -> Result<()> {
     ] {
         assert!(table.contains(&part), "{part:?} missing from\n{table}");
     }
-    assert_fits_80_columns(&table);
+    assert_nothing_cut(&table);
     Ok(())
 }
 
@@ -609,6 +778,8 @@ async fn usage_errors_exit_2_naming_the_flag_or_argument() -> Result<()> {
         (&["list", "--state", "expired"][..], "--state"),
         (&["stats", "--frobnicate"][..], "--frobnicate"),
         (&["stats", "--migrations", "apply"][..], "--migrations"),
+        (&["list", "--continue", "garbage"][..], "--continue"),
+        (&["stats", "-o", "name"][..], "--output"),
         (&[][..], "Usage"),
     ] {
         let run = cli(&db, args).await?.expect(2)?;

@@ -389,3 +389,91 @@ fn the_expression_readers_find_names_labels_and_groupings() {
     let exprs = rule_exprs("        - alert: A\n          expr: |\n            up{a=\"1\"}\n            or x\n          for: 1m\n");
     assert_eq!(exprs, vec!["up{a=\"1\"}\nor x\n".to_owned()]);
 }
+
+/// The value of the first sample named exactly `name` (with or without labels).
+fn sample(text: &str, name: &str) -> Result<(String, f64)> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        .with_context(|| format!("no {name} in\n{text}"))?;
+    let (head, value) = line.rsplit_once(' ').context("a sample without a value")?;
+    Ok((head.to_owned(), value.parse()?))
+}
+
+#[tokio::test]
+async fn build_info_and_the_standard_process_metrics_are_exported_and_plausible() -> Result<()> {
+    let db = TestDb::new().await?;
+    let certs = TestCerts::new()?;
+    let webhook = Webhook::start(db.url(), &certs, &["--kube-lookup", "off"], &[]).await?;
+    let text = scrape(&webhook).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+
+    let (labels, value) = sample(&text, "orchestration_dedupe_build_info")?;
+    ensure!(value == 1.0, "{labels} {value}");
+    let version = env!("CARGO_PKG_VERSION");
+    ensure!(labels.contains(&format!("version=\"{version}\"")), "{labels}");
+    let commit = labels
+        .split("commit=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .with_context(|| format!("no commit label in {labels}"))?;
+    // A commit of this repository when git can tell (the binary may predate the newest
+    // commit: any commit of the history is right), else the build's fallback.
+    let known = std::process::Command::new("git")
+        .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .ok();
+    let in_git = std::process::Command::new("git")
+        .args(["rev-parse", "--git-dir"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if in_git && std::env::var_os("DEDUPE_BUILD_COMMIT").is_none() {
+        ensure!(
+            commit.len() >= 7 && known.is_some_and(|s| s.success()),
+            "commit {commit:?} is not a commit of this repository"
+        );
+    } else {
+        ensure!(!commit.is_empty(), "{labels}");
+    }
+
+    let value = |name: &str| -> Result<f64> { Ok(sample(&text, name)?.1) };
+    let started = value("process_start_time_seconds")?;
+    ensure!(
+        started <= now + 1.0 && started > now - 300.0,
+        "the webhook started {started}, now is {now}"
+    );
+    let cpu = value("process_cpu_seconds_total")?;
+    ensure!(
+        (0.0..60.0).contains(&cpu),
+        "cpu {cpu} s for a webhook that just started"
+    );
+    let rss = value("process_resident_memory_bytes")?;
+    let virtual_ = value("process_virtual_memory_bytes")?;
+    ensure!(
+        rss > 1024.0 * 1024.0 && rss < virtual_,
+        "rss {rss}, virtual {virtual_}"
+    );
+    let open = value("process_open_fds")?;
+    let max = value("process_max_fds")?;
+    // stdin/out/err, the listeners, the pool's connection, the certificate watch.
+    ensure!(open >= 5.0 && open < max, "open fds {open}, max {max}");
+    for (name, kind) in [
+        ("process_cpu_seconds", "counter"),
+        ("process_start_time_seconds", "gauge"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("orchestration_dedupe_build_info", "gauge"),
+    ] {
+        ensure!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} is not a {kind}:\n{text}"
+        );
+    }
+    Ok(())
+}

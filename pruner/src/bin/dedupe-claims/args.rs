@@ -6,10 +6,10 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use dedupe_store::claim::ClaimState;
 use dedupe_store::config::{DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_RETENTION_DAYS};
-use dedupe_store::inspect::{KeySelector, ListFilter};
+use dedupe_store::inspect::{KeySelector, ListCursor, ListFilter};
 use dedupe_store::{ClaimScope, ConfigError, StoreConfig};
 
-use crate::human;
+use crate::{human, token};
 
 /// Rows `list` shows unless told otherwise.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -52,16 +52,27 @@ pub struct Cli {
     #[command(flatten)]
     pub store: StoreArgs,
 
-    /// Output format: a table for people (fits 80 columns), or JSON for scripts (documented
-    /// in docs/OPERATIONS.md, stable).
+    /// Output format: a table for people (one line per claim, nothing cut), `wide` for more
+    /// columns, `name` for `claim/DELIVERY_ID` lines, or JSON / YAML for scripts (the same
+    /// document, documented in docs/OPERATIONS.md; fields are only ever added).
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
+
+    /// Tables without their header line (as kubectl's --no-headers).
+    #[arg(long, global = true)]
+    pub no_headers: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
+    /// One line per claim: DELIVERY, SCOPE, STATE, RUN, AGE.
     Table,
+    /// The table plus ORCHESTRATION, RUN-UID, IDLE, ADMISSIONS, TAKEOVERS, PRUNED-AFTER.
+    Wide,
+    /// `claim/DELIVERY_ID`, one line per claim (`get`, `list`).
+    Name,
     Json,
+    Yaml,
 }
 
 /// The store flags, shared with the other binaries by name and environment variable. Global,
@@ -117,14 +128,22 @@ pub enum NeverMigrate {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
-    /// Every claim of one delivery, in any scope: key, holder, state, times, counters, and
-    /// when the pruner removes it.
+    /// Every claim of one delivery, in any scope, one line each (`-o wide` for more columns).
     Get {
-        /// The delivery id (the run's `jangar.proompteng.ai/delivery-id` label value).
+        /// The delivery id (the run's `jangar.proompteng.ai/delivery-id` label value), or
+        /// `claim/DELIVERY_ID` as `-o name` prints it.
         #[arg(value_parser = parse_delivery_id)]
         delivery_id: String,
     },
-    /// Claims, newest first, filtered.
+    /// Every claim of one delivery in detail: key, holder, state, times, counters, and when
+    /// the pruner removes it.
+    Describe {
+        /// The delivery id, or `claim/DELIVERY_ID`.
+        #[arg(value_parser = parse_delivery_id)]
+        delivery_id: String,
+    },
+    /// Claims, newest first, filtered, one line each. When --limit cuts the list, stderr
+    /// (or the JSON's `continue`) gives a token: pass it as --continue for the next page.
     List {
         /// Only claims in this state.
         #[arg(long, value_enum)]
@@ -142,11 +161,14 @@ pub enum Command {
         /// Show at most this many claims (says so when the limit cut the list).
         #[arg(long, default_value_t = DEFAULT_LIST_LIMIT, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_LIST_LIMIT)))]
         limit: u32,
+        /// Start after the page that printed this token (same filters, to walk all claims).
+        #[arg(long = "continue", value_name = "TOKEN", value_parser = token::parse)]
+        continue_after: Option<ListCursor>,
     },
     /// Release one claim, so that the next create of the delivery makes a new run. Without
     /// --yes, shows what it would delete and deletes nothing.
     Release {
-        /// The delivery id.
+        /// The delivery id, or `claim/DELIVERY_ID`.
         #[arg(value_parser = parse_delivery_id)]
         delivery_id: String,
         /// The claim's scope, when the delivery has claims in several.
@@ -182,8 +204,13 @@ impl From<StateArg> for ClaimState {
     }
 }
 
-/// A delivery id is a label value: the same rule the webhook applies.
+/// What `-o name` puts before a delivery id.
+pub const NAME_PREFIX: &str = "claim/";
+
+/// A delivery id is a label value: the same rule the webhook applies. `claim/ID` (what
+/// `-o name` prints) is accepted too, so `list -o name | xargs -n1 dedupe-claims get` works.
 fn parse_delivery_id(value: &str) -> Result<String, String> {
+    let value = value.strip_prefix(NAME_PREFIX).unwrap_or(value);
     match dedupe_store::run::label_value_problem(value) {
         None => Ok(value.to_owned()),
         Some(problem) => Err(format!("not a delivery id (a label value): {problem}")),
@@ -194,6 +221,9 @@ fn parse_delivery_id(value: &str) -> Result<String, String> {
 #[derive(Debug, Clone)]
 pub enum Request {
     Get {
+        delivery_id: String,
+    },
+    Describe {
         delivery_id: String,
     },
     List(ListFilter),
@@ -210,6 +240,7 @@ pub enum Request {
 pub struct Settings {
     pub store: StoreConfig,
     pub format: Format,
+    pub headers: bool,
     pub retention_days: u32,
     pub pending_grace: Duration,
     pub request: Request,
@@ -232,18 +263,23 @@ impl Settings {
             Command::Get { delivery_id } => Request::Get {
                 delivery_id: delivery_id.clone(),
             },
+            Command::Describe { delivery_id } => Request::Describe {
+                delivery_id: delivery_id.clone(),
+            },
             Command::List {
                 state,
                 older_than,
                 namespace,
                 orchestration,
                 limit,
+                continue_after,
             } => Request::List(ListFilter {
                 state: state.map(ClaimState::from),
                 older_than: *older_than,
                 run_namespace: namespace.clone(),
                 orchestration: orchestration.clone(),
                 limit: *limit,
+                after: continue_after.clone(),
             }),
             Command::Release {
                 delivery_id,
@@ -262,9 +298,16 @@ impl Settings {
             },
             Command::Stats => Request::Stats,
         };
+        if cli.output == Format::Name && !matches!(request, Request::Get { .. } | Request::List(_)) {
+            return Err(ConfigError::Invalid {
+                flag: "--output (-o)",
+                reason: "`name` is for `get` and `list` (the others print no claim list): use table, wide, json or yaml".into(),
+            });
+        }
         Ok(Self {
             store,
             format: cli.output,
+            headers: !cli.no_headers,
             retention_days: cli.store.retention_days,
             pending_grace: Duration::from_secs(cli.store.pending_grace_seconds),
             request,
@@ -291,6 +334,35 @@ mod tests {
         assert_eq!(cli.store.migrations, NeverMigrate::Skip);
         let cli = parse(&["list"])?;
         assert!(matches!(cli.command, Command::List { limit: 100, .. }));
+        assert!(!cli.no_headers);
+        Ok(())
+    }
+
+    #[test]
+    fn names_as_o_name_prints_them_are_delivery_ids() -> Result<(), clap::Error> {
+        let cli = parse(&["release", "claim/d-1", "--yes"])?;
+        assert!(matches!(cli.command, Command::Release { ref delivery_id, .. } if delivery_id == "d-1"));
+        let cli = parse(&["describe", "claim/d-2"])?;
+        assert!(matches!(cli.command, Command::Describe { ref delivery_id } if delivery_id == "d-2"));
+        Ok(())
+    }
+
+    #[test]
+    fn output_name_is_only_for_claim_lists() -> Result<(), clap::Error> {
+        for (args, ok) in [
+            (&["get", "d", "-o", "name"][..], true),
+            (&["list", "-o", "name"][..], true),
+            (&["stats", "-o", "name"][..], false),
+            (&["describe", "d", "-o", "name"][..], false),
+            (&["release", "d", "-o", "name"][..], false),
+        ] {
+            let cli = parse(&[args, &["--database-url", "postgres://h/db"]].concat())?;
+            let result = Settings::from_cli(&cli);
+            assert_eq!(result.is_ok(), ok, "{args:?}");
+            if let Err(e) = result {
+                assert!(e.to_string().contains("--output"), "{e}");
+            }
+        }
         Ok(())
     }
 
@@ -329,7 +401,8 @@ mod tests {
             (&["list", "--older-than", "7x"][..], "--older-than"),
             (&["release", "d1", "--scope", "global"][..], "--scope"),
             (&["stats", "--migrations", "apply"][..], "--migrations"),
-            (&["stats", "-o", "yaml"][..], "--output"),
+            (&["stats", "-o", "xml"][..], "--output"),
+            (&["list", "--continue", "nope"][..], "--continue"),
         ] {
             let err = parse(args).err();
             assert_eq!(err.as_ref().map(clap::Error::exit_code), Some(2), "{args:?}");

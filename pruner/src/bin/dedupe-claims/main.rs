@@ -9,6 +9,7 @@
 mod args;
 mod human;
 mod render;
+mod token;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -19,7 +20,7 @@ use dedupe_store::inspect::ReleaseOutcome;
 use dedupe_store::{ClaimStore, StoreError};
 
 use args::{Format, Request, Settings};
-use render::Context;
+use render::{Columns, Context};
 
 /// How a command ended, when it did not fail.
 enum Outcome {
@@ -54,7 +55,11 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One line, whatever the error chain holds: scripts and `kubectl exec` read it.
-            eprintln!("error: {}", format!("{e:#}").replace(['\n', '\r'], " "));
+            // Each cause once (the driver repeats its cause in its own text), and the store
+            // error itself names where and what to do.
+            let error: &(dyn std::error::Error + 'static) = e.as_ref();
+            let text = dedupe_store::error::Chain(error).to_string();
+            eprintln!("error: {}", text.replace(['\n', '\r'], " "));
             ExitCode::from(args::EXIT_STORE_FAILURE)
         }
     }
@@ -77,22 +82,38 @@ async fn execute(store: &ClaimStore, settings: &Settings) -> anyhow::Result<Outc
         retention_days: settings.retention_days,
         pending_grace: settings.pending_grace,
     };
-    let json = settings.format == Format::Json;
+    let format = settings.format;
+    let json = matches!(format, Format::Json | Format::Yaml);
+    let columns = if format == Format::Wide {
+        Columns::Wide
+    } else {
+        Columns::Default
+    };
+    let headers = settings.headers;
     match &settings.request {
-        Request::Get { delivery_id } => {
+        Request::Get { delivery_id } | Request::Describe { delivery_id } => {
             let claims = store
                 .claims_of_delivery(delivery_id)
                 .await
                 .map_err(|e| failed("reading the claims of the delivery", e))?;
             if claims.is_empty() {
                 return Ok(Outcome::NoSuchClaim(format!(
-                    "no claim for delivery {delivery_id}"
+                    "no claim for delivery {}",
+                    render::sanitize(delivery_id)
                 )));
             }
-            if json {
-                print_json(&render::get_json(delivery_id, &claims, cx))?;
-            } else {
-                print(&render::get_table(delivery_id, &claims, cx))?;
+            let describe = matches!(settings.request, Request::Describe { .. });
+            match format {
+                Format::Json | Format::Yaml => {
+                    print_doc(&render::get_json(delivery_id, &claims, cx), format)?;
+                }
+                Format::Name => print(&render::names(&claims))?,
+                Format::Table | Format::Wide if describe => {
+                    print(&render::describe(delivery_id, &claims, cx))?;
+                }
+                Format::Table | Format::Wide => {
+                    print(&render::claims_table(&claims, columns, headers, cx))?;
+                }
             }
         }
         Request::List(filter) => {
@@ -100,10 +121,32 @@ async fn execute(store: &ClaimStore, settings: &Settings) -> anyhow::Result<Outc
                 .list_claims(filter)
                 .await
                 .map_err(|e| failed("listing claims", e))?;
-            if json {
-                print_json(&render::list_json(&list, filter.limit, cx))?;
-            } else {
-                print(&render::list_table(&list, filter.limit))?;
+            let next = list.next.as_ref().map(token::encode);
+            match format {
+                Format::Json | Format::Yaml => {
+                    print_doc(
+                        &render::list_json(&list, filter.limit, next.as_deref(), cx),
+                        format,
+                    )?;
+                }
+                Format::Name => print(&render::names(&list.claims))?,
+                Format::Table | Format::Wide => {
+                    if !list.claims.is_empty() {
+                        print(&render::claims_table(&list.claims, columns, headers, cx))?;
+                    }
+                }
+            }
+            // As kubectl: stdout holds only the claims (a pipe sees no footer); what a person
+            // needs to know about the list goes to stderr.
+            if !json {
+                if let Some(next) = &next {
+                    eprintln!(
+                        "showing {}; more claims match: for the next page, add --continue {next}",
+                        render::plural(list.claims.len(), "claim", "claims")
+                    );
+                } else if list.claims.is_empty() {
+                    eprintln!("No claims found.");
+                }
             }
         }
         Request::Release {
@@ -124,7 +167,7 @@ async fn execute(store: &ClaimStore, settings: &Settings) -> anyhow::Result<Outc
                 match <[_; 1]>::try_from(matched) {
                     Ok([one]) => {
                         if json {
-                            print_json(&render::release_json(delivery_id, false, &[one], cx))?;
+                            print_doc(&render::release_json(delivery_id, false, &[one], cx), format)?;
                         } else {
                             print(&format!(
                                 "would release this claim (nothing deleted; run again with --yes to delete it):\n\n{}",
@@ -140,7 +183,7 @@ async fn execute(store: &ClaimStore, settings: &Settings) -> anyhow::Result<Outc
             match outcome {
                 ReleaseOutcome::Released(record) => {
                     if json {
-                        print_json(&render::release_json(delivery_id, true, &[record], cx))?;
+                        print_doc(&render::release_json(delivery_id, true, &[record], cx), format)?;
                     } else {
                         print(&format!(
                             "released this claim (deleted; the next create of the delivery makes a new run):\n\n{}",
@@ -150,7 +193,8 @@ async fn execute(store: &ClaimStore, settings: &Settings) -> anyhow::Result<Outc
                 }
                 ReleaseOutcome::NotFound => {
                     return Ok(Outcome::NoSuchClaim(format!(
-                        "no claim of delivery {delivery_id} matches{}",
+                        "no claim of delivery {} matches{}",
+                        render::sanitize(delivery_id),
                         if selector == &Default::default() {
                             ""
                         } else {
@@ -160,13 +204,14 @@ async fn execute(store: &ClaimStore, settings: &Settings) -> anyhow::Result<Outc
                 }
                 ReleaseOutcome::Ambiguous(matched) => {
                     if json {
-                        print_json(&render::release_json(delivery_id, false, &matched, cx))?;
+                        print_doc(&render::release_json(delivery_id, false, &matched, cx), format)?;
                     } else {
-                        print(&render::matches_table(&matched))?;
+                        print(&render::claims_table(&matched, Columns::Wide, headers, cx))?;
                     }
                     return Ok(Outcome::Ambiguous(format!(
-                        "{} claims of delivery {delivery_id} match; nothing deleted: pick one with --scope, --namespace and --orchestration",
-                        matched.len()
+                        "{} claims of delivery {} match; nothing deleted: pick one with --scope, --namespace and --orchestration",
+                        matched.len(),
+                        render::sanitize(delivery_id)
                     )));
                 }
             }
@@ -177,9 +222,9 @@ async fn execute(store: &ClaimStore, settings: &Settings) -> anyhow::Result<Outc
                 .await
                 .map_err(|e| failed("reading the table's figures", e))?;
             if json {
-                print_json(&render::stats_json(&stats, cx))?;
+                print_doc(&render::stats_json(&stats, cx), format)?;
             } else {
-                print(&render::stats_table(&stats, cx))?;
+                print(&render::stats_table(&stats, headers, cx))?;
             }
         }
     }
@@ -197,7 +242,20 @@ fn print(text: &str) -> anyhow::Result<()> {
     out.flush().context("writing to stdout")
 }
 
-fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
-    print(&format!("{text}\n"))
+/// The document as JSON, or as YAML (the same document: the same keys, values and nulls).
+fn print_doc(value: &serde_json::Value, format: Format) -> anyhow::Result<()> {
+    let text = if format == Format::Yaml {
+        // Plain scalars, never folded (`>-`) past 80 characters: a long id or token stays
+        // on one line, whole, as kubectl prints it and as `grep` finds it.
+        let mut options = serde_saphyr::SerializerOptions::default();
+        options.prefer_block_scalars = false;
+        serde_saphyr::to_string_with_options(value, options).context("encoding YAML")?
+    } else {
+        serde_json::to_string_pretty(value).context("encoding JSON")?
+    };
+    if text.ends_with('\n') {
+        print(&text)
+    } else {
+        print(&format!("{text}\n"))
+    }
 }

@@ -1,7 +1,13 @@
-//! What `dedupe-claims` prints: tables that fit 80 columns for people, and JSON for scripts.
-//! The JSON shapes are documented in docs/OPERATIONS.md ("dedupe-claims JSON"); fields are
-//! only ever added.
+//! What `dedupe-claims` prints: tables for people, laid out as kubectl lays out its own (one
+//! line per claim, columns as wide as their widest cell, three spaces apart, nothing cut), and
+//! JSON or YAML for scripts. The JSON shapes are documented in docs/OPERATIONS.md
+//! ("dedupe-claims JSON"); fields are only ever added; YAML is the same document.
+//!
+//! Every cell and value of human output goes through [`sanitize`], so a stored name cannot
+//! carry terminal control sequences to the operator's screen.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use dedupe_store::claim::ClaimState;
@@ -10,9 +16,7 @@ use serde_json::{json, Value};
 
 use crate::human;
 
-/// The width tables are laid out for.
-pub const WIDTH: usize = 80;
-/// Width of the label column of a `get` block.
+/// Width of the label column of a `describe` block.
 const LABEL_WIDTH: usize = 15;
 
 /// How `get` and `release` describe claims: the settings that turn rows into dates.
@@ -55,10 +59,12 @@ pub fn get_json(delivery_id: &str, claims: &[ClaimRecord], cx: Context) -> Value
     })
 }
 
-pub fn list_json(list: &ClaimList, limit: u32, cx: Context) -> Value {
+/// `continue` is the token for the next page (`--continue`), null when nothing is left.
+pub fn list_json(list: &ClaimList, limit: u32, next: Option<&str>, cx: Context) -> Value {
     json!({
         "limit": limit,
         "truncated": list.truncated,
+        "continue": next,
         "retentionDays": cx.retention_days,
         "claims": list.claims.iter().map(|r| claim_json(r, cx)).collect::<Vec<_>>(),
     })
@@ -104,7 +110,69 @@ pub fn stats_json(s: &ClaimStats, cx: Context) -> Value {
 
 // --- tables -------------------------------------------------------------------------------
 
-/// One claim as labelled lines (values too long for a line continue on the next).
+/// Which columns a claim table shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Columns {
+    /// DELIVERY, SCOPE, STATE, RUN, AGE.
+    Default,
+    /// The default columns, then ORCHESTRATION, RUN-UID, IDLE, ADMISSIONS, TAKEOVERS,
+    /// PRUNED-AFTER (`-o wide`).
+    Wide,
+}
+
+/// The claim table's header, in a fixed order: scripts may pick columns by position, and the
+/// wide columns only ever come after the default ones.
+const DEFAULT_HEADERS: [&str; 5] = ["DELIVERY", "SCOPE", "STATE", "RUN", "AGE"];
+const WIDE_HEADERS: [&str; 6] = [
+    "ORCHESTRATION",
+    "RUN-UID",
+    "IDLE",
+    "ADMISSIONS",
+    "TAKEOVERS",
+    "PRUNED-AFTER",
+];
+
+/// Claims one line each (`get`, `list`, a release's matches).
+pub fn claims_table(claims: &[ClaimRecord], columns: Columns, headers: bool, cx: Context) -> String {
+    let mut names: Vec<&str> = DEFAULT_HEADERS.to_vec();
+    if columns == Columns::Wide {
+        names.extend(WIDE_HEADERS);
+    }
+    let mut table = Table::new(&names);
+    for r in claims {
+        let c = &r.claim;
+        let mut row = vec![
+            r.key.delivery_id.clone(),
+            r.key.scope.as_str().to_owned(),
+            c.state.as_str().to_owned(),
+            c.holder.to_string(),
+            human::span(r.age()),
+        ];
+        if columns == Columns::Wide {
+            row.extend([
+                or_none(&r.key.orchestration),
+                or_none(&c.holder.uid),
+                human::span(c.idle_for()),
+                c.admissions.to_string(),
+                c.takeovers.to_string(),
+                human::time(r.prunable_after(cx.retention_days)),
+            ]);
+        }
+        table.row(row);
+    }
+    table.render(headers)
+}
+
+/// `claim/DELIVERY_ID` per claim (`-o name`): what `get`, `describe` and `release` accept.
+pub fn names(claims: &[ClaimRecord]) -> String {
+    claims
+        .iter()
+        .map(|r| format!("claim/{}\n", sanitize(&r.key.delivery_id)))
+        .collect()
+}
+
+/// One claim as labelled lines, nothing cut or wrapped (a long name makes a long line:
+/// it stays copyable).
 pub fn claim_block(r: &ClaimRecord, cx: Context) -> String {
     let c = &r.claim;
     let state = match c.state {
@@ -120,8 +188,8 @@ pub fn claim_block(r: &ClaimRecord, cx: Context) -> String {
     let fields = [
         ("delivery", r.key.delivery_id.clone()),
         ("scope", r.key.scope.as_str().to_owned()),
-        ("namespace", or_dash(&r.key.namespace)),
-        ("orchestration", or_dash(&r.key.orchestration)),
+        ("namespace", or_none(&r.key.namespace)),
+        ("orchestration", or_none(&r.key.orchestration)),
         ("run", c.holder.to_string()),
         ("run uid", c.holder.uid.clone()),
         ("state", state),
@@ -156,59 +224,28 @@ pub fn claim_block(r: &ClaimRecord, cx: Context) -> String {
     out
 }
 
-/// `''` key parts (outside the scope) shown as `-`.
-fn or_dash(s: &str) -> String {
+/// `''` key parts (outside the scope) and empty values, as kubectl shows them.
+fn or_none(s: &str) -> String {
     if s.is_empty() {
-        "-".to_owned()
+        NONE.to_owned()
     } else {
         s.to_owned()
     }
 }
 
-/// `label          value`, wrapping the value at word boundaries (or hard, for long names)
-/// so that no line passes [`WIDTH`].
+/// What an empty cell shows (kubectl's word for it).
+const NONE: &str = "<none>";
+
+/// `label          value`, the value whole on one line.
 fn field(out: &mut String, label: &str, value: &str) {
-    let room = WIDTH - LABEL_WIDTH;
-    let mut first = true;
-    for line in wrap(value, room) {
-        let label = if first { label } else { "" };
-        out.push_str(&format!("{label:<LABEL_WIDTH$}{line}\n"));
-        first = false;
-    }
+    let _ = writeln!(out, "{label:<LABEL_WIDTH$}{}", sanitize(value));
 }
 
-fn wrap(text: &str, room: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut line = String::new();
-    for word in text.split(' ') {
-        let mut word: Vec<char> = word.chars().collect();
-        // A word longer than a line (a long name) is cut hard.
-        while word.len() > room {
-            if !line.is_empty() {
-                lines.push(std::mem::take(&mut line));
-            }
-            let rest = word.split_off(room);
-            lines.push(word.into_iter().collect());
-            word = rest;
-        }
-        let len = line.chars().count();
-        if len > 0 && len + 1 + word.len() > room {
-            lines.push(std::mem::take(&mut line));
-        }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.extend(word);
-    }
-    if !line.is_empty() || lines.is_empty() {
-        lines.push(line);
-    }
-    lines
-}
-
-pub fn get_table(delivery_id: &str, claims: &[ClaimRecord], cx: Context) -> String {
+/// `describe`: every claim of the delivery as a block.
+pub fn describe(delivery_id: &str, claims: &[ClaimRecord], cx: Context) -> String {
     let mut out = format!(
-        "delivery {delivery_id}: {}\n",
+        "delivery {}: {}\n",
+        sanitize(delivery_id),
         plural(claims.len(), "claim", "claims")
     );
     for r in claims {
@@ -218,65 +255,7 @@ pub fn get_table(delivery_id: &str, claims: &[ClaimRecord], cx: Context) -> Stri
     out
 }
 
-/// Claims two lines each: the key and state on the first, the run (indented) on the second,
-/// so that neither a 36-character delivery id nor a long run name has to be cut to fit.
-pub fn list_table(list: &ClaimList, limit: u32) -> String {
-    let mut table = Table::new(&["DELIVERY", "STATE", "AGE", "SCOPE"]);
-    for r in &list.claims {
-        table.row(vec![
-            r.key.delivery_id.clone(),
-            r.claim.state.as_str().to_owned(),
-            human::span(r.age()),
-            r.key.scope.as_str().to_owned(),
-        ]);
-    }
-    let mut out = String::new();
-    if !list.claims.is_empty() {
-        out = with_run_lines(&table, &list.claims);
-    }
-    if list.truncated {
-        out.push_str(&format!(
-            "showing the newest {limit}: more claims match (raise --limit, or narrow the filters)\n"
-        ));
-    } else {
-        out.push_str(&format!("{}\n", plural(list.claims.len(), "claim", "claims")));
-    }
-    out
-}
-
-/// Indent of the run line under each claim.
-const RUN_INDENT: &str = "  ";
-
-/// The table with each claim's run on an indented line of its own under its row.
-fn with_run_lines(table: &Table, claims: &[ClaimRecord]) -> String {
-    let rendered = table.render(WIDTH);
-    let mut lines = rendered.lines();
-    let mut out = String::new();
-    if let Some(header) = lines.next() {
-        out.push_str(&format!("{header}\n{RUN_INDENT}RUN\n"));
-    }
-    for (line, r) in lines.zip(claims) {
-        let run = fit(&format!("{RUN_INDENT}{}", r.claim.holder), WIDTH);
-        out.push_str(&format!("{line}\n{}\n", run.trim_end()));
-    }
-    out
-}
-
-/// Several matches of a release, one line each, so the operator can pick one.
-pub fn matches_table(claims: &[ClaimRecord]) -> String {
-    let mut table = Table::new(&["SCOPE", "NAMESPACE", "ORCHESTRATION", "STATE"]);
-    for r in claims {
-        table.row(vec![
-            r.key.scope.as_str().to_owned(),
-            or_dash(&r.key.namespace),
-            or_dash(&r.key.orchestration),
-            r.claim.state.as_str().to_owned(),
-        ]);
-    }
-    with_run_lines(&table, claims)
-}
-
-pub fn stats_table(s: &ClaimStats, cx: Context) -> String {
+pub fn stats_table(s: &ClaimStats, headers: bool, cx: Context) -> String {
     let mut out = String::new();
     let count = |state: ClaimState| -> u64 {
         s.by_scope_state
@@ -305,8 +284,8 @@ pub fn stats_table(s: &ClaimStats, cx: Context) -> String {
                 human::time(g.oldest),
             ]);
         }
-        for line in table.render(WIDTH - 2).lines() {
-            out.push_str(&format!("  {line}\n"));
+        for line in table.render(headers).lines() {
+            let _ = writeln!(out, "  {line}");
         }
     }
     let oldest = match &s.oldest {
@@ -317,7 +296,7 @@ pub fn stats_table(s: &ClaimStats, cx: Context) -> String {
             human::time(r.claim.claimed_at),
             human::relative(r.age())
         ),
-        None => "-".to_owned(),
+        None => NONE.to_owned(),
     };
     field(&mut out, "oldest", &oldest);
     field(
@@ -351,21 +330,43 @@ pub fn stats_table(s: &ClaimStats, cx: Context) -> String {
     out
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
+pub fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// A plain-text table whose columns shrink (the widest first, cells cut with `…`) until it
-/// fits the width.
+/// Text from the store made safe for a terminal: C0 controls (tab and newline too: a cell is
+/// one line), DEL and C1 controls are shown escaped (`\x1b`, `\u{9b}`), everything else as is.
+/// The one place human output is escaped: the table writer and [`field`] call it on every
+/// cell and value.
+pub fn sanitize(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match u32::from(c) {
+            n @ (0..=0x1f | 0x7f) => {
+                let _ = write!(out, "\\x{n:02x}");
+            }
+            n @ 0x80..=0x9f => {
+                let _ = write!(out, "\\u{{{n:x}}}");
+            }
+            _ => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A plain-text table laid out as kubectl's tabwriter does: each column as wide as its widest
+/// cell (header included), three spaces between columns, the last column not padded, no cell
+/// ever cut.
 struct Table {
     headers: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
-/// Columns are separated by this many spaces.
-const GAP: usize = 2;
-/// No column shrinks below this (or its header, if shorter).
-const MIN_COLUMN: usize = 8;
+/// Spaces between columns (kubectl's printers use a tabwriter with padding 3).
+const GAP: usize = 3;
 
 impl Table {
     fn new(headers: &[&str]) -> Self {
@@ -379,55 +380,42 @@ impl Table {
         self.rows.push(cells);
     }
 
-    fn render(&self, width: usize) -> String {
-        let mut widths: Vec<usize> = self
-            .headers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                self.rows
+    fn render(&self, headers: bool) -> String {
+        let lines: Vec<Vec<Cow<'_, str>>> = headers
+            .then_some(&self.headers)
+            .into_iter()
+            .chain(&self.rows)
+            .map(|cells| {
+                (0..self.headers.len())
+                    .map(|i| sanitize(cells.get(i).map_or("", String::as_str)))
+                    .collect()
+            })
+            .collect();
+        let widths: Vec<usize> = (0..self.headers.len())
+            .map(|i| {
+                lines
                     .iter()
-                    .filter_map(|r| r.get(i))
-                    .map(|c| c.chars().count())
-                    .chain(std::iter::once(h.chars().count()))
+                    .map(|cells| cells[i].chars().count())
                     .max()
                     .unwrap_or(0)
             })
             .collect();
-        let total = |w: &[usize]| w.iter().sum::<usize>() + GAP * w.len().saturating_sub(1);
-        while total(&widths) > width {
-            let Some((i, _)) = widths
-                .iter()
-                .enumerate()
-                .filter(|(i, w)| **w > self.headers[*i].chars().count().max(MIN_COLUMN))
-                .max_by_key(|(_, w)| **w)
-            else {
-                break;
-            };
-            widths[i] -= 1;
-        }
         let mut out = String::new();
-        for cells in std::iter::once(&self.headers).chain(&self.rows) {
-            let line: Vec<String> = widths
-                .iter()
-                .enumerate()
-                .map(|(i, w)| fit(cells.get(i).map_or("", String::as_str), *w))
-                .collect();
-            out.push_str(line.join(&" ".repeat(GAP)).trim_end());
+        for cells in &lines {
+            let mut line = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                if i + 1 == cells.len() {
+                    line.push_str(cell);
+                } else {
+                    let pad = widths[i] - cell.chars().count() + GAP;
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
             out.push('\n');
         }
         out
-    }
-}
-
-/// `text` padded or cut (with `…`) to exactly `width` characters.
-fn fit(text: &str, width: usize) -> String {
-    let len = text.chars().count();
-    if len <= width {
-        format!("{text:<width$}")
-    } else {
-        let cut: String = text.chars().take(width.saturating_sub(1)).collect();
-        format!("{cut}…")
     }
 }
 
@@ -436,21 +424,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wide_tables_shrink_to_the_width_and_mark_cuts() {
+    fn columns_are_as_wide_as_their_widest_cell_three_spaces_apart() {
         let mut t = Table::new(&["DELIVERY", "STATE", "RUN"]);
-        t.row(vec![
-            "x".repeat(63),
-            "confirmed".into(),
-            format!("agents/{}", "r".repeat(60)),
-        ]);
-        let text = t.render(WIDTH);
-        for line in text.lines() {
-            assert!(line.chars().count() <= WIDTH, "{line:?}");
-        }
-        assert!(text.contains('…'));
-        assert!(
-            text.contains("confirmed"),
-            "narrow columns are left alone: {text}"
+        let long = "x".repeat(63);
+        let run = format!("agents/{}", "r".repeat(60));
+        t.row(vec![long.clone(), "confirmed".into(), run.clone()]);
+        t.row(vec!["d".into(), "pending".into(), "a/b".into()]);
+        let text = t.render(true);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                format!("DELIVERY{}STATE       RUN", " ".repeat(63 - 8 + 3)),
+                format!("{long}   confirmed   {run}"),
+                format!("d{}pending     a/b", " ".repeat(62 + 3)),
+            ]
+        );
+        assert!(!text.contains('…'), "nothing is cut: {text}");
+        assert_eq!(
+            t.render(false).lines().count(),
+            2,
+            "--no-headers drops the header only"
         );
     }
 
@@ -458,19 +452,27 @@ mod tests {
     fn narrow_tables_are_not_padded_at_the_end() {
         let mut t = Table::new(&["A", "B"]);
         t.row(vec!["1".into(), "2".into()]);
-        assert_eq!(t.render(WIDTH), "A  B\n1  2\n");
+        assert_eq!(t.render(true), "A   B\n1   2\n");
     }
 
     #[test]
-    fn long_values_wrap_within_the_width() {
-        let mut long_name = String::new();
-        field(&mut long_name, "orchestration", &"x".repeat(200));
-        let mut words = String::new();
-        field(&mut words, "state", &"word ".repeat(40));
-        for line in long_name.lines().chain(words.lines()) {
-            assert!(line.chars().count() <= WIDTH, "{line:?}");
-        }
-        assert_eq!(long_name.matches('x').count(), 200, "nothing lost: {long_name}");
-        assert_eq!(words.matches("word").count(), 40, "nothing lost: {words}");
+    fn control_characters_in_cells_are_escaped_and_keep_the_columns_aligned() {
+        let mut t = Table::new(&["A", "B"]);
+        t.row(vec!["x\u{1b}]0;pwned\u{7}\ny".into(), "z".into()]);
+        t.row(vec!["\u{9b}31m\u{7f}".into(), "w".into()]);
+        let text = t.render(true);
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(text.contains(r"x\x1b]0;pwned\x07\x0ay"), "{text}");
+        assert!(text.contains(r"\u{9b}31m\x7f"), "{text}");
+        assert_eq!(text.lines().count(), 3, "one line per row: {text}");
+        assert_eq!(sanitize("plain/name-1"), Cow::Borrowed("plain/name-1"));
+    }
+
+    #[test]
+    fn long_values_stay_whole_on_one_line() {
+        let mut out = String::new();
+        field(&mut out, "orchestration", &"x".repeat(200));
+        assert_eq!(out.lines().count(), 1);
+        assert_eq!(out.matches('x').count(), 200);
     }
 }
