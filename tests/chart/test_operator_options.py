@@ -9,7 +9,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from conftest import RELEASE, env_of, render
+from conftest import CHART_DIR, NAMESPACE, RELEASE, env_of, render
 
 SA_ADMISSION = "platform-dedupe-webhook"
 SA_PRUNER = "platform-dedupe-pruner"
@@ -192,3 +192,9 @@ def test_schema_refuses_malformed_options(chart: helm.Chart) -> None:
         with pytest.raises(helm.HelmValuesError) as error:
             chart.validate_schema(chart.merge_values(values))
         assert where in str(error.value), (where, str(error.value))
+
+
+def test_lint_strict_passes_with_every_option() -> None:
+    report = helm.lint(CHART_DIR, OPERATOR_OPTIONS, strict=True, namespace=NAMESPACE, kube_version="v1.33.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not problems and not report["errors"], report
