@@ -10,6 +10,7 @@ import pytest
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 
 from conftest import CRD_KINDS, KUBE_VERSION, render
+from test_operator_options import OPERATOR_OPTIONS
 from test_render import EVERYTHING_ON
 
 BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
@@ -63,6 +64,7 @@ GOOD_VALUES: dict[str, dict[str, Any]] = {
     "global-from-a-parent-chart": {"global": {"imageRegistry": "example"}},
     "existing-issuer": {"admission": {"tls": {"certManager": {"issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}}},
     "database-ca": {"database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}}},
+    "operator-options": OPERATOR_OPTIONS,
     "database-ca-dotted-name-custom-key": {"database": {"tls": {"caSecretRef": {"name": "pg.server-ca", "key": "ca_bundle.pem"}}}},
 }
 
@@ -86,6 +88,9 @@ KUBE_CASES: dict[str, dict[str, Any]] = {
         "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["fd00:10::/64"]}, "webhookFrom": [{"podSelector": {"matchLabels": {"k8s-app": "konnectivity-agent"}}}]},
     },
     "network-policy-allow-all": {"networkPolicy": {"enabled": True, "webhookAllowAllSources": True}, "serviceMonitor": {"enabled": True}},
+    # Host network, extra env/volumes, existing ServiceAccounts, OpenShift-style security
+    # contexts (test_operator_options).
+    "operator-options": OPERATOR_OPTIONS,
     "tuned": {
         "admission": {"replicas": 3, "pdb": {"minAvailable": "50%"}, "preStopSleepSeconds": 0, "podAnnotations": {"a": "b"}, "podLabels": {"team": "x"}},
         "pruner": {"podFailurePolicy": {"rules": []}, "podLabels": {"team": "x"}},

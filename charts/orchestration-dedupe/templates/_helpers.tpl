@@ -21,6 +21,27 @@ Names. The full name is capped at 40 characters so that "<fullname>-pruner" stay
 
 {{- define "od.admission.fullname" -}}{{ include "od.fullname" . }}-admission{{- end -}}
 {{- define "od.pruner.fullname" -}}{{ include "od.fullname" . }}-pruner{{- end -}}
+
+{{/*
+The ServiceAccount a part runs as: the chart's own ("<fullname>-<part>", or serviceAccount.name)
+when serviceAccount.create, else the existing one serviceAccount.name names. RBAC binds the same.
+*/}}
+{{- define "od.admission.serviceAccountName" -}}
+{{- $sa := .Values.admission.serviceAccount -}}
+{{- if $sa.create -}}
+{{- default (include "od.admission.fullname" .) $sa.name -}}
+{{- else -}}
+{{- required "admission.serviceAccount.name is required when admission.serviceAccount.create is false (the existing ServiceAccount the webhook runs as)" $sa.name -}}
+{{- end -}}
+{{- end -}}
+{{- define "od.pruner.serviceAccountName" -}}
+{{- $sa := .Values.pruner.serviceAccount -}}
+{{- if $sa.create -}}
+{{- default (include "od.pruner.fullname" .) $sa.name -}}
+{{- else -}}
+{{- required "pruner.serviceAccount.name is required when pruner.serviceAccount.create is false (the existing ServiceAccount the pruner runs as)" $sa.name -}}
+{{- end -}}
+{{- end -}}
 {{- define "od.tlsSecretName" -}}
 {{- if eq .Values.admission.tls.mode "secret" -}}
 {{- required "admission.tls.secret.name is required when admission.tls.mode is secret" .Values.admission.tls.secret.name -}}
@@ -78,9 +99,12 @@ app.kubernetes.io/component: {{ .component }}
 {{/*
 The container environment: DATABASE_URL from the Secret, then the variables derived from
 values (.derived, plus the database CA path when database.tls.caSecretRef is set), overlaid by
-env.vars and then by the component's env.vars (.overlay).
-Names are unique and sorted, so the list is stable for server-side apply and diffs.
-Call with (dict "ctx" $ "derived" (dict ...) "overlay" .Values.<part>.env.vars).
+env.vars and then by the component's env.vars (.overlay); sorted, so the list is stable for
+server-side apply and diffs. Then the component's extraEnv (.extra, EnvVar objects, in the
+given order). Names must be unique (server-side apply rejects duplicates): an extraEnv name the
+chart already sets, or one listed twice, fails the render (.part names the values key).
+Call with (dict "ctx" $ "derived" (dict ...) "overlay" .Values.<part>.env.vars
+"extra" .Values.<part>.extraEnv "part" "<part>").
 */}}
 {{- define "od.env" -}}
 {{- $vars := dict -}}
@@ -90,6 +114,15 @@ Call with (dict "ctx" $ "derived" (dict ...) "overlay" .Values.<part>.env.vars).
 {{- end -}}
 {{- range $k, $v := .ctx.Values.env.vars }}{{ $_ := set $vars $k $v }}{{ end -}}
 {{- range $k, $v := .overlay }}{{ $_ := set $vars $k $v }}{{ end -}}
+{{- $seen := dict "DATABASE_URL" "database.secretRef" -}}
+{{- range $k := keys $vars }}{{ $_ := set $seen $k "the chart (derived values, env.vars or the part's env.vars)" }}{{ end -}}
+{{- $part := .part -}}
+{{- range .extra -}}
+{{- if hasKey $seen .name -}}
+{{- fail (printf "%s.extraEnv: %s is already set by %s; server-side apply rejects duplicate env names, so set it there (or remove it from %s.extraEnv)" $part .name (get $seen .name) $part) -}}
+{{- end -}}
+{{- $_ := set $seen .name (printf "an earlier %s.extraEnv entry" $part) -}}
+{{- end -}}
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
@@ -98,6 +131,9 @@ Call with (dict "ctx" $ "derived" (dict ...) "overlay" .Values.<part>.env.vars).
 {{- range $k := keys $vars | sortAlpha }}
 - name: {{ $k }}
   value: {{ index $vars $k | toString | quote }}
+{{- end }}
+{{- with .extra }}
+{{ toYaml . }}
 {{- end }}
 {{- end -}}
 
@@ -175,8 +211,16 @@ nothing when no name is set.
   verbs: ["get", "list", "watch"]
 {{- end -}}
 
-{{/* The restricted pod and container security contexts (Pod Security Standards "restricted"). */}}
+{{/*
+The pod and container security contexts: the part's podSecurityContext / securityContext value
+as a whole object when set (never merged: an operator must be able to leave runAsUser out, as
+OpenShift's restricted SCC requires), else the restricted ones below (Pod Security Standards
+"restricted"). Call with the value: (include "od.podSecurityContext" .Values.<part>.podSecurityContext).
+*/}}
 {{- define "od.podSecurityContext" -}}
+{{- if . -}}
+{{ toYaml . }}
+{{- else -}}
 runAsNonRoot: true
 runAsUser: 65532
 runAsGroup: 65532
@@ -184,8 +228,12 @@ fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+{{- end -}}
 
 {{- define "od.containerSecurityContext" -}}
+{{- if . -}}
+{{ toYaml . }}
+{{- else -}}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 runAsNonRoot: true
@@ -197,12 +245,26 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+{{- end -}}
 
 {{/* Cross-field checks the schema cannot express. */}}
 {{- define "od.validate" -}}
 {{- if .Values.admission.enabled -}}
 {{- if ge (int64 .Values.admission.storeTimeoutMs) (mul (int64 .Values.admission.timeoutSeconds) 1000) -}}
 {{- fail (printf "admission.storeTimeoutMs (%d) must be below admission.timeoutSeconds (%d s): a slow store must turn into a 503 the API server sees, not a timed-out call" (int64 .Values.admission.storeTimeoutMs) (int64 .Values.admission.timeoutSeconds)) -}}
+{{- end -}}
+{{- if .Values.admission.hostNetwork -}}
+{{- /* Ports the kubelet and kube-proxy hold on every node. */ -}}
+{{- $taken := dict "10248" "the kubelet's health port" "10249" "kube-proxy's metrics port" "10250" "the kubelet's API port" "10255" "the kubelet's read-only port" "10256" "kube-proxy's health port" -}}
+{{- range $key := list "port" "metricsPort" -}}
+{{- $port := index $.Values.admission $key | int64 | toString -}}
+{{- if hasKey $taken $port -}}
+{{- fail (printf "admission.hostNetwork binds admission.%s on the node itself, and %s is %s: choose a port free on every node (e.g. admission.port=9443, admission.metricsPort=9091)" $key $port (get $taken $port)) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq (int64 .Values.admission.port) (int64 .Values.admission.metricsPort) -}}
+{{- fail "admission.port and admission.metricsPort must differ" -}}
+{{- end -}}
 {{- end -}}
 {{- if and (eq .Values.admission.tls.mode "secret") (not .Values.admission.tls.secret.caBundle) -}}
 {{- fail "admission.tls.secret.caBundle is required when admission.tls.mode is secret (base64 of the PEM CA that signed the Secret's certificate)" -}}
