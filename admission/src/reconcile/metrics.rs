@@ -2,9 +2,24 @@
 
 use std::sync::atomic::AtomicI64;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+/// Why a run got no claim from the reconciler: a [`dedupe_store::RejectReason`] word, or
+/// [`STORE_REJECTED`] / [`GONE_OVERFLOW`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    pub reason: &'static str,
+}
+
+/// The store refused the run's row for its data (the rules let through something it cannot
+/// hold): the row is skipped, the rest of its batch written.
+pub const STORE_REJECTED: &str = "store_rejected";
+/// A run that left before it was written, dropped because too many were waiting.
+pub const GONE_OVERFLOW: &str = "gone_overflow";
 
 /// Cheap to clone: every field shares its value.
 #[derive(Clone, Debug, Default)]
@@ -20,6 +35,10 @@ pub struct ReconcileMetrics {
     pub observed_runs: Gauge<i64, AtomicI64>,
     pub watch_errors: Counter,
     pub store_errors: Counter,
+    /// Runs the reconciler cannot claim, by reason; each counted once when first seen.
+    pub skipped: Family<SkipLabels, Counter>,
+    /// Unix seconds of the last thing a watch received: an event, a list page, a bookmark.
+    pub last_event: Gauge<i64, AtomicI64>,
 }
 
 impl ReconcileMetrics {
@@ -54,6 +73,16 @@ impl ReconcileMetrics {
             "watch_errors",
             "Failed lists and watches of the API server (retried with backoff)",
             self.watch_errors.clone(),
+        );
+        sub.register(
+            "skipped_runs",
+            "Labelled runs the reconciler cannot claim (a key the webhook's rules refuse, or a row the store refused), by reason; each logged once",
+            self.skipped.clone(),
+        );
+        sub.register(
+            "last_event_timestamp_seconds",
+            "When a reconciler watch last received anything from the API server: an event, a list page or a bookmark (unix seconds; 0 = never)",
+            self.last_event.clone(),
         );
         sub.register(
             "store_errors",
