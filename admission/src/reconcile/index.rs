@@ -302,6 +302,11 @@ impl Index {
                     e.epoch = epoch;
                     e.watch = watch_id(w);
                 }
+                // A relist writes every listed key again, which heals whatever a missed
+                // event or a claim pruned under a live run left behind.
+                if !entry.skipped && self.watches.get(w).is_some_and(|watch| watch.listing) {
+                    self.mark_dirty(slot);
+                }
                 return None;
             }
             self.remove(slot);
@@ -873,22 +878,28 @@ mod tests {
     }
 
     #[test]
-    fn a_relist_drops_runs_it_no_longer_shows_in_its_namespace_only() {
+    fn a_relist_drops_runs_it_no_longer_shows_in_its_namespace_only_and_writes_the_rest_again() {
         let mut index = Index::new(ClaimScope::Orchestration, 2);
         for w in 0..2 {
             index.init(w);
         }
         index.apply(0, run("agents", "run-a", "d1", T0));
+        index.apply(0, run("agents", "run-b", "d2", T0));
         index.apply(1, run("ci", "run-x", "d9", T0));
         index.init_done(0);
         index.init_done(1);
-        let _ = index.take_batch(500);
+        assert_eq!(index.take_batch(500).rows.len(), 3);
         index.init(0);
         index.apply(0, run("agents", "run-b", "d2", T0));
+        index.apply(0, run("agents", "run-c", "d3", T0));
         assert_eq!(index.take_batch(500).rows.len(), 0, "agents is relisting: wait");
-        assert_eq!(index.init_done(0), 1);
-        assert_eq!(index.runs(), 2, "run-a gone, run-x (another watch) kept");
-        assert_eq!(names(&index.take_batch(500).rows), [("run-b", true)]);
+        assert_eq!(index.init_done(0), 1, "run-a gone");
+        assert_eq!(index.runs(), 3, "run-b, run-c, and run-x (another watch) kept");
+        // Every relisted run is written (again), which heals a claim pruned under it.
+        assert_eq!(
+            names(&index.take_batch(500).rows),
+            [("run-b", true), ("run-c", true)]
+        );
     }
 
     #[test]

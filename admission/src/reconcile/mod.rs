@@ -20,6 +20,7 @@
 //! pooled connection from a review, and readiness does not depend on it. Its health is the
 //! `orchestration_dedupe_reconcile_*` metrics.
 
+pub mod activity;
 pub mod index;
 pub mod metrics;
 pub mod resource;
