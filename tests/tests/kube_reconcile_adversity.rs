@@ -186,7 +186,12 @@ async fn runs_no_claim_can_hold_are_skipped_and_reported_and_every_good_run_is_c
         "nothing refused reached the store"
     );
     assert!(
-        metric(&webhook, "orchestration_dedupe_reconcile_last_event_timestamp_seconds").await? > 0.0,
+        metric(
+            &webhook,
+            "orchestration_dedupe_reconcile_last_event_timestamp_seconds"
+        )
+        .await?
+            > 0.0,
         "the watch's activity is stamped"
     );
 

@@ -43,6 +43,12 @@ pub struct ReconcileMetrics {
 
 impl ReconcileMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        // Every reason from the start, at 0: an alert's `increase()` sees the first skip, and
+        // the family always has samples.
+        let reasons = dedupe_store::RejectReason::ALL.map(|r| r.as_str());
+        for reason in reasons.into_iter().chain([STORE_REJECTED, GONE_OVERFLOW]) {
+            let _ = self.skipped.get_or_create(&SkipLabels { reason });
+        }
         let sub = registry.sub_registry_with_prefix("reconcile");
         sub.register(
             "last_sync_timestamp_seconds",
