@@ -91,6 +91,9 @@ impl Interner {
     }
 
     fn acquire(&mut self, s: &str) -> u32 {
+        if s.is_empty() {
+            return EMPTY;
+        }
         if let Some(&id) = self.ids.get(s) {
             self.counts[id as usize] += 1;
             return id;
@@ -988,6 +991,28 @@ mod tests {
             a.cmp_text(&CompactId::new("1")),
             "0fffffff-0000-4000-8000-000000000000".cmp("1")
         );
+    }
+
+    #[test]
+    fn interned_names_are_released_when_their_last_run_is_written_or_gone() {
+        let mut index = listed(ClaimScope::Orchestration, vec![]);
+        for i in 0..50 {
+            index.apply(
+                0,
+                run_with(&format!("ns-{i}"), "r", &format!("d{i}"), &format!("o-{i}"), T0),
+            );
+        }
+        index.apply(0, run_with("agents", "bad", "d", "Bad_Name", T0));
+        assert_eq!(index.names.ids.len(), 1 + 50 * 2 + 1);
+        let _ = index.take_batch(500);
+        for i in 0..50 {
+            index.delete(
+                0,
+                run_with(&format!("ns-{i}"), "r", &format!("d{i}"), &format!("o-{i}"), T0),
+            );
+        }
+        index.delete(0, run_with("agents", "bad", "d", "Bad_Name", T0));
+        assert_eq!((index.runs(), index.names.ids.len()), (0, 1), "only \"\" is left");
     }
 
     /// The index keeps per run a fixed-size entry and its short strings, never the object.
