@@ -7,6 +7,7 @@
 //! that namespace/name exists *and* carries the claim's key ([`holds`]). A name reused by
 //! another delivery's run is not the holder.
 
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,9 +16,6 @@ use dedupe_store::run::{GROUP, KIND, RESOURCE, VERSION};
 use dedupe_store::{ClaimKey, RunRef, RunView};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
-
-use std::sync::atomic::AtomicI64;
-
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::{KubeLookup, Reconcile};
