@@ -29,7 +29,7 @@
 
 use std::time::Duration;
 
-use dedupe_store::run::{dns1123_label_problem, dns1123_subdomain_problem, label_value_problem, uid_problem};
+use dedupe_store::run::label_value_problem;
 use dedupe_store::{
     Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, RunRef, RunView, DELIVERY_ID_LABEL,
 };
@@ -322,27 +322,9 @@ fn plan_delete(old: &RunView) -> Plan {
 }
 
 /// The first part of the claim (its key, and the run it records) that Kubernetes itself
-/// would refuse, as "<field> <rule>": such a value can never name a real run, and must not
-/// reach the store, where it would fail as a store error (a NUL byte) or be claimed (a name
-/// longer than any Kubernetes name).
+/// would refuse, as "<field> <rule>" ([`RunView::key_problem`], the reconciler's rules too).
 fn key_problem(run: &RunView, scope: ClaimScope) -> Option<String> {
-    let delivery = run.delivery_label.as_deref().unwrap_or_default();
-    let orchestration = run.orchestration().unwrap_or_default();
-    let checks = [
-        (label_field(), label_value_problem(delivery)),
-        (
-            "spec.orchestrationRef.name".into(),
-            (scope == ClaimScope::Orchestration)
-                .then(|| dns1123_subdomain_problem(orchestration))
-                .flatten(),
-        ),
-        ("metadata.namespace".into(), dns1123_label_problem(&run.namespace)),
-        ("metadata.name".into(), dns1123_subdomain_problem(&run.name)),
-        ("metadata.uid".into(), uid_problem(&run.uid)),
-    ];
-    checks
-        .into_iter()
-        .find_map(|(field, problem)| problem.map(|p| format!("{field} {p}")))
+    run.key_problem(scope).map(|rejection| rejection.to_string())
 }
 
 fn run_ref(run: &RunView) -> RunRef {

@@ -7,6 +7,7 @@
 //! that namespace/name exists *and* carries the claim's key ([`holds`]). A name reused by
 //! another delivery's run is not the holder.
 
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,8 +16,10 @@ use dedupe_store::run::{GROUP, KIND, RESOURCE, VERSION};
 use dedupe_store::{ClaimKey, RunRef, RunView};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::{KubeLookup, Reconcile};
+use crate::reconcile::activity::WatchActivityLayer;
 
 /// Reads a run by namespace/name, never by uid: a retried create of the same name gets a
 /// new uid.
@@ -102,9 +105,11 @@ impl RunLookup for KubeRunLookup {
 /// The API-server client shared by the lookup and the reconciler, per `--kube-lookup` and
 /// `--reconcile`: none when both are off; when either is `on`, cluster configuration is
 /// required; with `auto` a missing configuration turns that feature off with a warning.
+/// Its watch responses stamp `watch_activity` as they arrive ([`WatchActivityLayer`]).
 pub async fn cluster_client(
     lookup: KubeLookup,
     reconcile: Reconcile,
+    watch_activity: Gauge<i64, AtomicI64>,
 ) -> Result<Option<kube::Client>, LookupSetupError> {
     if lookup == KubeLookup::Off && reconcile == Reconcile::Off {
         return Ok(None);
@@ -140,7 +145,11 @@ pub async fn cluster_client(
             })
         }
     };
-    match (kube::Client::try_from(config), required) {
+    let layer = WatchActivityLayer {
+        last_received: watch_activity,
+    };
+    let built = kube::client::ClientBuilder::try_from(config).map(|b| b.with_layer(&layer).build());
+    match (built, required) {
         (Ok(client), _) => Ok(Some(client)),
         (Err(e), Some(flag)) => Err(LookupSetupError::NoConfig {
             flag,

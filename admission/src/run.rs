@@ -122,7 +122,12 @@ impl Server {
         .map_err(RunError::Tls)?;
         metrics.certificate_expiry.set(tls.not_after());
 
-        let client = lookup::cluster_client(args.kube_lookup, args.reconcile).await?;
+        let client = lookup::cluster_client(
+            args.kube_lookup,
+            args.reconcile,
+            metrics.reconcile.last_event.clone(),
+        )
+        .await?;
         let lookup = client
             .clone()
             .filter(|_| args.kube_lookup != KubeLookup::Off)

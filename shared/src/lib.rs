@@ -25,6 +25,6 @@ pub use config::{CommonArgs, LogFormat, MigrationMode, StoreConfig, TcpHealth};
 pub use error::{ConfigError, StoreError, StoreTarget};
 pub use group_commit::{GroupCommitConfig, GroupCommitStats};
 pub use migrate::MigrationReport;
-pub use reconcile_store::{ObservedRun, ReconcileCounts};
-pub use run::{RunView, DELIVERY_ID_LABEL};
+pub use reconcile_store::{Isolated, ObservedRun, ReconcileCounts};
+pub use run::{KeyRejection, RejectReason, RunView, DELIVERY_ID_LABEL};
 pub use store::{ClaimStore, PrunerLock};

@@ -28,7 +28,60 @@ pub struct ReconcileCounts {
     pub backfilled: u64,
 }
 
+impl std::ops::AddAssign for ReconcileCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.confirmed += other.confirmed;
+        self.backfilled += other.backfilled;
+    }
+}
+
+/// What [`ClaimStore::reconcile_isolating`] wrote, and the rows the store refused.
+#[derive(Debug, Default)]
+pub struct Isolated {
+    pub counts: ReconcileCounts,
+    /// Rows the store refused for their own data, each alone, with the store's error.
+    pub rejected: Vec<(ObservedRun, StoreError)>,
+}
+
+/// SQLSTATE classes that blame the statement's data rather than the store: 22 (data
+/// exception: a NUL byte, 22021), 23 (integrity: a CHECK), 54 (program limit: a key too
+/// long for its index, 54000). Retrying the same rows can never succeed.
+const DATA_ERROR_CLASSES: [&str; 3] = ["22", "23", "54"];
+
+impl StoreError {
+    /// True when the store refused the statement for the values it carried.
+    pub fn is_data_error(&self) -> bool {
+        self.sqlstate()
+            .is_some_and(|code| DATA_ERROR_CLASSES.iter().any(|class| code.starts_with(class)))
+    }
+}
+
 impl ClaimStore {
+    /// [`ClaimStore::reconcile_batch`] for rows of which some may be refused for their data:
+    /// a refused batch is split in halves until each refused row is alone, so one bad row
+    /// costs about 2·log2(rows) statements and never holds back the others. Any other error
+    /// (store down, timeout, a lock) fails the call, with the halves written so far kept
+    /// (the batch is idempotent: writing them again changes nothing).
+    pub async fn reconcile_isolating(&self, runs: &[ObservedRun]) -> Result<Isolated, StoreError> {
+        let mut done = Isolated::default();
+        let mut todo: Vec<&[ObservedRun]> = vec![runs];
+        while let Some(part) = todo.pop() {
+            match self.reconcile_batch(part).await {
+                Ok(counts) => done.counts += counts,
+                Err(e) if e.is_data_error() => match part {
+                    [row] => done.rejected.push((row.clone(), e)),
+                    _ => {
+                        let (left, right) = part.split_at(part.len() / 2);
+                        todo.push(right);
+                        todo.push(left);
+                    }
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
     /// Confirms and back-fills for `runs` in one statement, under the store timeout.
     /// Idempotent: running the same batch twice changes nothing the second time.
     pub async fn reconcile_batch(&self, runs: &[ObservedRun]) -> Result<ReconcileCounts, StoreError> {

@@ -88,30 +88,186 @@ impl RunView {
     }
 
     /// The claim key this run carries under `scope`, as the reconciler and the holder check
-    /// see it: `None` when the run could not hold a claim (no or invalid label, a spec that
-    /// names another delivery, no orchestration where the scope needs one, no name).
+    /// see it: `None` when the run could not hold a claim ([`RunView::checked_key`] says why).
     pub fn claim_key(&self, scope: crate::ClaimScope) -> Option<crate::ClaimKey> {
-        let delivery = self.delivery_label.as_deref()?;
-        if label_value_problem(delivery).is_some() || self.spec_error.is_some() {
-            return None;
+        self.checked_key(scope).ok()
+    }
+
+    /// The claim key this run carries under `scope`, or the first rule it breaks: no or an
+    /// invalid label, an unreadable spec, a spec naming another delivery, no orchestration
+    /// where the scope needs one, or a key part or run field Kubernetes itself would refuse
+    /// ([`RunView::key_problem`]). The webhook refuses such a create; the reconciler skips
+    /// such a run. Both ask here, so they can never disagree on what a claim may hold.
+    pub fn checked_key(&self, scope: crate::ClaimScope) -> Result<crate::ClaimKey, KeyRejection> {
+        let Some(delivery) = self.delivery_label.as_deref() else {
+            return Err(KeyRejection::new(
+                RejectReason::Unlabelled,
+                DELIVERY_ID_LABEL_FIELD,
+                "is missing".into(),
+            ));
+        };
+        if let Some(problem) = label_value_problem(delivery) {
+            return Err(KeyRejection::new(
+                RejectReason::InvalidDeliveryId,
+                DELIVERY_ID_LABEL_FIELD,
+                problem,
+            ));
         }
-        if self.spec_delivery_id().is_some_and(|id| id != delivery) {
-            return None;
+        if let Some(error) = &self.spec_error {
+            return Err(KeyRejection::new(
+                RejectReason::UnreadableSpec,
+                "spec",
+                format!("cannot be read: {error}"),
+            ));
+        }
+        if let Some(spec_id) = self.spec_delivery_id().filter(|id| *id != delivery) {
+            return Err(KeyRejection::new(
+                RejectReason::DeliveryIdMismatch,
+                "spec.deliveryId",
+                format!("{spec_id:?} differs from the {DELIVERY_ID_LABEL} label {delivery:?}"),
+            ));
         }
         let orchestration = self.orchestration().unwrap_or_default();
         if scope == crate::ClaimScope::Orchestration && orchestration.is_empty() {
-            return None;
+            return Err(KeyRejection::new(
+                RejectReason::MissingOrchestration,
+                "spec.orchestrationRef.name",
+                "is required: it is part of the claim key (claim scope `orchestration`)".into(),
+            ));
         }
-        if self.namespace.is_empty() || self.name.is_empty() {
-            return None;
+        if let Some(rejection) = self.key_problem(scope) {
+            return Err(rejection);
         }
-        Some(crate::ClaimKey::new(
+        Ok(crate::ClaimKey::new(
             scope,
             &self.namespace,
             orchestration,
             delivery,
         ))
     }
+
+    /// The first part of the claim (its key, and the run it records) that Kubernetes itself
+    /// would refuse: such a value can never name a real run, and must not reach the store,
+    /// where it would fail as a store error (a NUL byte, SQLSTATE 22021; a name too long for
+    /// the key's index, 54000) or be claimed (a name longer than any Kubernetes name).
+    pub fn key_problem(&self, scope: crate::ClaimScope) -> Option<KeyRejection> {
+        let delivery = self.delivery_label.as_deref().unwrap_or_default();
+        let orchestration = self.orchestration().unwrap_or_default();
+        let checks = [
+            (
+                RejectReason::InvalidDeliveryId,
+                DELIVERY_ID_LABEL_FIELD,
+                label_value_problem(delivery),
+            ),
+            (
+                RejectReason::InvalidOrchestration,
+                "spec.orchestrationRef.name",
+                (scope == crate::ClaimScope::Orchestration)
+                    .then(|| dns1123_subdomain_problem(orchestration))
+                    .flatten(),
+            ),
+            (
+                RejectReason::InvalidNamespace,
+                "metadata.namespace",
+                dns1123_label_problem(&self.namespace),
+            ),
+            (
+                RejectReason::InvalidName,
+                "metadata.name",
+                dns1123_subdomain_problem(&self.name),
+            ),
+            (RejectReason::InvalidUid, "metadata.uid", uid_problem(&self.uid)),
+        ];
+        checks.into_iter().find_map(|(reason, field, problem)| {
+            problem.map(|problem| KeyRejection::new(reason, field, problem))
+        })
+    }
+}
+
+/// The delivery label as a field path, as the webhook's messages and the reconciler's
+/// reports name it.
+pub const DELIVERY_ID_LABEL_FIELD: &str = "metadata.labels[\"jangar.proompteng.ai/delivery-id\"]";
+
+/// Why a run cannot hold a claim, as a short stable word (the reconciler's
+/// `skipped_runs_total{reason}` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    Unlabelled,
+    InvalidDeliveryId,
+    UnreadableSpec,
+    DeliveryIdMismatch,
+    MissingOrchestration,
+    InvalidOrchestration,
+    InvalidNamespace,
+    InvalidName,
+    InvalidUid,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 9] = [
+        RejectReason::Unlabelled,
+        RejectReason::InvalidDeliveryId,
+        RejectReason::UnreadableSpec,
+        RejectReason::DeliveryIdMismatch,
+        RejectReason::MissingOrchestration,
+        RejectReason::InvalidOrchestration,
+        RejectReason::InvalidNamespace,
+        RejectReason::InvalidName,
+        RejectReason::InvalidUid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Unlabelled => "unlabelled",
+            RejectReason::InvalidDeliveryId => "invalid_delivery_id",
+            RejectReason::UnreadableSpec => "unreadable_spec",
+            RejectReason::DeliveryIdMismatch => "delivery_id_mismatch",
+            RejectReason::MissingOrchestration => "missing_orchestration",
+            RejectReason::InvalidOrchestration => "invalid_orchestration",
+            RejectReason::InvalidNamespace => "invalid_namespace",
+            RejectReason::InvalidName => "invalid_name",
+            RejectReason::InvalidUid => "invalid_uid",
+        }
+    }
+}
+
+/// A run that cannot hold a claim: which field, which rule. Displays as "<field> <rule>".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRejection {
+    pub reason: RejectReason,
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl KeyRejection {
+    fn new(reason: RejectReason, field: &'static str, problem: String) -> Self {
+        Self {
+            reason,
+            field,
+            problem,
+        }
+    }
+}
+
+impl std::fmt::Display for KeyRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.field, self.problem)
+    }
+}
+
+/// `value` with control characters and quotes escaped (`\0`, `\n`, `\u{1b}`, …) and cut to
+/// about `max` characters, for a log line or a terminal that must not interpret what a
+/// client put in an object.
+pub fn escaped(value: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in value.chars().enumerate() {
+        if i == max {
+            out.push_str(&format!("… ({} characters)", value.chars().count()));
+            break;
+        }
+        out.extend(c.escape_debug());
+    }
+    out
 }
 
 /// Checks a delivery id is a valid Kubernetes label value: at most 63 characters,
@@ -279,6 +435,50 @@ mod tests {
         assert!(no_orch.claim_key(ClaimScope::Namespace).is_some());
         let bad = RunView::new("ns".into(), "r".into(), "u".into(), Some(&labels("")), None);
         assert_eq!(bad.claim_key(ClaimScope::Cluster), None);
+    }
+
+    #[test]
+    fn checked_key_names_the_field_and_a_stable_reason() {
+        use crate::ClaimScope;
+        let view = |orchestration: &str, name: &str| {
+            let spec = json!({"orchestrationRef": {"name": orchestration}, "deliveryId": "d1"});
+            RunView::new(
+                "ns".into(),
+                name.into(),
+                "u".into(),
+                Some(&labels("d1")),
+                Some(&spec),
+            )
+        };
+        let nul = view("co\0dex", "r").checked_key(ClaimScope::Orchestration);
+        assert!(
+            matches!(&nul, Err(r) if r.reason == RejectReason::InvalidOrchestration
+                && r.field == "spec.orchestrationRef.name"),
+            "{nul:?}"
+        );
+        let long = view(&"a".repeat(3_000), "r").checked_key(ClaimScope::Orchestration);
+        assert!(
+            matches!(&long, Err(r) if r.problem.contains("3000 characters")),
+            "{long:?}"
+        );
+        // The orchestration is no part of a `namespace` key: not checked there.
+        assert!(view("co\0dex", "r").checked_key(ClaimScope::Namespace).is_ok());
+        let bad_name = view("codex", "Not_A_Name").checked_key(ClaimScope::Cluster);
+        assert!(matches!(&bad_name, Err(r) if r.reason == RejectReason::InvalidName));
+        assert_eq!(
+            DELIVERY_ID_LABEL_FIELD,
+            format!("metadata.labels[\"{DELIVERY_ID_LABEL}\"]")
+        );
+        let reasons: std::collections::HashSet<&str> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(reasons.len(), RejectReason::ALL.len());
+    }
+
+    #[test]
+    fn escaped_values_carry_no_control_characters() {
+        assert_eq!(escaped("a\0b\u{1b}[2J\n", 64), "a\\0b\\u{1b}[2J\\n");
+        let long = escaped(&"a".repeat(3_000), 8);
+        assert_eq!(long, "aaaaaaaa… (3000 characters)");
+        assert!(!escaped("\u{7}\r\t", 64).chars().any(char::is_control));
     }
 
     #[test]

@@ -88,3 +88,51 @@ async fn a_batch_confirms_back_fills_leaves_other_claims_alone_and_is_idempotent
     assert_eq!(store.reconcile_batch(&[]).await?, ReconcileCounts::default());
     Ok(())
 }
+
+/// Rows the store refuses for their data — a NUL byte (SQLSTATE 22021), a name too long for
+/// the key's index (54000) — fail `reconcile_batch` whole; `reconcile_isolating` splits the
+/// batch until each is alone, writes every other row and returns the refused ones.
+#[tokio::test]
+async fn rows_the_store_refuses_are_isolated_and_the_rest_of_the_batch_is_written() -> Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.migrated_store().await?;
+    let mut batch: Vec<ObservedRun> = (0..500)
+        .map(|i| observed(&format!("d-{i:03}"), &format!("r-{i:03}"), true))
+        .collect();
+    let mut nul = observed("d-nul", "r-nul", true);
+    nul.key.orchestration = "co\0dex".into();
+    let mut long = observed("d-long", "r-long", true);
+    // Incompressible (a repeated letter would be compressed into the index and fit).
+    long.key.orchestration =
+        (0..84).map(|_| dedupe_tests::new_delivery()).collect::<String>()[..3_000].to_owned();
+    batch.insert(17, nul);
+    batch.insert(333, long);
+
+    let whole = store.reconcile_batch(&batch).await;
+    assert!(
+        whole.as_ref().is_err_and(|e| e.is_data_error()),
+        "one bad row fails the plain batch: {whole:?}"
+    );
+    let done = store.reconcile_isolating(&batch).await?;
+    assert_eq!(done.counts.backfilled, 500);
+    let mut refused: Vec<(String, Option<String>)> = done
+        .rejected
+        .iter()
+        .map(|(row, e)| (row.name.clone(), e.sqlstate().map(str::to_owned)))
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            ("r-long".to_owned(), Some("54000".to_owned())),
+            ("r-nul".to_owned(), Some("22021".to_owned())),
+        ]
+    );
+    // Idempotent: again, nothing more is written and the same two are refused.
+    let again = store.reconcile_isolating(&batch).await?;
+    assert_eq!(
+        (again.counts, again.rejected.len()),
+        (ReconcileCounts::default(), 2)
+    );
+    Ok(())
+}

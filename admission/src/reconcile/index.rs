@@ -1,29 +1,161 @@
-//! What the reconciler knows about the cluster: every labelled run its watches show, grouped
-//! by the claim key each carries. Pure (no I/O), so the rules — oldest holds, conflicts,
-//! which keys need a store write — are unit tests.
+//! What the reconciler knows about the cluster: per labelled run only what its claim needs
+//! (the key, the run's name and uid, its creation time), grouped by key. Pure (no I/O), so
+//! the rules — oldest holds, conflicts, which runs need a store write, what a run that left
+//! before it was written still owes — are unit tests.
+//!
+//! Memory is the point of its shape: every run is one fixed-size [`Entry`] in a slab, found
+//! through two hash tables of slot numbers (by namespace/name, by key) so no string is held
+//! twice; namespaces and orchestrations (few, repeated) are interned; a delivery id or uid in
+//! the canonical UUID form (the API server's uids, most providers' delivery ids) is 16 bytes.
+//! About 110 bytes per run; the objects themselves are never kept ([`super::resource`]).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 
-use dedupe_store::{ClaimKey, ClaimScope, ObservedRun};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::DynamicObject;
+use dedupe_store::{ClaimKey, ClaimScope, KeyRejection, ObservedRun};
+use hashbrown::HashTable;
 
-use crate::lookup::view_of;
+use super::resource::OrchestrationRun;
 
-/// A live run carrying a key. Ordered so the first is the one that holds the key: oldest by
-/// creationTimestamp, ties by name (then namespace, for the `cluster` scope).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Member {
-    pub created: Option<Time>,
-    pub name: String,
-    pub namespace: String,
-    pub uid: String,
+/// Runs that left the index before they were written, kept to be written: beyond this many
+/// (a store down for long under heavy churn) the oldest are dropped and counted.
+pub const GONE_MAX: usize = 100_000;
+
+/// A delivery id or uid: 16 bytes when it is a canonical lower-case UUID (the common case),
+/// else the text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum CompactId {
+    Uuid([u8; 16]),
+    Text(Box<str>),
 }
 
-impl std::fmt::Display for Member {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+impl CompactId {
+    fn new(s: &str) -> Self {
+        match uuid::Uuid::try_parse(s) {
+            Ok(u) if u.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()) == s => {
+                CompactId::Uuid(*u.as_bytes())
+            }
+            _ => CompactId::Text(s.into()),
+        }
     }
+
+    fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            CompactId::Uuid(bytes) => {
+                let mut buffer = uuid::Uuid::encode_buffer();
+                f(uuid::Uuid::from_bytes(*bytes)
+                    .hyphenated()
+                    .encode_lower(&mut buffer))
+            }
+            CompactId::Text(text) => f(text),
+        }
+    }
+
+    fn to_text(&self) -> String {
+        self.with_str(str::to_owned)
+    }
+
+    /// In the order of the text (for canonical lower-case UUIDs the bytes' order is the text's).
+    fn cmp_text(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (CompactId::Uuid(a), CompactId::Uuid(b)) => a.cmp(b),
+            _ => self.with_str(|a| other.with_str(|b| a.cmp(b))),
+        }
+    }
+}
+
+/// Reference-counted interned strings (namespaces, orchestrations); id 0 is "".
+#[derive(Debug)]
+struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    strings: Vec<Box<str>>,
+    counts: Vec<u32>,
+    free: Vec<u32>,
+}
+
+const EMPTY: u32 = 0;
+
+impl Interner {
+    fn new() -> Self {
+        Self {
+            ids: HashMap::from([("".into(), EMPTY)]),
+            strings: vec!["".into()],
+            counts: vec![1],
+            free: Vec::new(),
+        }
+    }
+
+    fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    fn acquire(&mut self, s: &str) -> u32 {
+        if s.is_empty() {
+            return EMPTY;
+        }
+        if let Some(&id) = self.ids.get(s) {
+            self.counts[id as usize] += 1;
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.strings[id as usize] = s.into();
+                self.counts[id as usize] = 1;
+                id
+            }
+            None => {
+                self.strings.push(s.into());
+                self.counts.push(1);
+                u32::try_from(self.strings.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.ids.insert(s.into(), id);
+        id
+    }
+
+    fn release(&mut self, id: u32) {
+        if id == EMPTY {
+            return;
+        }
+        let count = &mut self.counts[id as usize];
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            let s = std::mem::take(&mut self.strings[id as usize]);
+            self.ids.remove(&s);
+            self.free.push(id);
+        }
+    }
+
+    fn str(&self, id: u32) -> &str {
+        self.strings.get(id as usize).map_or("", |s| s)
+    }
+}
+
+/// One run. `delivery`/`orchestration` are the key's parts (the orchestration only under
+/// scope `orchestration`); a `skipped` run (it cannot hold a claim) keeps only its identity,
+/// so it is reported once, not at every status update or relist.
+#[derive(Debug)]
+struct Entry {
+    delivery: CompactId,
+    name: Box<str>,
+    uid: CompactId,
+    /// creationTimestamp, unix seconds; `i64::MIN` when absent.
+    created: i64,
+    namespace: u32,
+    orchestration: u32,
+    /// The list of its watch in which it was last seen (a relist drops the others).
+    epoch: u32,
+    watch: u16,
+    /// Its key needs a store write.
+    dirty: bool,
+    skipped: bool,
+}
+
+/// The order in which the runs of one key hold it: oldest by creationTimestamp, then name,
+/// then namespace (the `cluster` scope spans namespaces).
+fn holder_order(interner: &Interner, a: &Entry, b: &Entry) -> Ordering {
+    (a.created, &a.name, interner.str(a.namespace)).cmp(&(b.created, &b.name, interner.str(b.namespace)))
 }
 
 /// Several live runs on one key: they got in while the webhook was bypassed. Reported,
@@ -31,123 +163,225 @@ impl std::fmt::Display for Member {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
     pub key: ClaimKey,
-    pub holder: Member,
-    pub others: Vec<Member>,
+    /// `namespace/name`
+    pub holder: String,
+    pub others: Vec<String>,
 }
 
-type RunId = (String, String);
+/// A run that cannot hold a claim, to report once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub namespace: String,
+    pub name: String,
+    pub rejection: KeyRejection,
+}
 
-/// The watched runs, by key.
+/// One watch's progress through its (re)lists.
+#[derive(Debug, Clone, Default)]
+struct WatchProgress {
+    epoch: u32,
+    listing: bool,
+    synced: bool,
+}
+
+/// What one flush writes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub rows: Vec<ObservedRun>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// The watched runs.
 #[derive(Debug)]
 pub struct Index {
     scope: ClaimScope,
-    runs: HashMap<RunId, (ClaimKey, Member)>,
-    keys: HashMap<ClaimKey, BTreeSet<Member>>,
-    /// Keys whose runs changed since they were last written to the store.
-    dirty: HashSet<ClaimKey>,
+    hasher: RandomState,
+    names: Interner,
+    slots: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    by_run: HashTable<u32>,
+    by_key: HashTable<u32>,
+    /// Slots whose key needs writing (a slot may appear twice or be stale: its `dirty` flag
+    /// decides); sorted by key, descending, when `dirty_sorted`.
+    dirty: Vec<u32>,
+    dirty_sorted: bool,
+    dirty_count: usize,
+    /// Runs that left (deleted, or missing from a relist) before their key was written:
+    /// seen, so their claim is still confirmed (or back-filled).
+    gone: Vec<Entry>,
+    gone_dropped: u64,
+    live: usize,
     /// Keys with more than one live run, and how many runs were last reported for each.
     conflicts: HashMap<ClaimKey, usize>,
+    watches: Vec<WatchProgress>,
+    /// A list completed whose runs are not all written yet.
+    sync_pending: bool,
 }
 
 impl Index {
-    pub fn new(scope: ClaimScope) -> Self {
+    /// An index fed by `watches` watches (one per namespace, or one for all).
+    pub fn new(scope: ClaimScope, watches: usize) -> Self {
         Self {
             scope,
-            runs: HashMap::new(),
-            keys: HashMap::new(),
-            dirty: HashSet::new(),
+            hasher: RandomState::new(),
+            names: Interner::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_run: HashTable::new(),
+            by_key: HashTable::new(),
+            dirty: Vec::new(),
+            dirty_sorted: true,
+            dirty_count: 0,
+            gone: Vec::new(),
+            gone_dropped: 0,
+            live: 0,
             conflicts: HashMap::new(),
+            watches: vec![WatchProgress::default(); watches.max(1)],
+            sync_pending: false,
         }
     }
 
-    /// A run was added or changed. A run already known under the same key changes nothing
-    /// (status updates are most of the watch's traffic and need no store write).
-    pub fn apply(&mut self, object: &DynamicObject) {
-        let view = view_of(object);
-        let id = (view.namespace.clone(), view.name.clone());
-        let Some(key) = view.claim_key(self.scope) else {
-            // Not a run that can hold a claim (bad label, spec naming another delivery…).
-            self.remove(&id);
-            return;
+    /// Watch `w` starts a (re)list.
+    pub fn init(&mut self, w: usize) {
+        if let Some(watch) = self.watches.get_mut(w) {
+            watch.epoch = watch.epoch.wrapping_add(1);
+            watch.listing = true;
+        }
+    }
+
+    /// Watch `w` finished its list: its runs not seen in it are gone. Returns how many.
+    pub fn init_done(&mut self, w: usize) -> usize {
+        let Some(watch) = self.watches.get_mut(w) else {
+            return 0;
         };
-        let member = Member {
-            created: object.metadata.creation_timestamp.clone(),
-            name: view.name,
-            namespace: view.namespace,
-            uid: view.uid,
-        };
-        if self.runs.get(&id).is_some_and(|(k, m)| *k == key && *m == member) {
-            return;
-        }
-        self.remove(&id);
-        self.keys.entry(key.clone()).or_default().insert(member.clone());
-        self.dirty.insert(key.clone());
-        self.runs.insert(id, (key, member));
-    }
-
-    /// A run was deleted. Its claim stays (deleting a run does not free its delivery); only
-    /// the conflict count can change.
-    pub fn delete(&mut self, object: &DynamicObject) {
-        let id = (
-            object.metadata.namespace.clone().unwrap_or_default(),
-            object.metadata.name.clone().unwrap_or_default(),
-        );
-        self.remove(&id);
-    }
-
-    fn remove(&mut self, id: &RunId) {
-        if let Some((key, member)) = self.runs.remove(id) {
-            if let Some(members) = self.keys.get_mut(&key) {
-                members.remove(&member);
-                if members.is_empty() {
-                    self.keys.remove(&key);
-                }
-            }
-            self.dirty.insert(key);
-        }
-    }
-
-    /// A watch (re)listed: `objects` is everything it shows in `namespace` (`None` = all
-    /// namespaces). Runs there that are not listed are gone; every listed key is written
-    /// again, which heals whatever a missed event or a pruned claim left behind.
-    pub fn replace(&mut self, namespace: Option<&str>, objects: &[DynamicObject]) {
-        let listed: HashSet<RunId> = objects
+        watch.listing = false;
+        watch.synced = true;
+        let epoch = watch.epoch;
+        self.sync_pending = true;
+        let gone: Vec<u32> = self
+            .slots
             .iter()
-            .map(|o| {
-                (
-                    o.metadata.namespace.clone().unwrap_or_default(),
-                    o.metadata.name.clone().unwrap_or_default(),
-                )
+            .enumerate()
+            .filter_map(|(slot, e)| {
+                e.as_ref()
+                    .filter(|e| usize::from(e.watch) == w && e.epoch != epoch)
+                    .and_then(|_| u32::try_from(slot).ok())
             })
             .collect();
-        let gone: Vec<RunId> = self
-            .runs
-            .keys()
-            .filter(|(ns, _)| namespace.is_none_or(|n| n == ns))
-            .filter(|id| !listed.contains(*id))
-            .cloned()
-            .collect();
-        for id in &gone {
-            self.remove(id);
+        for &slot in &gone {
+            self.remove(slot);
         }
-        for object in objects {
-            self.apply(object);
-        }
-        let relisted: Vec<ClaimKey> = self
-            .runs
-            .iter()
-            .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
-            .map(|(_, (key, _))| key.clone())
-            .collect();
-        self.dirty.extend(relisted);
+        gone.len()
     }
 
-    pub fn dirty_keys(&self) -> usize {
-        self.dirty.len()
+    /// Watch `w` shows `run` (listed, added or changed). A run already known under the same
+    /// key changes nothing (status updates are most of the watch's traffic and need no
+    /// store write). Returns the run when it cannot hold a claim and was not reported yet.
+    pub fn apply(&mut self, w: usize, run: OrchestrationRun) -> Option<Skipped> {
+        let existing = self.find_run(
+            run.metadata.namespace.as_deref().unwrap_or_default(),
+            run.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let (entry, skipped) = match self.entry_for(w, run) {
+            Ok(entry) => (entry, None),
+            Err(skipped) => {
+                let (entry, skipped) = *skipped;
+                (entry, Some(skipped))
+            }
+        };
+        if let Some(slot) = existing {
+            let same = self.entry(slot).is_some_and(|e| {
+                e.skipped == entry.skipped
+                    && (e.skipped
+                        || (e.delivery == entry.delivery
+                            && e.uid == entry.uid
+                            && e.created == entry.created
+                            && e.orchestration == entry.orchestration))
+            });
+            if same {
+                let epoch = entry.epoch;
+                self.release_names(&entry);
+                if let Some(e) = self.entry_mut(slot) {
+                    e.epoch = epoch;
+                    e.watch = watch_id(w);
+                }
+                // A relist writes every listed key again, which heals whatever a missed
+                // event or a claim pruned under a live run left behind.
+                if !entry.skipped && self.watches.get(w).is_some_and(|watch| watch.listing) {
+                    self.mark_dirty(slot);
+                }
+                return None;
+            }
+            self.remove(slot);
+        }
+        let claimable = !entry.skipped;
+        let slot = self.insert(entry);
+        if claimable {
+            self.mark_dirty(slot);
+        }
+        skipped
     }
 
+    /// Watch `w` shows `run` deleted. Its claim stays (deleting a run does not free its
+    /// delivery); a run whose key was not written yet still has it written ("seen"), and so
+    /// does one the index never saw alive: a delete shows the run existed.
+    pub fn delete(&mut self, w: usize, run: OrchestrationRun) {
+        let name = run.metadata.name.as_deref().unwrap_or_default();
+        let namespace = run.metadata.namespace.as_deref().unwrap_or_default();
+        if let Some(slot) = self.find_run(namespace, name) {
+            self.remove(slot);
+            return;
+        }
+        match self.entry_for(w, run) {
+            Ok(entry) => self.push_gone(entry),
+            Err(skipped) => self.release_names(&skipped.0),
+        }
+    }
+
+    /// The entry for `run` as watch `w` shows it now: claimable, or (with why) skipped,
+    /// keeping only its identity. Holds references to its interned names.
+    fn entry_for(&mut self, w: usize, run: OrchestrationRun) -> Result<Entry, Box<(Entry, Skipped)>> {
+        let created = run.created().unwrap_or(i64::MIN);
+        let view = run.into_view();
+        let epoch = self.epoch(w);
+        match view.checked_key(self.scope) {
+            Ok(key) => Ok(Entry {
+                delivery: CompactId::new(&key.delivery_id),
+                name: view.name.as_str().into(),
+                uid: CompactId::new(&view.uid),
+                created,
+                namespace: self.names.acquire(&view.namespace),
+                orchestration: self.names.acquire(&key.orchestration),
+                epoch,
+                watch: watch_id(w),
+                dirty: false,
+                skipped: false,
+            }),
+            Err(rejection) => Err(Box::new((
+                Entry {
+                    delivery: CompactId::Text("".into()),
+                    name: view.name.as_str().into(),
+                    uid: CompactId::Text("".into()),
+                    created,
+                    namespace: self.names.acquire(&view.namespace),
+                    orchestration: EMPTY,
+                    epoch,
+                    watch: watch_id(w),
+                    dirty: false,
+                    skipped: true,
+                },
+                Skipped {
+                    namespace: view.namespace,
+                    name: view.name,
+                    rejection,
+                },
+            ))),
+        }
+    }
+
+    /// Runs now in the index (skipped ones included).
     pub fn runs(&self) -> usize {
-        self.runs.len()
+        self.live
     }
 
     /// Keys with more than one live run now.
@@ -155,78 +389,357 @@ impl Index {
         self.conflicts.len()
     }
 
-    /// Takes dirty keys until about `max_rows` runs are gathered: one row per live run
-    /// (each may be named by a pending claim), the oldest marked as holding. Also returns
-    /// the conflicts that are new or grew, to report once.
-    pub fn take_batch(&mut self, max_rows: usize) -> (Vec<ObservedRun>, Vec<Conflict>) {
-        self.take_batch_where(max_rows, |_| true)
+    /// Runs whose key is waiting to be written, the gone ones included.
+    pub fn unwritten(&self) -> usize {
+        self.dirty_count + self.gone.len()
     }
 
-    /// [`Index::take_batch`] for the keys `ready` accepts; the others stay dirty (a key
-    /// whose namespace's watch has not listed yet is not written: an older run may still
-    /// be coming).
-    pub fn take_batch_where(
-        &mut self,
-        max_rows: usize,
-        ready: impl Fn(&ClaimKey) -> bool,
-    ) -> (Vec<ObservedRun>, Vec<Conflict>) {
-        let mut rows = Vec::new();
-        let mut conflicts = Vec::new();
-        // In primary-key order: neighbouring keys share index pages, and a (re)list is
-        // written in the same order every time, so a restart resumes where it stopped.
-        let mut keys: Vec<ClaimKey> = self.dirty.iter().cloned().collect();
-        keys.sort_by(|a, b| {
-            (&a.delivery_id, a.scope.as_str(), &a.namespace, &a.orchestration).cmp(&(
-                &b.delivery_id,
-                b.scope.as_str(),
-                &b.namespace,
-                &b.orchestration,
-            ))
-        });
-        for key in keys {
-            if rows.len() >= max_rows {
-                break;
-            }
-            if !ready(&key) {
-                continue;
-            }
-            self.dirty.remove(&key);
-            let Some(members) = self.keys.get(&key) else {
-                self.conflicts.remove(&key);
+    /// Gone runs dropped because [`GONE_MAX`] was reached, since the last call.
+    pub fn take_gone_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.gone_dropped)
+    }
+
+    /// True once after every watch has listed and everything listed is written: the moment
+    /// the reconciler is in sync with the API server.
+    pub fn take_sync(&mut self) -> bool {
+        let done =
+            self.sync_pending && self.watches.iter().all(|w| w.synced && !w.listing) && self.unwritten() == 0;
+        if done {
+            self.sync_pending = false;
+        }
+        done
+    }
+
+    /// Takes up to about `max_rows` rows to write: gone runs first (their observation is not
+    /// in the index any more), then the keys whose runs changed, in primary-key order (a
+    /// (re)list is written in the same order every time, so a restart resumes where it
+    /// stopped). Every live run of a key is a row (each may be named by a pending claim);
+    /// the oldest holds. A key whose watch has not finished listing waits: an older run may
+    /// still be coming. Also returns the conflicts that are new or grew, to report once.
+    pub fn take_batch(&mut self, max_rows: usize) -> Batch {
+        let mut batch = Batch::default();
+        while batch.rows.len() < max_rows {
+            let Some(entry) = self.gone.pop() else { break };
+            let holds = self.key_members(&entry).is_empty();
+            batch.rows.push(self.row(&entry, holds));
+            self.release_names(&entry);
+        }
+        if !self.dirty_sorted {
+            let (slots, names, scope) = (&self.slots, &self.names, self.scope);
+            self.dirty
+                .sort_unstable_by(|&a, &b| match (slot_entry(slots, b), slot_entry(slots, a)) {
+                    (Some(b), Some(a)) => key_order(names, scope, b, a),
+                    (b, a) => b.is_some().cmp(&a.is_some()),
+                });
+            self.dirty.dedup();
+            self.dirty_sorted = true;
+        }
+        let mut deferred = Vec::new();
+        while batch.rows.len() < max_rows {
+            let Some(slot) = self.dirty.pop() else { break };
+            let Some(entry) = self.entry(slot).filter(|e| e.dirty) else {
                 continue;
             };
-            for (i, m) in members.iter().enumerate() {
-                rows.push(ObservedRun {
-                    key: key.clone(),
-                    namespace: m.namespace.clone(),
-                    name: m.name.clone(),
-                    uid: m.uid.clone(),
-                    holds: i == 0,
-                });
+            if !self.ready(entry) {
+                deferred.push(slot);
+                continue;
             }
-            if members.len() > 1 {
-                let reported = self.conflicts.insert(key.clone(), members.len()).unwrap_or(0);
-                if members.len() > reported {
-                    let mut all = members.iter().cloned();
-                    if let Some(holder) = all.next() {
-                        conflicts.push(Conflict {
-                            key: key.clone(),
-                            holder,
-                            others: all.collect(),
-                        });
+            let mut members = self.key_members(entry);
+            members.sort_by(|&a, &b| match (self.entry(a), self.entry(b)) {
+                (Some(a), Some(b)) => holder_order(&self.names, a, b),
+                _ => Ordering::Equal,
+            });
+            for (i, &m) in members.iter().enumerate() {
+                if let Some(e) = self.slots.get_mut(m as usize).and_then(Option::as_mut) {
+                    if e.dirty {
+                        e.dirty = false;
+                        self.dirty_count -= 1;
                     }
                 }
-            } else {
-                self.conflicts.remove(&key);
+                if let Some(e) = self.entry(m) {
+                    batch.rows.push(self.row(e, i == 0));
+                }
+            }
+            if let Some(conflict) = self.conflict_of(&members) {
+                batch.conflicts.push(conflict);
             }
         }
-        (rows, conflicts)
+        if !deferred.is_empty() {
+            deferred.reverse();
+            self.dirty.extend(deferred);
+            self.dirty_sorted = false;
+        }
+        batch
     }
 
-    /// Puts keys back after a failed store write, to be written again.
-    pub fn mark_dirty(&mut self, rows: &[ObservedRun]) {
-        self.dirty.extend(rows.iter().map(|r| r.key.clone()));
+    /// Puts rows back after a failed store write, to be written again: a run still in the
+    /// index is marked again, one that left meanwhile joins the gone runs.
+    pub fn requeue(&mut self, rows: &[ObservedRun]) {
+        for row in rows {
+            match self.find_run(&row.namespace, &row.name) {
+                Some(slot) if self.entry(slot).is_some_and(|e| !e.skipped) => self.mark_dirty(slot),
+                _ => {
+                    let entry = Entry {
+                        delivery: CompactId::new(&row.key.delivery_id),
+                        name: row.name.as_str().into(),
+                        uid: CompactId::new(&row.uid),
+                        created: i64::MIN,
+                        namespace: self.names.acquire(&row.namespace),
+                        orchestration: self.names.acquire(&row.key.orchestration),
+                        epoch: 0,
+                        watch: 0,
+                        dirty: false,
+                        skipped: false,
+                    };
+                    self.push_gone(entry);
+                }
+            }
+        }
     }
+
+    fn epoch(&self, w: usize) -> u32 {
+        self.watches.get(w).map_or(0, |watch| watch.epoch)
+    }
+
+    /// A key can be written once every run that can carry it has been listed. Keys of the
+    /// `orchestration` and `namespace` scopes live in one namespace, so its watch is
+    /// enough (a namespace whose watch cannot list — RBAC missing there — does not hold
+    /// the others back); a `cluster` key can span namespaces and waits for every watch.
+    fn ready(&self, entry: &Entry) -> bool {
+        let done = |w: &WatchProgress| w.synced && !w.listing;
+        if self.scope == ClaimScope::Cluster {
+            return self.watches.iter().all(done);
+        }
+        self.watches.get(usize::from(entry.watch)).is_some_and(done)
+    }
+
+    fn entry(&self, slot: u32) -> Option<&Entry> {
+        slot_entry(&self.slots, slot)
+    }
+
+    fn entry_mut(&mut self, slot: u32) -> Option<&mut Entry> {
+        self.slots.get_mut(slot as usize).and_then(Option::as_mut)
+    }
+
+    fn mark_dirty(&mut self, slot: u32) {
+        if let Some(e) = self.entry_mut(slot) {
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty_count += 1;
+                self.dirty.push(slot);
+                self.dirty_sorted = false;
+            }
+        }
+    }
+
+    fn run_hash(&self, namespace: u32, name: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        namespace.hash(&mut h);
+        name.hash(&mut h);
+        h.finish()
+    }
+
+    fn key_hash(&self, e: &Entry) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        e.delivery.hash(&mut h);
+        key_namespace(self.scope, e).hash(&mut h);
+        e.orchestration.hash(&mut h);
+        h.finish()
+    }
+
+    fn find_run(&self, namespace: &str, name: &str) -> Option<u32> {
+        let ns = self.names.get(namespace)?;
+        let hash = self.run_hash(ns, name);
+        self.by_run
+            .find(hash, |&s| {
+                self.entry(s)
+                    .is_some_and(|e| e.namespace == ns && *e.name == *name)
+            })
+            .copied()
+    }
+
+    /// The live runs carrying `entry`'s key (`entry` itself included when it is live).
+    fn key_members(&self, entry: &Entry) -> Vec<u32> {
+        let hash = self.key_hash(entry);
+        self.by_key
+            .iter_hash(hash)
+            .copied()
+            .filter(|&s| self.entry(s).is_some_and(|e| same_key(self.scope, e, entry)))
+            .collect()
+    }
+
+    fn insert(&mut self, entry: Entry) -> u32 {
+        let run_hash = self.run_hash(entry.namespace, &entry.name);
+        let key_hash = (!entry.skipped).then(|| self.key_hash(&entry));
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(entry);
+                slot
+            }
+            None => {
+                self.slots.push(Some(entry));
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let Self {
+            slots,
+            hasher,
+            scope,
+            by_run,
+            by_key,
+            ..
+        } = self;
+        by_run.insert_unique(run_hash, slot, |&s| {
+            slot_entry(slots, s).map_or(0, |e| {
+                let mut h = hasher.build_hasher();
+                e.namespace.hash(&mut h);
+                e.name.hash(&mut h);
+                h.finish()
+            })
+        });
+        if let Some(key_hash) = key_hash {
+            by_key.insert_unique(key_hash, slot, |&s| {
+                slot_entry(slots, s).map_or(0, |e| {
+                    let mut h = hasher.build_hasher();
+                    e.delivery.hash(&mut h);
+                    key_namespace(*scope, e).hash(&mut h);
+                    e.orchestration.hash(&mut h);
+                    h.finish()
+                })
+            });
+        }
+        self.live += 1;
+        slot
+    }
+
+    /// Takes a run out of the index; if its key was not written since it was seen, it joins
+    /// the gone runs. Its key's other runs are written again (the conflict may be over).
+    fn remove(&mut self, slot: u32) {
+        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(slot);
+        self.live -= 1;
+        let run_hash = self.run_hash(entry.namespace, &entry.name);
+        if let Ok(found) = self.by_run.find_entry(run_hash, |&s| s == slot) {
+            found.remove();
+        }
+        if entry.skipped {
+            self.names.release(entry.namespace);
+            return;
+        }
+        let key_hash = self.key_hash(&entry);
+        if let Ok(found) = self.by_key.find_entry(key_hash, |&s| s == slot) {
+            found.remove();
+        }
+        let others = self.key_members(&entry);
+        if others.is_empty() && !self.conflicts.is_empty() {
+            self.conflicts.remove(&self.claim_key(&entry));
+        }
+        for other in others {
+            self.mark_dirty(other);
+        }
+        if entry.dirty {
+            self.dirty_count -= 1;
+            self.push_gone(entry);
+        } else {
+            self.release_names(&entry);
+        }
+    }
+
+    fn push_gone(&mut self, entry: Entry) {
+        if self.gone.len() >= GONE_MAX {
+            let dropped = self.gone.remove(0);
+            self.release_names(&dropped);
+            self.gone_dropped += 1;
+        }
+        self.gone.push(entry);
+    }
+
+    fn release_names(&mut self, entry: &Entry) {
+        self.names.release(entry.namespace);
+        self.names.release(entry.orchestration);
+    }
+
+    fn claim_key(&self, e: &Entry) -> ClaimKey {
+        e.delivery.with_str(|delivery| {
+            ClaimKey::new(
+                self.scope,
+                self.names.str(e.namespace),
+                self.names.str(e.orchestration),
+                delivery,
+            )
+        })
+    }
+
+    fn row(&self, e: &Entry, holds: bool) -> ObservedRun {
+        ObservedRun {
+            key: self.claim_key(e),
+            namespace: self.names.str(e.namespace).to_owned(),
+            name: e.name.to_string(),
+            uid: e.uid.to_text(),
+            holds,
+        }
+    }
+
+    /// The conflict to report for a key's `members` (holder first), when there are several
+    /// and more than were last reported; forgets the key when it has one run again.
+    fn conflict_of(&mut self, members: &[u32]) -> Option<Conflict> {
+        let holder = self.entry(*members.first()?)?;
+        if members.len() < 2 && self.conflicts.is_empty() {
+            return None;
+        }
+        let key = self.claim_key(holder);
+        if members.len() < 2 {
+            self.conflicts.remove(&key);
+            return None;
+        }
+        let reported = self.conflicts.insert(key.clone(), members.len()).unwrap_or(0);
+        if members.len() <= reported {
+            return None;
+        }
+        let name = |s: &u32| {
+            self.entry(*s)
+                .map(|e| format!("{}/{}", self.names.str(e.namespace), e.name))
+        };
+        Some(Conflict {
+            key,
+            holder: name(&members[0])?,
+            others: members[1..].iter().filter_map(name).collect(),
+        })
+    }
+}
+
+fn watch_id(w: usize) -> u16 {
+    u16::try_from(w).unwrap_or(u16::MAX)
+}
+
+fn slot_entry(slots: &[Option<Entry>], slot: u32) -> Option<&Entry> {
+    slots.get(slot as usize).and_then(Option::as_ref)
+}
+
+/// The namespace part of an entry's key: none under the `cluster` scope.
+fn key_namespace(scope: ClaimScope, e: &Entry) -> u32 {
+    if scope == ClaimScope::Cluster {
+        EMPTY
+    } else {
+        e.namespace
+    }
+}
+
+fn same_key(scope: ClaimScope, a: &Entry, b: &Entry) -> bool {
+    !a.skipped
+        && a.delivery == b.delivery
+        && key_namespace(scope, a) == key_namespace(scope, b)
+        && a.orchestration == b.orchestration
+}
+
+/// The claims table's primary-key order: delivery id, then namespace, then orchestration.
+fn key_order(names: &Interner, scope: ClaimScope, a: &Entry, b: &Entry) -> Ordering {
+    a.delivery.cmp_text(&b.delivery).then_with(|| {
+        (names.str(key_namespace(scope, a)), names.str(a.orchestration))
+            .cmp(&(names.str(key_namespace(scope, b)), names.str(b.orchestration)))
+    })
 }
 
 #[cfg(test)]
@@ -234,16 +747,27 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn run(ns: &str, name: &str, delivery: &str, created: &str) -> DynamicObject {
+    fn run(ns: &str, name: &str, delivery: &str, created: &str) -> OrchestrationRun {
+        run_with(ns, name, delivery, "codex", created)
+    }
+
+    fn run_with(
+        ns: &str,
+        name: &str,
+        delivery: &str,
+        orchestration: &str,
+        created: &str,
+    ) -> OrchestrationRun {
         let value = json!({
             "apiVersion": "orchestration.proompteng.ai/v1alpha1",
             "kind": "OrchestrationRun",
             "metadata": {
                 "namespace": ns, "name": name, "uid": format!("uid-{name}"),
+                "resourceVersion": "1",
                 "creationTimestamp": created,
                 "labels": {"jangar.proompteng.ai/delivery-id": delivery}
             },
-            "spec": {"orchestrationRef": {"name": "codex"}, "deliveryId": delivery}
+            "spec": {"orchestrationRef": {"name": orchestration}, "deliveryId": delivery}
         });
         match serde_json::from_value(value) {
             Ok(o) => o,
@@ -251,106 +775,253 @@ mod tests {
         }
     }
 
+    const T0: &str = "2026-11-27T09:00:00Z";
+
+    /// An index whose one watch has listed `runs`.
+    fn listed(scope: ClaimScope, runs: Vec<OrchestrationRun>) -> Index {
+        let mut index = Index::new(scope, 1);
+        index.init(0);
+        for r in runs {
+            assert_eq!(index.apply(0, r), None);
+        }
+        index.init_done(0);
+        index
+    }
+
+    fn names(rows: &[ObservedRun]) -> Vec<(&str, bool)> {
+        rows.iter().map(|r| (r.name.as_str(), r.holds)).collect()
+    }
+
     #[test]
     fn the_oldest_run_holds_and_ties_go_by_name() {
-        let mut index = Index::new(ClaimScope::Orchestration);
-        index.replace(
-            None,
-            &[
+        let mut index = listed(
+            ClaimScope::Orchestration,
+            vec![
                 run("agents", "run-b", "d1", "2026-11-27T09:00:01Z"),
-                run("agents", "run-c", "d1", "2026-11-27T09:00:00Z"),
+                run("agents", "run-c", "d1", T0),
                 run("agents", "run-a", "d1", "2026-11-27T09:00:01Z"),
-                run("agents", "solo", "d2", "2026-11-27T09:00:00Z"),
+                run("agents", "solo", "d2", T0),
             ],
         );
-        let (rows, conflicts) = index.take_batch(500);
-        let holders: Vec<&str> = rows.iter().filter(|r| r.holds).map(|r| r.name.as_str()).collect();
-        assert_eq!(rows.len(), 4);
-        assert!(holders.contains(&"run-c") && holders.contains(&"solo") && holders.len() == 2);
-        assert_eq!(conflicts.len(), 1);
-        assert_eq!(conflicts[0].holder.name, "run-c");
-        let others: Vec<&str> = conflicts[0].others.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(others, ["run-a", "run-b"]);
-        assert_eq!(index.conflicts(), 1);
-        assert_eq!(index.dirty_keys(), 0);
+        let batch = index.take_batch(500);
+        assert_eq!(
+            names(&batch.rows),
+            [
+                ("run-c", true),
+                ("run-a", false),
+                ("run-b", false),
+                ("solo", true)
+            ]
+        );
+        assert_eq!(batch.conflicts.len(), 1);
+        assert_eq!(batch.conflicts[0].holder, "agents/run-c");
+        assert_eq!(batch.conflicts[0].others, ["agents/run-a", "agents/run-b"]);
+        assert_eq!((index.conflicts(), index.unwritten()), (1, 0));
+        assert!(index.take_sync());
+        assert!(!index.take_sync(), "once per list");
     }
 
     #[test]
     fn a_known_run_changing_status_writes_nothing_and_a_conflict_is_reported_once() {
-        let mut index = Index::new(ClaimScope::Orchestration);
-        let a = run("agents", "run-a", "d1", "2026-11-27T09:00:00Z");
-        let b = run("agents", "run-b", "d1", "2026-11-27T09:00:05Z");
-        index.apply(&a);
-        index.apply(&b);
-        assert_eq!(index.take_batch(500).1.len(), 1);
-        index.apply(&a);
-        assert_eq!(index.dirty_keys(), 0, "same run, same key: no write");
-        index.delete(&b);
-        let (rows, conflicts) = index.take_batch(500);
-        assert_eq!((rows.len(), conflicts.len(), index.conflicts()), (1, 0, 0));
+        let mut index = listed(ClaimScope::Orchestration, vec![]);
+        index.apply(0, run("agents", "run-a", "d1", T0));
+        index.apply(0, run("agents", "run-b", "d1", "2026-11-27T09:00:05Z"));
+        assert_eq!(index.take_batch(500).conflicts.len(), 1);
+        index.apply(0, run("agents", "run-a", "d1", T0));
+        assert_eq!(index.unwritten(), 0, "same run, same key: no write");
+        index.delete(0, run("agents", "run-b", "d1", "2026-11-27T09:00:05Z"));
+        let batch = index.take_batch(500);
+        assert_eq!(names(&batch.rows), [("run-a", true)]);
+        assert_eq!((batch.conflicts.len(), index.conflicts()), (0, 0));
     }
 
+    /// A run deleted before its key was written is still written: the claim it may have
+    /// made is confirmed even though the run is gone by the flush.
     #[test]
-    fn a_relist_drops_runs_it_no_longer_shows_in_its_namespace_only() {
-        let mut index = Index::new(ClaimScope::Orchestration);
-        index.apply(&run("agents", "run-a", "d1", "2026-11-27T09:00:00Z"));
-        index.apply(&run("ci", "run-x", "d9", "2026-11-27T09:00:00Z"));
+    fn a_run_gone_before_the_flush_is_still_written() {
+        let mut index = listed(ClaimScope::Orchestration, vec![]);
+        index.apply(0, run("agents", "quick", "d1", T0));
+        index.delete(0, run("agents", "quick", "d1", T0));
+        assert_eq!(index.runs(), 0);
+        let batch = index.take_batch(500);
+        assert_eq!(names(&batch.rows), [("quick", true)]);
+        assert_eq!(batch.rows[0].uid, "uid-quick");
+        assert_eq!(index.unwritten(), 0);
+        // A delete the index never saw alive counts as seen too; one already written does not.
+        index.delete(0, run("agents", "unseen", "d2", T0));
+        assert_eq!(names(&index.take_batch(500).rows), [("unseen", true)]);
+        index.apply(0, run("agents", "written", "d3", T0));
         let _ = index.take_batch(500);
-        index.replace(
-            Some("agents"),
-            &[run("agents", "run-b", "d2", "2026-11-27T09:00:00Z")],
-        );
+        index.delete(0, run("agents", "written", "d3", T0));
+        assert_eq!(index.take_batch(500).rows, []);
+        // While another run carries the key, a gone run only confirms.
+        index.apply(0, run("agents", "live", "d4", T0));
+        index.apply(0, run("agents", "twin", "d4", T0));
+        index.delete(0, run("agents", "twin", "d4", T0));
+        let rows = index.take_batch(500).rows;
+        assert_eq!(names(&rows), [("twin", false), ("live", true)]);
+    }
+
+    #[test]
+    fn rows_put_back_after_a_failed_write_are_written_again_even_if_their_run_left() {
+        let mut index = listed(ClaimScope::Orchestration, vec![run("agents", "a", "d1", T0)]);
+        index.apply(0, run("agents", "b", "d2", T0));
+        let rows = index.take_batch(500).rows;
+        assert_eq!(rows.len(), 2);
+        index.delete(0, run("agents", "b", "d2", T0));
+        index.requeue(&rows);
+        let again = index.take_batch(500).rows;
+        let mut got = names(&again);
+        got.sort();
+        assert_eq!(got, [("a", true), ("b", true)]);
         assert_eq!(
-            index.runs(),
-            2,
-            "run-a gone, run-x (another namespace's watch) kept"
+            again.iter().find(|r| r.name == "b").map(|r| r.key.clone()),
+            Some(rows[1].key.clone())
         );
-        let (rows, _) = index.take_batch(500);
-        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["run-b"]);
     }
 
     #[test]
-    fn runs_that_cannot_hold_a_claim_are_left_out() {
-        let mut index = Index::new(ClaimScope::Orchestration);
-        index.apply(&run("agents", "bad", "not a label value", "2026-11-27T09:00:00Z"));
-        assert_eq!((index.runs(), index.dirty_keys()), (0, 0));
+    fn a_relist_drops_runs_it_no_longer_shows_in_its_namespace_only_and_writes_the_rest_again() {
+        let mut index = Index::new(ClaimScope::Orchestration, 2);
+        for w in 0..2 {
+            index.init(w);
+        }
+        index.apply(0, run("agents", "run-a", "d1", T0));
+        index.apply(0, run("agents", "run-b", "d2", T0));
+        index.apply(1, run("ci", "run-x", "d9", T0));
+        index.init_done(0);
+        index.init_done(1);
+        assert_eq!(index.take_batch(500).rows.len(), 3);
+        index.init(0);
+        index.apply(0, run("agents", "run-b", "d2", T0));
+        index.apply(0, run("agents", "run-c", "d3", T0));
+        assert_eq!(index.take_batch(500).rows.len(), 0, "agents is relisting: wait");
+        assert_eq!(index.init_done(0), 1, "run-a gone");
+        assert_eq!(index.runs(), 3, "run-b, run-c, and run-x (another watch) kept");
+        // Every relisted run is written (again), which heals a claim pruned under it.
+        assert_eq!(
+            names(&index.take_batch(500).rows),
+            [("run-b", true), ("run-c", true)]
+        );
     }
 
     #[test]
-    fn keys_not_ready_stay_dirty() {
-        let mut index = Index::new(ClaimScope::Orchestration);
-        index.apply(&run("agents", "run-a", "d1", "2026-11-27T09:00:00Z"));
-        index.apply(&run("ci", "run-c", "d2", "2026-11-27T09:00:00Z"));
-        let (rows, _) = index.take_batch_where(500, |k| k.namespace == "agents");
-        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["run-a"]);
-        assert_eq!(index.dirty_keys(), 1);
+    fn runs_that_cannot_hold_a_claim_are_skipped_and_reported_once() {
+        let mut index = listed(ClaimScope::Orchestration, vec![]);
+        let nul = run_with("agents", "nul", "d1", "co\u{0}dex", T0);
+        let skipped = index.apply(0, nul.clone());
+        assert_eq!(
+            skipped.map(|s| (s.name, s.rejection.reason)),
+            Some(("nul".to_owned(), dedupe_store::RejectReason::InvalidOrchestration))
+        );
+        assert_eq!(index.apply(0, nul), None, "reported once");
+        let long = run_with("agents", "long", "d2", &"a".repeat(3_000), T0);
+        assert!(index.apply(0, long).is_some());
+        assert!(index
+            .apply(0, run("agents", "bad-label", "not a label value", T0))
+            .is_some());
+        assert_eq!(index.unwritten(), 0);
+        index.apply(0, run("agents", "good", "d3", T0));
+        assert_eq!(names(&index.take_batch(500).rows), [("good", true)]);
+        // A relist does not report them again.
+        index.init(0);
+        assert_eq!(
+            index.apply(0, run_with("agents", "nul", "d1", "co\u{0}dex", T0)),
+            None
+        );
+        index.init_done(0);
+        assert_eq!(index.runs(), 1, "long, bad-label and good were not relisted");
     }
 
     #[test]
-    fn batches_are_bounded() {
-        let mut index = Index::new(ClaimScope::Cluster);
+    fn keys_whose_watch_has_not_listed_wait() {
+        let mut index = Index::new(ClaimScope::Orchestration, 2);
+        index.init(0);
+        index.init(1);
+        index.apply(0, run("agents", "run-a", "d1", T0));
+        index.apply(1, run("ci", "run-c", "d2", T0));
+        index.init_done(0);
+        assert_eq!(names(&index.take_batch(500).rows), [("run-a", true)]);
+        assert_eq!(index.unwritten(), 1);
+        assert!(!index.take_sync(), "ci has not listed");
+        index.init_done(1);
+        assert_eq!(names(&index.take_batch(500).rows), [("run-c", true)]);
+        assert!(index.take_sync());
+    }
+
+    #[test]
+    fn batches_are_bounded_and_in_key_order() {
         let runs: Vec<_> = (0..1200)
-            .map(|i| {
-                run(
-                    "agents",
-                    &format!("r{i}"),
-                    &format!("d{i}"),
-                    "2026-11-27T09:00:00Z",
-                )
-            })
+            .rev()
+            .map(|i| run("agents", &format!("r{i}"), &format!("d{i:05}"), T0))
             .collect();
-        index.replace(None, &runs);
-        let mut total = 0;
+        let mut index = listed(ClaimScope::Cluster, runs);
+        let mut all = Vec::new();
         loop {
-            let (rows, _) = index.take_batch(500);
+            let rows = index.take_batch(500).rows;
             if rows.is_empty() {
                 break;
             }
             assert!(rows.len() <= 500);
-            total += rows.len();
+            all.extend(rows.into_iter().map(|r| r.key.delivery_id));
         }
-        assert_eq!(total, 1200);
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!((all.len(), all == sorted), (1200, true));
+    }
+
+    #[test]
+    fn uuids_are_stored_compactly_and_read_back_exactly() {
+        for text in [
+            "599aef04-af48-4dfe-9e63-c02ffc7d621d",
+            "599AEF04-AF48-4DFE-9E63-C02FFC7D621D",
+            "599aef04af484dfe9e63c02ffc7d621d",
+            "d-1",
+        ] {
+            let id = CompactId::new(text);
+            assert_eq!(id.to_text(), text);
+            assert_eq!(matches!(id, CompactId::Uuid(_)), text.starts_with("599aef04-"));
+        }
+        let (a, b) = (
+            CompactId::new("0fffffff-0000-4000-8000-000000000000"),
+            CompactId::new("a0000000-0000-4000-8000-000000000000"),
+        );
+        assert_eq!(a.cmp_text(&b), Ordering::Less);
+        assert_eq!(
+            a.cmp_text(&CompactId::new("1")),
+            "0fffffff-0000-4000-8000-000000000000".cmp("1")
+        );
+    }
+
+    #[test]
+    fn interned_names_are_released_when_their_last_run_is_written_or_gone() {
+        let mut index = listed(ClaimScope::Orchestration, vec![]);
+        for i in 0..50 {
+            index.apply(
+                0,
+                run_with(&format!("ns-{i}"), "r", &format!("d{i}"), &format!("o-{i}"), T0),
+            );
+        }
+        index.apply(0, run_with("agents", "bad", "d", "Bad_Name", T0));
+        assert_eq!(index.names.ids.len(), 1 + 50 * 2 + 1);
+        let _ = index.take_batch(500);
+        for i in 0..50 {
+            index.delete(
+                0,
+                run_with(&format!("ns-{i}"), "r", &format!("d{i}"), &format!("o-{i}"), T0),
+            );
+        }
+        index.delete(0, run_with("agents", "bad", "d", "Bad_Name", T0));
+        assert_eq!((index.runs(), index.names.ids.len()), (0, 1), "only \"\" is left");
+    }
+
+    /// The index keeps per run a fixed-size entry and its short strings, never the object.
+    #[test]
+    fn an_entry_is_small() {
+        assert!(
+            std::mem::size_of::<Entry>() <= 88,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 }
