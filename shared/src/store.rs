@@ -227,7 +227,7 @@ impl ClaimStore {
                 Some((true, claim)) => return Ok(ClaimOutcome::Claimed(claim)),
                 Some((false, claim)) if claim.state == ClaimState::Pending && claim.holder.same_run(run) => {
                     let rows = self
-                        .query_keyed(sql::CLAIM_RETRY, key, &[&run.namespace, &run.name, &run.uid])
+                        .query_keyed(sql::CLAIM_RETRY, key, &[&run.namespace, &run.name])
                         .await?;
                     match rows.first() {
                         Some(row) => return Ok(ClaimOutcome::SameRun(read_claim(row)?.1)),
