@@ -5,8 +5,9 @@
 //! | request | answer (`decision` audit annotation) |
 //! | --- | --- |
 //! | CREATE with the label, no claim for its key | insert a `pending` claim naming this run, allow (`claimed`) |
-//! | CREATE, claim `pending` for this same run (same namespace/name: a retried create) | allow, record the new uid (`retry`) |
-//! | CREATE, claim held by another run, or `confirmed` for this name (the run existed and was deleted) | deny 409 `Conflict` (never `AlreadyExists`, which the API server retries), naming the delivery and the holder (namespace/name, uid, when claimed) in the message and in `status.details` (`duplicate`) |
+//! | CREATE, claim `pending` for this same run (same namespace/name: a retried create) | allow, count it (`admissions`); the claim keeps the first create's uid: the API server itself refuses a retry whose name exists (AlreadyExists), so the retry's uid would name no run, and when the retry is the create that lands the reconciler records its uid on confirming (`retry`) |
+//! | CREATE, claim held by another run, or `confirmed` for this name | deny 409 `Conflict` (never `AlreadyExists`, which the API server retries), naming the delivery and the holder (namespace/name, uid, when claimed) in the message and in `status.details` (`duplicate`) |
+//! | … `confirmed` for this name, with the lookup on | the API server is asked (never a take-over): the 409 says the run exists, or that it existed and was deleted; lookup off or failed: worded true either way (`duplicate`) |
 //! | CREATE, claim `pending` and idle longer than the grace period, the API server has no such run | take the claim over (compare-and-swap on the holder), allow with a warning (`takeover`) |
 //! | … the same, and the run exists | mark the claim `confirmed`, deny 409 (`duplicate`) |
 //! | … the same, and the lookup fails | keep the claim, deny 409 saying why (`duplicate`) |
@@ -428,26 +429,29 @@ pub fn after_claim<'l, L: ?Sized>(
         Found::Outcome(ClaimOutcome::HeldBy(claim)) => claim,
     };
     let stale = claim.state == ClaimState::Pending && claim.idle_for() >= grace_as_chrono(policy.grace);
-    if let Some(lookup) = lookup.filter(|_| stale && !claim.holder.same_run(&plan.run)) {
+    // A create of the very name a confirmed claim names: that run may still exist (the API
+    // server would refuse this create itself) or have been deleted. Only the API server
+    // knows which, and the answer must not say the wrong one.
+    let same_name_confirmed = claim.state == ClaimState::Confirmed && claim.holder.same_run(&plan.run);
+    let worth_a_lookup = (stale && !claim.holder.same_run(&plan.run)) || same_name_confirmed;
+    if let Some(lookup) = lookup.filter(|_| worth_a_lookup) {
         return AfterClaim::LookUpHolder { claim, lookup };
     }
     let note = match claim.state {
-        ClaimState::Confirmed if claim.holder.same_run(&plan.run) => {
-            "that run existed and was deleted; deleting a run does not free its delivery, whose claim is kept \
-             until retention expires"
-                .to_owned()
-        }
+        ClaimState::Confirmed if same_name_confirmed => SAME_NAME_EITHER_WAY.to_owned(),
         ClaimState::Confirmed => "that run exists (confirmed)".to_owned(),
         ClaimState::Pending if lookup.is_none() => {
             "the claim is pending and the API-server lookup is off, so it holds until retention expires".to_owned()
         }
-        ClaimState::Pending => {
-            let after = claim.updated_at + grace_as_chrono(policy.grace);
-            format!(
+        ClaimState::Pending => match claim.updated_at.checked_add_signed(grace_as_chrono(policy.grace)) {
+            Some(after) => format!(
                 "the claim is pending; if that run was never created, a create after {} can take it over",
                 after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )
-        }
+            ),
+            // Only a grace past the flag's bound gets here; no date to name.
+            None => "the claim is pending, and its grace period outlasts any date, so it holds until retention expires"
+                .to_owned(),
+        },
     };
     AfterClaim::Answer(duplicate(plan, &claim, &note))
 }
@@ -475,6 +479,22 @@ pub enum AfterLookup {
 }
 
 pub fn after_lookup(plan: &ClaimPlan, claim: Claim, holder: Holder) -> AfterLookup {
+    // A confirmed claim is only looked up for a create of its own name: never taken over or
+    // confirmed again, only answered truly.
+    if claim.state == ClaimState::Confirmed {
+        let note = match holder {
+            Holder::Exists => "that run exists (confirmed): a create of the same name is refused".to_owned(),
+            Holder::Gone => {
+                "that run existed and was deleted; deleting a run does not free its delivery, whose \
+                             claim is kept until retention expires"
+                    .to_owned()
+            }
+            Holder::Unknown(error) => {
+                format!("{SAME_NAME_EITHER_WAY} (the API server could not be asked: {error})")
+            }
+        };
+        return AfterLookup::Answer(duplicate(plan, &claim, &note));
+    }
     match holder {
         Holder::Gone if plan.dry_run => AfterLookup::Answer(Verdict::allow(
             Decision::DryRun,
@@ -548,6 +568,12 @@ fn duplicate(plan: &ClaimPlan, claim: &Claim, note: &str) -> Verdict {
         holder: Some(claim.holder.clone()),
     }
 }
+
+/// The note for a create of the name a confirmed claim names when the API server was not
+/// asked (lookup off, or it failed): true whether that run still exists or was deleted.
+const SAME_NAME_EITHER_WAY: &str =
+    "that run was created and confirmed; whether it still exists or was deleted, \
+     deleting a run does not free its delivery, whose claim is kept until retention expires";
 
 fn grace_as_chrono(grace: Duration) -> chrono::Duration {
     chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX)
@@ -695,16 +721,92 @@ mod tests {
         assert_eq!(v.existing_run.as_deref(), Some("jangar/run-first"));
     }
 
+    /// A create of the very name a confirmed claim names: the run may still exist (the
+    /// API server would refuse the create itself) or have been deleted. With the lookup on,
+    /// the API server is asked, and the answer says which; it is never taken over.
     #[test]
-    fn confirmed_claim_for_the_same_name_is_a_409_the_run_existed() {
+    fn confirmed_claim_for_the_same_name_asks_the_api_server_when_the_lookup_is_on() {
         let p = claim_plan(CREATE, |_| {});
+        let confirmed = claim_by("run-bxm4w", ClaimState::Confirmed, 5);
+        assert_eq!(
+            after(&p, ClaimOutcome::HeldBy(confirmed.clone()), &policy()),
+            AfterClaim::LookUpHolder {
+                claim: confirmed,
+                lookup: &()
+            }
+        );
+    }
+
+    #[test]
+    fn confirmed_claim_for_the_same_name_whose_run_exists_says_it_exists() {
+        let p = claim_plan(CREATE, |_| {});
+        let confirmed = claim_by("run-bxm4w", ClaimState::Confirmed, 5);
+        match after_lookup(&p, confirmed, Holder::Exists) {
+            AfterLookup::Answer(v) => {
+                assert_eq!((v.allowed, v.code, v.decision), (false, 409, Decision::Duplicate));
+                assert!(v.message.contains("that run exists"), "{}", v.message);
+                assert!(!v.message.contains("deleted"), "{}", v.message);
+            }
+            other => panic!("a confirmed claim is never confirmed again: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn confirmed_claim_for_the_same_name_whose_run_is_gone_says_it_was_deleted() {
+        let p = claim_plan(CREATE, |_| {});
+        let confirmed = claim_by("run-bxm4w", ClaimState::Confirmed, 5);
+        match after_lookup(&p, confirmed, Holder::Gone) {
+            AfterLookup::Answer(v) => {
+                assert_eq!((v.allowed, v.code), (false, 409));
+                assert!(v.message.contains("existed and was deleted"), "{}", v.message);
+                assert!(v.message.contains("retention"), "{}", v.message);
+            }
+            other => panic!("a confirmed claim is never taken over: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn confirmed_claim_for_the_same_name_unknown_or_lookup_off_claims_neither() {
+        let p = claim_plan(CREATE, |_| {});
+        let confirmed = claim_by("run-bxm4w", ClaimState::Confirmed, 5);
+        let unknown = match after_lookup(&p, confirmed.clone(), Holder::Unknown("forbidden".into())) {
+            AfterLookup::Answer(v) => v,
+            other => panic!("{other:?}"),
+        };
+        let off = answered(after_claim::<()>(
+            &p,
+            Found::Outcome(ClaimOutcome::HeldBy(confirmed)),
+            &policy(),
+            None,
+        ));
+        for v in [unknown, off] {
+            assert_eq!((v.allowed, v.code), (false, 409));
+            // True whether the run still exists or was deleted.
+            assert!(!v.message.contains("existed and was deleted"), "{}", v.message);
+            assert!(
+                v.message.contains("still exists or was deleted")
+                    && v.message.contains("does not free its delivery"),
+                "{}",
+                v.message
+            );
+        }
+    }
+
+    /// The largest grace a duration can hold: no overflow, whatever the flag's bound.
+    #[test]
+    fn a_huge_grace_never_overflows_the_clock() {
+        let p = claim_plan(CREATE, |_| {});
+        let huge = Policy {
+            grace: Duration::MAX,
+            ..policy()
+        };
         let v = answered(after(
             &p,
-            ClaimOutcome::HeldBy(claim_by("run-bxm4w", ClaimState::Confirmed, 5)),
-            &policy(),
+            ClaimOutcome::HeldBy(claim_by("run-first", ClaimState::Pending, 5)),
+            &huge,
         ));
         assert_eq!((v.allowed, v.code), (false, 409));
-        assert!(v.message.contains("existed and was deleted"), "{}", v.message);
+        assert!(v.message.contains("pending"), "{}", v.message);
     }
 
     #[test]

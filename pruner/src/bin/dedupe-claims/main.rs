@@ -38,23 +38,25 @@ fn main() -> ExitCode {
     let settings = match Settings::from_cli(&cli) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", human::printable(&e.to_string()));
             return ExitCode::from(args::EXIT_USAGE);
         }
     };
     match run(&settings) {
         Ok(Outcome::Done) => ExitCode::from(args::EXIT_OK),
         Ok(Outcome::NoSuchClaim(line)) => {
-            eprintln!("error: {line}");
+            eprintln!("error: {}", human::printable(&line));
             ExitCode::from(args::EXIT_NO_SUCH_CLAIM)
         }
         Ok(Outcome::Ambiguous(line)) => {
-            eprintln!("error: {line}");
+            eprintln!("error: {}", human::printable(&line));
             ExitCode::from(args::EXIT_AMBIGUOUS)
         }
         Err(e) => {
             // One line, whatever the error chain holds: scripts and `kubectl exec` read it.
-            eprintln!("error: {}", format!("{e:#}").replace(['\n', '\r'], " "));
+            // (Control characters a server message may carry are escaped like the tables'.)
+            let line = format!("{e:#}").replace(['\n', '\r'], " ");
+            eprintln!("error: {}", human::printable(&line));
             ExitCode::from(args::EXIT_STORE_FAILURE)
         }
     }
@@ -191,7 +193,13 @@ fn failed(doing: &'static str, e: StoreError) -> anyhow::Error {
     anyhow::Error::new(e).context(doing)
 }
 
+/// Tables and messages go out through here. The tables escape each claim's values already;
+/// this keeps any control character that slipped past them from reaching the terminal.
 fn print(text: &str) -> anyhow::Result<()> {
+    write_stdout(&human::printable_lines(text))
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes()).context("writing to stdout")?;
     out.flush().context("writing to stdout")
@@ -199,5 +207,5 @@ fn print(text: &str) -> anyhow::Result<()> {
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
-    print(&format!("{text}\n"))
+    write_stdout(&format!("{}\n", human::json_printable(&text)))
 }

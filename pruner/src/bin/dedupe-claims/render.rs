@@ -1,6 +1,7 @@
 //! What `dedupe-claims` prints: tables that fit 80 columns for people, and JSON for scripts.
 //! The JSON shapes are documented in docs/OPERATIONS.md ("dedupe-claims JSON"); fields are
-//! only ever added.
+//! only ever added. Every value from a claim goes into a table through [`shown`], so terminal
+//! control characters in a row are printed escaped, never acted on (JSON escapes them itself).
 
 use std::time::Duration;
 
@@ -118,12 +119,12 @@ pub fn claim_block(r: &ClaimRecord, cx: Context) -> String {
     };
     let prunable = r.prunable_after(cx.retention_days);
     let fields = [
-        ("delivery", r.key.delivery_id.clone()),
+        ("delivery", shown(&r.key.delivery_id)),
         ("scope", r.key.scope.as_str().to_owned()),
         ("namespace", or_dash(&r.key.namespace)),
         ("orchestration", or_dash(&r.key.orchestration)),
-        ("run", c.holder.to_string()),
-        ("run uid", c.holder.uid.clone()),
+        ("run", shown(&c.holder.to_string())),
+        ("run uid", shown(&c.holder.uid)),
         ("state", state),
         (
             "claimed at",
@@ -161,8 +162,13 @@ fn or_dash(s: &str) -> String {
     if s.is_empty() {
         "-".to_owned()
     } else {
-        s.to_owned()
+        shown(s)
     }
+}
+
+/// A value from a claim, for a table: terminal controls escaped (`human::printable`).
+fn shown(s: &str) -> String {
+    human::printable(s).into_owned()
 }
 
 /// `label          value`, wrapping the value at word boundaries (or hard, for long names)
@@ -208,7 +214,8 @@ fn wrap(text: &str, room: usize) -> Vec<String> {
 
 pub fn get_table(delivery_id: &str, claims: &[ClaimRecord], cx: Context) -> String {
     let mut out = format!(
-        "delivery {delivery_id}: {}\n",
+        "delivery {}: {}\n",
+        shown(delivery_id),
         plural(claims.len(), "claim", "claims")
     );
     for r in claims {
@@ -224,7 +231,7 @@ pub fn list_table(list: &ClaimList, limit: u32) -> String {
     let mut table = Table::new(&["DELIVERY", "STATE", "AGE", "SCOPE"]);
     for r in &list.claims {
         table.row(vec![
-            r.key.delivery_id.clone(),
+            shown(&r.key.delivery_id),
             r.claim.state.as_str().to_owned(),
             human::span(r.age()),
             r.key.scope.as_str().to_owned(),
@@ -256,7 +263,10 @@ fn with_run_lines(table: &Table, claims: &[ClaimRecord]) -> String {
         out.push_str(&format!("{header}\n{RUN_INDENT}RUN\n"));
     }
     for (line, r) in lines.zip(claims) {
-        let run = fit(&format!("{RUN_INDENT}{}", r.claim.holder), WIDTH);
+        let run = fit(
+            &format!("{RUN_INDENT}{}", shown(&r.claim.holder.to_string())),
+            WIDTH,
+        );
         out.push_str(&format!("{line}\n{}\n", run.trim_end()));
     }
     out
@@ -312,7 +322,7 @@ pub fn stats_table(s: &ClaimStats, cx: Context) -> String {
     let oldest = match &s.oldest {
         Some(r) => format!(
             "{} ({}), claimed {} ({})",
-            r.key.delivery_id,
+            shown(&r.key.delivery_id),
             r.key.scope.as_str(),
             human::time(r.claim.claimed_at),
             human::relative(r.age())
