@@ -5,7 +5,7 @@
 //! | request | answer (`decision` audit annotation) |
 //! | --- | --- |
 //! | CREATE with the label, no claim for its key | insert a `pending` claim naming this run, allow (`claimed`) |
-//! | CREATE, claim `pending` for this same run (same namespace/name: a retried create) | allow, count it (`admissions`); the claim keeps the first create's uid: the API server itself refuses a retry whose name exists (AlreadyExists), so the retry's uid would name no run, and when the retry is the create that lands the reconciler records its uid on confirming (`retry`) |
+//! | CREATE, claim `pending` for this same run (same namespace/name: a retried create) | allow, count it (`admissions`) (`retry`). Which uid the claim keeps: with the lookup on, the API server is asked; the run exists → the first create landed and the API server refuses this one itself (AlreadyExists): keep the first uid, confirm the claim; no such run → this create makes it: record its uid; lookup failed or off → keep the first uid (the usual case; the reconciler records the uid it sees when it confirms) |
 //! | CREATE, claim held by another run, or `confirmed` for this name | deny 409 `Conflict` (never `AlreadyExists`, which the API server retries), naming the delivery and the holder (namespace/name, uid, when claimed) in the message and in `status.details` (`duplicate`) |
 //! | … `confirmed` for this name, with the lookup on | the API server is asked (never a take-over): the 409 says the run exists, or that it existed and was deleted; lookup off or failed: worded true either way (`duplicate`) |
 //! | CREATE, claim `pending` and idle longer than the grace period, the API server has no such run | take the claim over (compare-and-swap on the holder), allow with a warning (`takeover`) |
@@ -412,20 +412,13 @@ pub fn after_claim<'l, L: ?Sized>(
                 format!("delivery {delivery} claimed for {}", plan.run),
             ))
         }
-        Found::Outcome(ClaimOutcome::SameRun(_)) => {
-            let decision = if plan.dry_run {
-                Decision::DryRun
-            } else {
-                Decision::Retry
-            };
-            return AfterClaim::Answer(Verdict::allow(
-                decision,
-                format!(
-                    "delivery {delivery} is already claimed by this run ({}): a retried create",
-                    plan.run
-                ),
-            ));
-        }
+        // A retried create keeps the first create's uid. With the lookup on, the API server
+        // says whether that create landed: if not, the retry is the one that makes the run,
+        // and its uid is recorded (after_lookup).
+        Found::Outcome(ClaimOutcome::SameRun(claim)) => match lookup.filter(|_| !plan.dry_run) {
+            Some(lookup) => return AfterClaim::LookUpHolder { claim, lookup },
+            None => return AfterClaim::Answer(retried(plan)),
+        },
         Found::Outcome(ClaimOutcome::HeldBy(claim)) => claim,
     };
     let stale = claim.state == ClaimState::Pending && claim.idle_for() >= grace_as_chrono(policy.grace);
@@ -456,6 +449,22 @@ pub fn after_claim<'l, L: ?Sized>(
     AfterClaim::Answer(duplicate(plan, &claim, &note))
 }
 
+/// The answer to a retried create of the run that holds the pending claim.
+fn retried(plan: &ClaimPlan) -> Verdict {
+    let decision = if plan.dry_run {
+        Decision::DryRun
+    } else {
+        Decision::Retry
+    };
+    Verdict::allow(
+        decision,
+        format!(
+            "delivery {} is already claimed by this run ({}): a retried create",
+            plan.key.delivery_id, plan.run
+        ),
+    )
+}
+
 /// What the API server said about the run a claim names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Holder {
@@ -473,12 +482,28 @@ pub enum Holder {
 pub enum AfterLookup {
     /// The run never appeared: move the claim to this run (compare-and-swap on the holder).
     TakeOver(Claim),
-    /// The run exists: mark the claim confirmed, then answer (a duplicate).
+    /// The run exists: mark the claim confirmed, then answer (a duplicate, or a retried
+    /// create the API server will refuse itself because the name exists).
     ConfirmThen(Verdict),
+    /// A retried create whose first create never landed: this one makes the run, so record
+    /// its uid (`ClaimStore::record_retry_uid`), then answer.
+    RecordUidThen(Verdict),
     Answer(Verdict),
 }
 
 pub fn after_lookup(plan: &ClaimPlan, claim: Claim, holder: Holder) -> AfterLookup {
+    // A retried create of the pending claim's own run (namespace/name): allowed whatever the
+    // API server says; what it says decides which uid the claim keeps. The run exists: the
+    // first create landed and the API server refuses this one itself (AlreadyExists), so
+    // the first uid stays, and the claim is confirmed. No such run: this create makes it.
+    // Unknown: the first uid stays (the usual case).
+    if claim.state == ClaimState::Pending && claim.holder.same_run(&plan.run) {
+        return match holder {
+            Holder::Exists => AfterLookup::ConfirmThen(retried(plan)),
+            Holder::Gone => AfterLookup::RecordUidThen(retried(plan)),
+            Holder::Unknown(_) => AfterLookup::Answer(retried(plan)),
+        };
+    }
     // A confirmed claim is only looked up for a create of its own name: never taken over or
     // confirmed again, only answered truly.
     if claim.state == ClaimState::Confirmed {
@@ -687,13 +712,59 @@ mod tests {
     #[test]
     fn retried_create_of_same_pending_run_is_allowed_as_retry() {
         let p = claim_plan(CREATE, |_| {});
-        let v = answered(after(
+        let v = answered(after_claim::<()>(
             &p,
-            ClaimOutcome::SameRun(claim_by("run-bxm4w", ClaimState::Pending, 3)),
+            Found::Outcome(ClaimOutcome::SameRun(claim_by(
+                "run-bxm4w",
+                ClaimState::Pending,
+                3,
+            ))),
             &policy(),
+            None,
         ));
         assert!(v.allowed);
         assert_eq!(v.decision, Decision::Retry);
+    }
+
+    /// With the lookup on, a retried create asks the API server which uid the claim keeps.
+    #[test]
+    fn retried_create_asks_the_api_server_when_the_lookup_is_on() {
+        let p = claim_plan(CREATE, |_| {});
+        let retried = claim_by("run-bxm4w", ClaimState::Pending, 3);
+        assert_eq!(
+            after(&p, ClaimOutcome::SameRun(retried.clone()), &policy()),
+            AfterClaim::LookUpHolder {
+                claim: retried,
+                lookup: &()
+            }
+        );
+    }
+
+    /// The first create landed (the API server shows the run): the retry will be refused by
+    /// the API server itself, so the claim keeps the first uid, and is confirmed.
+    #[test]
+    fn retried_create_whose_run_exists_keeps_the_first_uid_and_confirms() {
+        let p = claim_plan(CREATE, |_| {});
+        let retried = claim_by("run-bxm4w", ClaimState::Pending, 3);
+        match after_lookup(&p, retried, Holder::Exists) {
+            AfterLookup::ConfirmThen(v) => assert_eq!((v.allowed, v.decision), (true, Decision::Retry)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The first create never landed: this retry makes the run, and its uid is recorded.
+    #[test]
+    fn retried_create_whose_run_never_appeared_records_its_uid() {
+        let p = claim_plan(CREATE, |_| {});
+        let retried = claim_by("run-bxm4w", ClaimState::Pending, 3);
+        match after_lookup(&p, retried.clone(), Holder::Gone) {
+            AfterLookup::RecordUidThen(v) => assert_eq!((v.allowed, v.decision), (true, Decision::Retry)),
+            other => panic!("never a take-over of one's own claim: {other:?}"),
+        }
+        match after_lookup(&p, retried, Holder::Unknown("forbidden".into())) {
+            AfterLookup::Answer(v) => assert_eq!((v.allowed, v.decision), (true, Decision::Retry)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

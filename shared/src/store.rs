@@ -308,6 +308,16 @@ impl ClaimStore {
         Ok(!rows.is_empty())
     }
 
+    /// Records `run`'s uid on the pending claim its namespace/name holds: a retried create
+    /// whose first create never landed (the API server shows no such run), so this one makes
+    /// the run. True when the claim was still pending for that name.
+    pub async fn record_retry_uid(&self, key: &ClaimKey, run: &RunRef) -> Result<bool, StoreError> {
+        let rows = self
+            .query_keyed(sql::CLAIM_RETRY_UID, key, &[&run.namespace, &run.name, &run.uid])
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     /// Marks a pending claim confirmed if `holder` (namespace/name/uid, as read) still holds
     /// it; used when the take-over lookup found the holder alive.
     pub async fn confirm_holder(&self, key: &ClaimKey, holder: &RunRef) -> Result<bool, StoreError> {
