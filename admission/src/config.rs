@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use dedupe_store::config::{DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_POOL_SIZE, DEFAULT_STORE_TIMEOUT_MS};
+use dedupe_store::config::{
+    DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_POOL_SIZE, DEFAULT_STORE_TIMEOUT_MS, MAX_PENDING_GRACE_SECONDS,
+};
 use dedupe_store::group_commit::{DEFAULT_IN_FLIGHT, DEFAULT_LINGER, DEFAULT_MAX_BATCH};
 use dedupe_store::{ClaimScope, CommonArgs, GroupCommitConfig};
 
@@ -121,8 +123,9 @@ pub struct Args {
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_CLAIM_SCOPE", value_enum, default_value_t = ClaimScope::Orchestration)]
     pub claim_scope: ClaimScope,
 
-    /// Seconds a pending claim is left alone before its run may be looked up and the claim taken over.
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PENDING_GRACE_SECONDS", default_value_t = DEFAULT_PENDING_GRACE_SECONDS, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds a pending claim is left alone before its run may be looked up and the claim
+    /// taken over (1 to 31536000, a year).
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PENDING_GRACE_SECONDS", default_value_t = DEFAULT_PENDING_GRACE_SECONDS, value_parser = clap::value_parser!(u64).range(1..=MAX_PENDING_GRACE_SECONDS))]
     pub pending_grace_seconds: u64,
 
     /// Ask the API server whether a stale pending claim's run exists (needs RBAC get on orchestrationruns).

@@ -5,8 +5,9 @@
 //! | request | answer (`decision` audit annotation) |
 //! | --- | --- |
 //! | CREATE with the label, no claim for its key | insert a `pending` claim naming this run, allow (`claimed`) |
-//! | CREATE, claim `pending` for this same run (same namespace/name: a retried create) | allow, record the new uid (`retry`) |
-//! | CREATE, claim held by another run, or `confirmed` for this name (the run existed and was deleted) | deny 409 `Conflict` (never `AlreadyExists`, which the API server retries), naming the delivery and the holder (namespace/name, uid, when claimed) in the message and in `status.details` (`duplicate`) |
+//! | CREATE, claim `pending` for this same run (same namespace/name: a retried create) | allow, count it (`admissions`) (`retry`). Which uid the claim keeps: with the lookup on, the API server is asked; the run exists → the first create landed and the API server refuses this one itself (AlreadyExists): keep the first uid, confirm the claim; no such run → this create makes it: record its uid; lookup failed or off → keep the first uid (the usual case; the reconciler records the uid it sees when it confirms) |
+//! | CREATE, claim held by another run, or `confirmed` for this name | deny 409 `Conflict` (never `AlreadyExists`, which the API server retries), naming the delivery and the holder (namespace/name, uid, when claimed) in the message and in `status.details` (`duplicate`) |
+//! | … `confirmed` for this name, with the lookup on | the API server is asked (never a take-over): the 409 says the run exists, or that it existed and was deleted; lookup off or failed: worded true either way (`duplicate`) |
 //! | CREATE, claim `pending` and idle longer than the grace period, the API server has no such run | take the claim over (compare-and-swap on the holder), allow with a warning (`takeover`) |
 //! | … the same, and the run exists | mark the claim `confirmed`, deny 409 (`duplicate`) |
 //! | … the same, and the lookup fails | keep the claim, deny 409 saying why (`duplicate`) |
@@ -393,45 +394,57 @@ pub fn after_claim<'l, L: ?Sized>(
                 format!("delivery {delivery} claimed for {}", plan.run),
             ))
         }
-        Found::Outcome(ClaimOutcome::SameRun(_)) => {
-            let decision = if plan.dry_run {
-                Decision::DryRun
-            } else {
-                Decision::Retry
-            };
-            return AfterClaim::Answer(Verdict::allow(
-                decision,
-                format!(
-                    "delivery {delivery} is already claimed by this run ({}): a retried create",
-                    plan.run
-                ),
-            ));
-        }
+        // A retried create keeps the first create's uid. With the lookup on, the API server
+        // says whether that create landed: if not, the retry is the one that makes the run,
+        // and its uid is recorded (after_lookup).
+        Found::Outcome(ClaimOutcome::SameRun(claim)) => match lookup.filter(|_| !plan.dry_run) {
+            Some(lookup) => return AfterClaim::LookUpHolder { claim, lookup },
+            None => return AfterClaim::Answer(retried(plan)),
+        },
         Found::Outcome(ClaimOutcome::HeldBy(claim)) => claim,
     };
     let stale = claim.state == ClaimState::Pending && claim.idle_for() >= grace_as_chrono(policy.grace);
-    if let Some(lookup) = lookup.filter(|_| stale && !claim.holder.same_run(&plan.run)) {
+    // A create of the very name a confirmed claim names: that run may still exist (the API
+    // server would refuse this create itself) or have been deleted. Only the API server
+    // knows which, and the answer must not say the wrong one.
+    let same_name_confirmed = claim.state == ClaimState::Confirmed && claim.holder.same_run(&plan.run);
+    let worth_a_lookup = (stale && !claim.holder.same_run(&plan.run)) || same_name_confirmed;
+    if let Some(lookup) = lookup.filter(|_| worth_a_lookup) {
         return AfterClaim::LookUpHolder { claim, lookup };
     }
     let note = match claim.state {
-        ClaimState::Confirmed if claim.holder.same_run(&plan.run) => {
-            "that run existed and was deleted; deleting a run does not free its delivery, whose claim is kept \
-             until retention expires"
-                .to_owned()
-        }
+        ClaimState::Confirmed if same_name_confirmed => SAME_NAME_EITHER_WAY.to_owned(),
         ClaimState::Confirmed => "that run exists (confirmed)".to_owned(),
         ClaimState::Pending if lookup.is_none() => {
             "the claim is pending and the API-server lookup is off, so it holds until retention expires".to_owned()
         }
-        ClaimState::Pending => {
-            let after = claim.updated_at + grace_as_chrono(policy.grace);
-            format!(
+        ClaimState::Pending => match claim.updated_at.checked_add_signed(grace_as_chrono(policy.grace)) {
+            Some(after) => format!(
                 "the claim is pending; if that run was never created, a create after {} can take it over",
                 after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )
-        }
+            ),
+            // Only a grace past the flag's bound gets here; no date to name.
+            None => "the claim is pending, and its grace period outlasts any date, so it holds until retention expires"
+                .to_owned(),
+        },
     };
     AfterClaim::Answer(duplicate(plan, &claim, &note))
+}
+
+/// The answer to a retried create of the run that holds the pending claim.
+fn retried(plan: &ClaimPlan) -> Verdict {
+    let decision = if plan.dry_run {
+        Decision::DryRun
+    } else {
+        Decision::Retry
+    };
+    Verdict::allow(
+        decision,
+        format!(
+            "delivery {} is already claimed by this run ({}): a retried create",
+            plan.key.delivery_id, plan.run
+        ),
+    )
 }
 
 /// What the API server said about the run a claim names.
@@ -451,12 +464,44 @@ pub enum Holder {
 pub enum AfterLookup {
     /// The run never appeared: move the claim to this run (compare-and-swap on the holder).
     TakeOver(Claim),
-    /// The run exists: mark the claim confirmed, then answer (a duplicate).
+    /// The run exists: mark the claim confirmed, then answer (a duplicate, or a retried
+    /// create the API server will refuse itself because the name exists).
     ConfirmThen(Verdict),
+    /// A retried create whose first create never landed: this one makes the run, so record
+    /// its uid (`ClaimStore::record_retry_uid`), then answer.
+    RecordUidThen(Verdict),
     Answer(Verdict),
 }
 
 pub fn after_lookup(plan: &ClaimPlan, claim: Claim, holder: Holder) -> AfterLookup {
+    // A retried create of the pending claim's own run (namespace/name): allowed whatever the
+    // API server says; what it says decides which uid the claim keeps. The run exists: the
+    // first create landed and the API server refuses this one itself (AlreadyExists), so
+    // the first uid stays, and the claim is confirmed. No such run: this create makes it.
+    // Unknown: the first uid stays (the usual case).
+    if claim.state == ClaimState::Pending && claim.holder.same_run(&plan.run) {
+        return match holder {
+            Holder::Exists => AfterLookup::ConfirmThen(retried(plan)),
+            Holder::Gone => AfterLookup::RecordUidThen(retried(plan)),
+            Holder::Unknown(_) => AfterLookup::Answer(retried(plan)),
+        };
+    }
+    // A confirmed claim is only looked up for a create of its own name: never taken over or
+    // confirmed again, only answered truly.
+    if claim.state == ClaimState::Confirmed {
+        let note = match holder {
+            Holder::Exists => "that run exists (confirmed): a create of the same name is refused".to_owned(),
+            Holder::Gone => {
+                "that run existed and was deleted; deleting a run does not free its delivery, whose \
+                             claim is kept until retention expires"
+                    .to_owned()
+            }
+            Holder::Unknown(error) => {
+                format!("{SAME_NAME_EITHER_WAY} (the API server could not be asked: {error})")
+            }
+        };
+        return AfterLookup::Answer(duplicate(plan, &claim, &note));
+    }
     match holder {
         Holder::Gone if plan.dry_run => AfterLookup::Answer(Verdict::allow(
             Decision::DryRun,
@@ -530,6 +575,12 @@ fn duplicate(plan: &ClaimPlan, claim: &Claim, note: &str) -> Verdict {
         holder: Some(claim.holder.clone()),
     }
 }
+
+/// The note for a create of the name a confirmed claim names when the API server was not
+/// asked (lookup off, or it failed): true whether that run still exists or was deleted.
+const SAME_NAME_EITHER_WAY: &str =
+    "that run was created and confirmed; whether it still exists or was deleted, \
+     deleting a run does not free its delivery, whose claim is kept until retention expires";
 
 fn grace_as_chrono(grace: Duration) -> chrono::Duration {
     chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX)
@@ -643,13 +694,59 @@ mod tests {
     #[test]
     fn retried_create_of_same_pending_run_is_allowed_as_retry() {
         let p = claim_plan(CREATE, |_| {});
-        let v = answered(after(
+        let v = answered(after_claim::<()>(
             &p,
-            ClaimOutcome::SameRun(claim_by("run-bxm4w", ClaimState::Pending, 3)),
+            Found::Outcome(ClaimOutcome::SameRun(claim_by(
+                "run-bxm4w",
+                ClaimState::Pending,
+                3,
+            ))),
             &policy(),
+            None,
         ));
         assert!(v.allowed);
         assert_eq!(v.decision, Decision::Retry);
+    }
+
+    /// With the lookup on, a retried create asks the API server which uid the claim keeps.
+    #[test]
+    fn retried_create_asks_the_api_server_when_the_lookup_is_on() {
+        let p = claim_plan(CREATE, |_| {});
+        let retried = claim_by("run-bxm4w", ClaimState::Pending, 3);
+        assert_eq!(
+            after(&p, ClaimOutcome::SameRun(retried.clone()), &policy()),
+            AfterClaim::LookUpHolder {
+                claim: retried,
+                lookup: &()
+            }
+        );
+    }
+
+    /// The first create landed (the API server shows the run): the retry will be refused by
+    /// the API server itself, so the claim keeps the first uid, and is confirmed.
+    #[test]
+    fn retried_create_whose_run_exists_keeps_the_first_uid_and_confirms() {
+        let p = claim_plan(CREATE, |_| {});
+        let retried = claim_by("run-bxm4w", ClaimState::Pending, 3);
+        match after_lookup(&p, retried, Holder::Exists) {
+            AfterLookup::ConfirmThen(v) => assert_eq!((v.allowed, v.decision), (true, Decision::Retry)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The first create never landed: this retry makes the run, and its uid is recorded.
+    #[test]
+    fn retried_create_whose_run_never_appeared_records_its_uid() {
+        let p = claim_plan(CREATE, |_| {});
+        let retried = claim_by("run-bxm4w", ClaimState::Pending, 3);
+        match after_lookup(&p, retried.clone(), Holder::Gone) {
+            AfterLookup::RecordUidThen(v) => assert_eq!((v.allowed, v.decision), (true, Decision::Retry)),
+            other => panic!("never a take-over of one's own claim: {other:?}"),
+        }
+        match after_lookup(&p, retried, Holder::Unknown("forbidden".into())) {
+            AfterLookup::Answer(v) => assert_eq!((v.allowed, v.decision), (true, Decision::Retry)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -677,16 +774,92 @@ mod tests {
         assert_eq!(v.existing_run.as_deref(), Some("jangar/run-first"));
     }
 
+    /// A create of the very name a confirmed claim names: the run may still exist (the
+    /// API server would refuse the create itself) or have been deleted. With the lookup on,
+    /// the API server is asked, and the answer says which; it is never taken over.
     #[test]
-    fn confirmed_claim_for_the_same_name_is_a_409_the_run_existed() {
+    fn confirmed_claim_for_the_same_name_asks_the_api_server_when_the_lookup_is_on() {
         let p = claim_plan(CREATE, |_| {});
+        let confirmed = claim_by("run-bxm4w", ClaimState::Confirmed, 5);
+        assert_eq!(
+            after(&p, ClaimOutcome::HeldBy(confirmed.clone()), &policy()),
+            AfterClaim::LookUpHolder {
+                claim: confirmed,
+                lookup: &()
+            }
+        );
+    }
+
+    #[test]
+    fn confirmed_claim_for_the_same_name_whose_run_exists_says_it_exists() {
+        let p = claim_plan(CREATE, |_| {});
+        let confirmed = claim_by("run-bxm4w", ClaimState::Confirmed, 5);
+        match after_lookup(&p, confirmed, Holder::Exists) {
+            AfterLookup::Answer(v) => {
+                assert_eq!((v.allowed, v.code, v.decision), (false, 409, Decision::Duplicate));
+                assert!(v.message.contains("that run exists"), "{}", v.message);
+                assert!(!v.message.contains("deleted"), "{}", v.message);
+            }
+            other => panic!("a confirmed claim is never confirmed again: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn confirmed_claim_for_the_same_name_whose_run_is_gone_says_it_was_deleted() {
+        let p = claim_plan(CREATE, |_| {});
+        let confirmed = claim_by("run-bxm4w", ClaimState::Confirmed, 5);
+        match after_lookup(&p, confirmed, Holder::Gone) {
+            AfterLookup::Answer(v) => {
+                assert_eq!((v.allowed, v.code), (false, 409));
+                assert!(v.message.contains("existed and was deleted"), "{}", v.message);
+                assert!(v.message.contains("retention"), "{}", v.message);
+            }
+            other => panic!("a confirmed claim is never taken over: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn confirmed_claim_for_the_same_name_unknown_or_lookup_off_claims_neither() {
+        let p = claim_plan(CREATE, |_| {});
+        let confirmed = claim_by("run-bxm4w", ClaimState::Confirmed, 5);
+        let unknown = match after_lookup(&p, confirmed.clone(), Holder::Unknown("forbidden".into())) {
+            AfterLookup::Answer(v) => v,
+            other => panic!("{other:?}"),
+        };
+        let off = answered(after_claim::<()>(
+            &p,
+            Found::Outcome(ClaimOutcome::HeldBy(confirmed)),
+            &policy(),
+            None,
+        ));
+        for v in [unknown, off] {
+            assert_eq!((v.allowed, v.code), (false, 409));
+            // True whether the run still exists or was deleted.
+            assert!(!v.message.contains("existed and was deleted"), "{}", v.message);
+            assert!(
+                v.message.contains("still exists or was deleted")
+                    && v.message.contains("does not free its delivery"),
+                "{}",
+                v.message
+            );
+        }
+    }
+
+    /// The largest grace a duration can hold: no overflow, whatever the flag's bound.
+    #[test]
+    fn a_huge_grace_never_overflows_the_clock() {
+        let p = claim_plan(CREATE, |_| {});
+        let huge = Policy {
+            grace: Duration::MAX,
+            ..policy()
+        };
         let v = answered(after(
             &p,
-            ClaimOutcome::HeldBy(claim_by("run-bxm4w", ClaimState::Confirmed, 5)),
-            &policy(),
+            ClaimOutcome::HeldBy(claim_by("run-first", ClaimState::Pending, 5)),
+            &huge,
         ));
         assert_eq!((v.allowed, v.code), (false, 409));
-        assert!(v.message.contains("existed and was deleted"), "{}", v.message);
+        assert!(v.message.contains("pending"), "{}", v.message);
     }
 
     #[test]

@@ -219,6 +219,10 @@ async fn create(app: &App, plan: &ClaimPlan) -> Result<Verdict, AdmitError> {
                 app.store.confirm_holder(&plan.key, &holder_ref).await?;
                 return Ok(verdict);
             }
+            AfterLookup::RecordUidThen(verdict) => {
+                app.store.record_retry_uid(&plan.key, &plan.run).await?;
+                return Ok(verdict);
+            }
             AfterLookup::TakeOver(previous) => {
                 if app
                     .store

@@ -1,6 +1,11 @@
 WITH input AS (
-    SELECT *
-      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+    -- set_config(…, true) bounds this statement's lock waits (the setting ends with its
+    -- transaction): a key another session holds (an operator's open DELETE, say) fails the
+    -- batch quickly with 55P03 instead of holding its other claims, and the caller sends
+    -- each claim alone. Evaluated before any row reaches the insert (the insert sorts them).
+    SELECT i.*
+      FROM (SELECT set_config('lock_timeout', $8, true)) AS bound,
+           unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
            WITH ORDINALITY
            AS i(delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, ord)
 ), attempt AS (

@@ -5,7 +5,8 @@
 -- holds it: the oldest by creationTimestamp, ties by name).
 --
 -- confirmed: a pending claim naming one of these runs (namespace/name) becomes confirmed,
---   since the API server shows that run carrying the key.
+--   since the API server shows that run carrying the key, with the uid it shows (a retried
+--   create keeps the first create's uid, which is wrong when only the retry landed).
 -- backfilled: a key with no claim gets a confirmed claim naming its holding run. ON CONFLICT
 --   DO NOTHING makes it idempotent across replicas and restarts: a claim that exists (made
 --   by the webhook, another replica, or this one before a restart) is never changed here.
@@ -18,7 +19,7 @@ WITH observed AS (
         AS o(delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, holds)
 ), confirmed AS (
     UPDATE orchestration_dedupe_claims c
-       SET state = 'confirmed', updated_at = now()
+       SET state = 'confirmed', run_uid = o.run_uid, updated_at = now()
       FROM observed o
      WHERE c.delivery_id = o.delivery_id AND c.scope = o.scope
        AND c.namespace = o.namespace AND c.orchestration = o.orchestration

@@ -153,8 +153,8 @@ impl Claim {
 pub enum ClaimOutcome {
     /// No claim existed: this run now holds a pending claim.
     Claimed(Claim),
-    /// The same run (namespace/name) already held the pending claim: a retried create; the
-    /// new uid is recorded.
+    /// The same run (namespace/name) already held the pending claim: a retried create,
+    /// counted; the claim keeps the first create's uid.
     SameRun(Claim),
     /// Another run holds the claim, or this run's claim is already confirmed.
     HeldBy(Claim),

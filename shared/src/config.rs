@@ -16,6 +16,10 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 /// Default pending grace period: longer than the API server's request timeout (60 s), so a
 /// create still in flight is never mistaken for one that failed.
 pub const DEFAULT_PENDING_GRACE_SECONDS: u64 = 120;
+/// Longest pending grace period accepted (365 days): far past any create still in flight and
+/// past any sane retention window, and small enough that a claim's time plus the grace is
+/// always a date (a larger one is refused at start, naming the flag).
+pub const MAX_PENDING_GRACE_SECONDS: u64 = 365 * 86_400;
 /// Default retention of claims before the pruner deletes them.
 pub const DEFAULT_RETENTION_DAYS: u32 = 7;
 

@@ -26,12 +26,18 @@
 //! - *One winner per key*: the table's primary key decides, as before. Two claims for the
 //!   same key in one batch are not both sent: the first (in arrival order) goes in the
 //!   statement, the others are answered as if they ran right after it: they see its outcome's
-//!   holder (and a retried create of the same run then records its uid, as always).
+//!   holder (and a retried create of the same run is then counted, as always).
 //! - *No deadlock between batches*: keys are sent sorted, so two batches that wait on each
 //!   other's uncommitted inserts do so in one order.
-//! - *A failed batch fails only its callers*, each with a [`StoreError`] (the webhook's 503).
-//!   When the server refuses the statement itself (a constraint on one request's data), each
-//!   request is retried alone, so only the offending one fails.
+//! - *Each claim fails only as it would alone.* A batch waits at most [`BATCH_LOCK_WAIT`] on
+//!   a row lock: a key whose row another session holds (an operator's open `DELETE`, a
+//!   transaction stuck on a slow commit) fails the statement with 55P03 instead of holding
+//!   the batch's other claims until the store timeout. Then, as when the server refuses the
+//!   statement itself (a constraint on one request's data), every claim of the batch goes
+//!   alone, all at once and off the worker: the others are answered at once, the contested
+//!   one waits (bounded by the store timeout) exactly as it would have without group commit.
+//!   A lost connection or a timeout fails the batch's callers alike, each with a
+//!   [`StoreError`] (the webhook's 503).
 //! - *Bounded*: each caller still waits at most the store timeout ([`crate::ClaimStore`]
 //!   bounds the call); a batch whose callers all gave up is skipped.
 
@@ -57,6 +63,15 @@ pub const DEFAULT_IN_FLIGHT: usize = 4;
 /// Longest a queued claim waits for a running batch before another batch starts for it:
 /// the extra latency batching may add to a claim when batches are in flight.
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
+
+/// Longest a batch statement waits on a row lock before its claims go alone. Commits of
+/// concurrent batches (another replica's claim of the same key) take a few milliseconds;
+/// past this, a lock is held by something slow, and the batch's other claims must not wait
+/// on it.
+pub const BATCH_LOCK_WAIT: Duration = Duration::from_millis(50);
+
+/// SQLSTATE `lock_not_available`: the batch's [`BATCH_LOCK_WAIT`] ran out.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// The knobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,13 +324,13 @@ async fn run_and_answer(executor: &ClaimStore, mut batch: Vec<Pending>, counters
                 let _ = p.reply.send(Ok(answer));
             }
         }
-        // The server refused the statement (a constraint, say): one request's data can do
-        // that, so each request goes alone and only its own fails. A lost connection or a
-        // timeout would hit each of them alike: they all get the error at once.
-        Err(StoreError::Database { .. }) if batch.len() > 1 => {
+        // A row lock held past BATCH_LOCK_WAIT, or the server refused the statement (a
+        // constraint: one request's data can do that): each request goes alone, so only its
+        // own fails or waits. A lost connection or a timeout would hit each of them alike:
+        // they all get the error at once.
+        Err(e) if goes_alone(&e, batch.len()) => {
             for p in batch {
-                let answer = executor.insert_one(&p.key, &p.run).await;
-                let _ = p.reply.send(answer);
+                tokio::spawn(alone(executor.clone(), p));
             }
         }
         Err(e) => {
@@ -324,6 +339,31 @@ async fn run_and_answer(executor: &ClaimStore, mut batch: Vec<Pending>, counters
             }
         }
     }
+}
+
+/// Whether a failed batch's claims are sent again one by one: after a lock wait ran out
+/// (even for one claim: alone, it waits as long as the store timeout allows), or when the
+/// server refused a statement of several claims.
+fn goes_alone(error: &StoreError, claims: usize) -> bool {
+    match error {
+        StoreError::Database { .. } if error.sqlstate() == Some(LOCK_NOT_AVAILABLE) => true,
+        StoreError::Database { .. } => claims > 1,
+        _ => false,
+    }
+}
+
+/// One claim of a failed batch on its own, as without group commit: a task of its own, so a
+/// claim waiting on a lock holds neither the others nor a worker. It stops when its caller
+/// gives up (the caller's store timeout), which cancels the statement.
+async fn alone(executor: ClaimStore, pending: Pending) {
+    let Pending {
+        key, run, mut reply, ..
+    } = pending;
+    let answer = tokio::select! {
+        answer = executor.insert_one(&key, &run) => answer,
+        () = reply.closed() => return,
+    };
+    let _ = reply.send(answer);
 }
 
 /// Which request goes into the statement for each distinct key (the first to arrive), and
@@ -402,7 +442,10 @@ async fn run_batch(
         let (key, run) = requests[i];
         columns.push(key, &run.namespace, &run.name, &run.uid);
     }
-    let rows = executor.query(sql::CLAIM_BATCH, &columns.params()).await?;
+    let lock_wait = format!("{}ms", BATCH_LOCK_WAIT.as_millis());
+    let mut params = columns.params().to_vec();
+    params.push(&lock_wait);
+    let rows = executor.query(sql::CLAIM_BATCH, &params).await?;
     let mut elements: Vec<Inserted> = vec![None; plan.sent.len()];
     for row in &rows {
         let ord: i64 = row.try_get("ord")?;

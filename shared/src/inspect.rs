@@ -51,7 +51,11 @@ impl ClaimRecord {
     /// When the pruner may delete this claim: `claimed_at` plus the retention window (the
     /// first pruner run after this time removes it).
     pub fn prunable_after(&self, retention_days: u32) -> DateTime<Utc> {
-        self.claim.claimed_at + chrono::Duration::days(i64::from(retention_days))
+        // A row written by hand can carry any timestamp: saturate instead of overflowing.
+        self.claim
+            .claimed_at
+            .checked_add_signed(chrono::Duration::days(i64::from(retention_days)))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     /// A pending claim idle longer than the grace period: the next create of the delivery

@@ -110,14 +110,24 @@ pub const DELETE_EXPIRED_RANGE: &str = include_str!("../sql/delete_expired_range
 pub const CLAIM_INSERT: &str = include_str!("../sql/claim_insert.sql");
 
 /// A retried create: the key's pending claim is held by the same run (namespace/name
-/// `$5/$6`); record the new uid `$7`. Returns nothing when the claim changed since it was
-/// read (confirmed, taken over, pruned): the caller starts over with [`CLAIM_INSERT`].
+/// `$5/$6`); count the admission and keep the first create's uid (the API server refuses a
+/// retry whose name exists, so the retry's uid would name no run; [`CLAIM_RETRY_UID`]
+/// records it when the API server shows no run of that name). Returns nothing when the
+/// claim changed since it was read (confirmed, taken over, pruned): the caller starts over
+/// with [`CLAIM_INSERT`].
 pub const CLAIM_RETRY: &str = include_str!("../sql/claim_retry.sql");
+
+/// A retried create that makes the run (the API server showed none of that name): record
+/// its uid `$7` on the pending claim held by namespace/name `$5/$6`. Returns the uid when it
+/// did.
+pub const CLAIM_RETRY_UID: &str = include_str!("../sql/claim_retry_uid.sql");
 
 /// Group commit ([`crate::group_commit`]): [`CLAIM_INSERT`] for many keys in one statement
 /// and one transaction. `$1..$7` are parallel text arrays (delivery id, scope, namespace,
 /// orchestration, run namespace, run name, run uid), one element per distinct key, sorted
 /// by key so concurrent batches wait on each other's keys in one order and cannot deadlock.
+/// `$8` is the statement's `lock_timeout` (text, e.g. `50ms`): a key whose row another
+/// session holds fails the batch with 55P03 instead of holding every claim in it.
 /// Returns one row per input element, `ord` its 1-based position; an element without a row
 /// lost to a holder this statement's snapshot cannot see (the caller runs [`LOOKUP`]).
 pub const CLAIM_BATCH: &str = include_str!("../sql/claim_batch.sql");

@@ -240,7 +240,7 @@ impl ClaimStore {
                 Some((true, claim)) => return Ok(ClaimOutcome::Claimed(claim)),
                 Some((false, claim)) if claim.state == ClaimState::Pending && claim.holder.same_run(run) => {
                     let rows = self
-                        .query_keyed(sql::CLAIM_RETRY, key, &[&run.namespace, &run.name, &run.uid])
+                        .query_keyed(sql::CLAIM_RETRY, key, &[&run.namespace, &run.name])
                         .await?;
                     match rows.first() {
                         Some(row) => return Ok(ClaimOutcome::SameRun(read_claim(row)?.1)),
@@ -317,6 +317,16 @@ impl ClaimStore {
     pub async fn confirm(&self, key: &ClaimKey, run: &RunRef) -> Result<bool, StoreError> {
         let rows = self
             .query_keyed(sql::CONFIRM, key, &[&run.namespace, &run.name])
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Records `run`'s uid on the pending claim its namespace/name holds: a retried create
+    /// whose first create never landed (the API server shows no such run), so this one makes
+    /// the run. True when the claim was still pending for that name.
+    pub async fn record_retry_uid(&self, key: &ClaimKey, run: &RunRef) -> Result<bool, StoreError> {
+        let rows = self
+            .query_keyed(sql::CLAIM_RETRY_UID, key, &[&run.namespace, &run.name, &run.uid])
             .await?;
         Ok(!rows.is_empty())
     }

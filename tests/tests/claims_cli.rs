@@ -157,7 +157,7 @@ async fn get_shows_the_claim_in_a_table_and_in_json() -> Result<()> {
     let d = delivery();
     let first = Review::create(&d, "run-first")?;
     admit(&webhook, &first, "claimed").await?;
-    // A retried create of the same name: counted as an admission, new uid recorded.
+    // A retried create of the same name: counted as an admission, the first uid kept.
     let retry = first.clone().new_uids();
     admit(&webhook, &retry, "retry").await?;
 
@@ -177,7 +177,7 @@ async fn get_shows_the_claim_in_a_table_and_in_json() -> Result<()> {
     );
     assert_eq!(c["run"]["namespace"], "jangar");
     assert_eq!(c["run"]["name"], "run-first");
-    assert_eq!(c["run"]["uid"], retry.object_uid().as_str());
+    assert_eq!(c["run"]["uid"], first.object_uid().as_str());
     assert_eq!(c["state"], "pending");
     assert_eq!(
         (c["admissions"].as_i64(), c["takeovers"].as_i64()),
@@ -235,7 +235,7 @@ async fn get_shows_the_claim_in_a_table_and_in_json() -> Result<()> {
             "PRUNED-AFTER"
         ]
     );
-    assert_eq!(wide[1][5..7], ["demo-orchestration", retry.object_uid().as_str()]);
+    assert_eq!(wide[1][5..7], ["demo-orchestration", first.object_uid().as_str()]);
     assert_eq!(wide[1][8], "1", "admissions");
     let bare = cli(&db, &["get", &d, "--no-headers"]).await?.expect(0)?.stdout;
     assert_eq!(
@@ -270,7 +270,7 @@ async fn get_shows_the_claim_in_a_table_and_in_json() -> Result<()> {
     for part in [
         format!("delivery {d}: 1 claim"),
         "jangar/run-first".to_owned(),
-        retry.object_uid(),
+        first.object_uid(),
         "pending, idle".to_owned(),
         "demo-orchestration".to_owned(),
         "retention 7 d".to_owned(),
@@ -852,5 +852,166 @@ async fn store_failures_exit_1_with_one_line() -> Result<()> {
         .await?
         .get(0);
     assert_eq!(tables, 0, "the CLI created nothing");
+    Ok(())
+}
+
+/// Durations past what the store can represent are usage errors naming the flag, not store
+/// failures ("timestamp out of range") after a round trip.
+#[tokio::test]
+async fn out_of_range_durations_exit_2_naming_the_flag() -> Result<()> {
+    let db = TestDb::new().await?;
+    db.migrated_store().await?;
+    for (args, flag) in [
+        (&["list", "--older-than", "1000000000000d"][..], "--older-than"),
+        (&["list", "--older-than", "36501d"][..], "--older-than"),
+        (
+            &["stats", "--pending-grace-seconds", "1000000000000"][..],
+            "--pending-grace-seconds",
+        ),
+        (
+            &["get", "d1", "--pending-grace-seconds", "31536001"][..],
+            "--pending-grace-seconds",
+        ),
+    ] {
+        let run = cli(&db, args).await?.expect(2)?;
+        assert!(run.stderr.contains(flag), "{args:?}: {run:#?}");
+        assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
+    }
+    // The largest accepted values work.
+    cli(&db, &["list", "--older-than", "36500d"]).await?.expect(0)?;
+    cli(&db, &["stats", "--pending-grace-seconds", "31536000"])
+        .await?
+        .expect(0)?;
+    Ok(())
+}
+
+/// The bytes of `text` that a terminal would act on: C0 controls other than the newline,
+/// DEL, C1 controls, and the bidirectional overrides and isolates.
+fn terminal_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}')
+        })
+        .collect()
+}
+
+/// A claim written past the webhook (straight into the table, as a bypassed webhook or a
+/// hand-made row could) with terminal escape sequences in its fields: every human output
+/// shows them escaped, never raw; JSON keeps the exact values.
+#[tokio::test]
+async fn terminal_escapes_in_a_claim_are_shown_escaped() -> Result<()> {
+    let db = TestDb::new().await?;
+    db.migrated_store().await?;
+    let d = delivery();
+    let osc = "\u{1b}]0;owned\u{7}";
+    let csi = "\u{1b}[2J\u{1b}[31m";
+    let c1 = "\u{9b}1m\u{7f}";
+    let bidi = "\u{202e}gnp.exe";
+    let name = format!("run-{osc}{csi}");
+    let insert = "INSERT INTO orchestration_dedupe_claims \
+           (delivery_id, scope, namespace, orchestration, run_namespace, run_name, run_uid, state) \
+         VALUES ($1, 'orchestration', $2, $3, $4, $5, $6, 'pending')";
+    let client = db.client().await?;
+    client
+        .execute(
+            insert,
+            &[
+                &d,
+                &format!("agents{c1}"),
+                &format!("codex{bidi}\n\rfake line"),
+                &format!("ns{csi}"),
+                &name,
+                &format!("uid{osc}\t"),
+            ],
+        )
+        .await?;
+    // A second claim of the same delivery (another orchestration): release must list both.
+    let mut d2 = d.clone();
+    client
+        .execute(
+            insert,
+            &[
+                &d,
+                &"agents",
+                &format!("other{osc}"),
+                &"agents",
+                &format!("b{csi}"),
+                &"u2",
+            ],
+        )
+        .await?;
+    // And one whose delivery id itself carries them, for `list` and `stats`.
+    d2.push_str(csi);
+    client
+        .execute(insert, &[&d2, &"agents", &"codex", &"agents", &"r", &"u3"])
+        .await?;
+    client
+        .execute(
+            "UPDATE orchestration_dedupe_claims SET claimed_at = claimed_at - interval '1 day' WHERE delivery_id = $1",
+            &[&d2],
+        )
+        .await?;
+
+    for (args, code) in [
+        (vec!["get", &d], 0),
+        (vec!["get", &d, "-o", "wide"], 0),
+        (vec!["describe", &d], 0),
+        (vec!["list"], 0),
+        (vec!["stats"], 0),
+        (vec!["release", &d], 4),
+        (
+            vec![
+                "release",
+                &d,
+                "--orchestration",
+                "codex\u{202e}gnp.exe\n\rfake line",
+            ],
+            0,
+        ),
+    ] {
+        let run = cli(&db, &args).await?.expect(code)?;
+        assert!(!run.stdout.is_empty(), "{args:?}: {run:#?}");
+        let raw = terminal_controls(&run.stdout);
+        assert!(raw.is_empty(), "{args:?} printed raw {raw:?}:\n{}", run.stdout);
+        let raw = terminal_controls(&run.stderr);
+        assert!(raw.is_empty(), "{args:?} printed raw {raw:?} on stderr");
+    }
+    let get = cli(&db, &["describe", &d]).await?.expect(0)?.stdout;
+    assert!(
+        get.contains(r"uid\x1b]0;owned\x07\x09"),
+        "shown escaped, not dropped:\n{get}"
+    );
+    assert!(
+        get.contains(r"codex\u{202e}gnp.exe"),
+        "bidi override escaped:\n{get}"
+    );
+    assert!(
+        !get.contains("\nfake line"),
+        "no line of the operator's output is forged:\n{get}"
+    );
+
+    // JSON escapes them all (DEL, C1 and the bidi marks too): the exact values, one parse away.
+    let run = cli(&db, &["get", &d, "-o", "json"]).await?.expect(0)?;
+    let raw = terminal_controls(&run.stdout);
+    assert!(raw.is_empty(), "-o json printed raw {raw:?}:\n{}", run.stdout);
+    let json = run.json()?;
+    let orchestrations: Vec<&str> = json["claims"]
+        .as_array()
+        .context("-o json has claims")?
+        .iter()
+        .filter_map(|c| c["orchestration"].as_str())
+        .collect();
+    assert!(
+        orchestrations.contains(&format!("codex{bidi}\n\rfake line").as_str()),
+        "{json}"
+    );
+    let names: Vec<&str> = json["claims"]
+        .as_array()
+        .context("-o json has claims")?
+        .iter()
+        .filter_map(|c| c["run"]["name"].as_str())
+        .collect();
+    assert!(names.contains(&name.as_str()), "{json}");
     Ok(())
 }

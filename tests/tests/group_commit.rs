@@ -112,21 +112,22 @@ async fn a_retried_create_in_the_same_batch_as_its_first_create_is_same_run() ->
             .filter(|o| matches!(o, ClaimOutcome::SameRun(_)))
             .count();
         assert_eq!((claimed, same), (1, 1), "round {round}: {outcomes:?}");
-        // Whichever went second recorded its uid, as a retried create always does.
         let stored = store
             .lookup(&k)
             .await?
             .ok_or_else(|| anyhow::anyhow!("claim vanished"))?;
         assert_eq!(stored.admissions, 1);
-        let ClaimOutcome::SameRun(second) = outcomes
+        // Whichever went first holds the claim, and its uid stays: a retried create does not
+        // replace it.
+        let ClaimOutcome::Claimed(first_in) = outcomes
             .iter()
-            .find(|o| matches!(o, ClaimOutcome::SameRun(_)))
+            .find(|o| matches!(o, ClaimOutcome::Claimed(_)))
             .cloned()
-            .ok_or_else(|| anyhow::anyhow!("no SameRun"))?
+            .ok_or_else(|| anyhow::anyhow!("no Claimed"))?
         else {
             unreachable!()
         };
-        assert_eq!(stored.holder.uid, second.holder.uid);
+        assert_eq!(stored.holder.uid, first_in.holder.uid);
     }
     Ok(())
 }
@@ -216,6 +217,89 @@ async fn a_stuck_batch_does_not_hold_up_other_keys_past_the_linger() -> Result<(
     match stuck.await?? {
         ClaimOutcome::HeldBy(claim) => assert_eq!(claim.holder.name, "run-elsewhere"),
         other => panic!("the contended claim: {other:?}"),
+    }
+    Ok(())
+}
+
+/// An operator's open transaction on a claim row (OPERATIONS' manual release: `BEGIN;
+/// DELETE … RETURNING *;` then a pause before `COMMIT`) makes every claim of that key wait.
+/// Redeliveries of that key keep arriving beside claims of other keys, so they share
+/// batches: the other keys' claims must not wait with them (each claim fails only as it
+/// would alone), and the locked key's claims end as they would alone: a store timeout while
+/// the transaction stays open, the claim once it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_waiting_on_a_locked_row_does_not_hold_its_batch_mates() -> Result<()> {
+    const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+    let db = TestDb::new().await?;
+    let store = db.store(16, STORE_TIMEOUT)?;
+    store.migrate().await?;
+    let store = store.with_group_commit(GroupCommitConfig::default());
+    store.claim(&key("locked"), &run("run-first")).await?;
+    let operator = db.client().await?;
+    let release = "DELETE FROM orchestration_dedupe_claims \
+                   WHERE delivery_id = 'locked' AND scope = 'orchestration' \
+                     AND namespace = 'agents' AND orchestration = 'codex-autonomous' RETURNING *";
+    operator.batch_execute("BEGIN").await?;
+    assert_eq!(operator.query(release, &[]).await?.len(), 1);
+
+    let timed = |k: String, r: RunRef| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let outcome = store.claim(&key(&k), &r).await;
+            (outcome, started.elapsed())
+        })
+    };
+    let (mut unrelated, mut locked) = (Vec::new(), Vec::new());
+    for i in 0..60 {
+        if i % 4 == 0 {
+            locked.push(timed("locked".into(), run(&format!("redelivery-{i}"))));
+        }
+        unrelated.push(timed(format!("free-{i}"), run(&format!("run-{i}"))));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut slowest = Duration::ZERO;
+    for t in unrelated {
+        let (outcome, took) = t.await?;
+        assert!(
+            matches!(outcome, Ok(ClaimOutcome::Claimed(_))),
+            "an unrelated claim: {outcome:?} after {took:?}"
+        );
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest < STORE_TIMEOUT / 4,
+        "unrelated claims waited up to {slowest:?} beside the locked key"
+    );
+    // Alone, a claim of the locked key waits for the operator until the store timeout.
+    for t in locked {
+        let (outcome, took) = t.await?;
+        assert!(
+            matches!(outcome, Err(StoreError::Timeout(_))),
+            "the locked key's claim: {outcome:?} after {took:?}"
+        );
+        assert!(took >= STORE_TIMEOUT - Duration::from_millis(50), "{took:?}");
+    }
+    operator.batch_execute("ROLLBACK").await?;
+
+    // The operator commits the release while a redelivery waits on it, among other claims:
+    // alone, that claim would get the key once the delete commits.
+    operator.batch_execute("BEGIN").await?;
+    assert_eq!(operator.query(release, &[]).await?.len(), 1);
+    let waiting = timed("locked".into(), run("redelivery-after-release"));
+    let mates: Vec<_> = (0..8)
+        .map(|i| timed(format!("mate-{i}"), run(&format!("mate-{i}"))))
+        .collect();
+    for t in mates {
+        let (outcome, took) = t.await?;
+        assert!(matches!(outcome, Ok(ClaimOutcome::Claimed(_))), "{outcome:?}");
+        assert!(took < STORE_TIMEOUT / 4, "a batch mate waited {took:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    operator.batch_execute("COMMIT").await?;
+    match waiting.await?.0 {
+        Ok(ClaimOutcome::Claimed(claim)) => assert_eq!(claim.holder.name, "redelivery-after-release"),
+        other => panic!("the claim waiting on the release: {other:?}"),
     }
     Ok(())
 }

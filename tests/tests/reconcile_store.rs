@@ -136,3 +136,38 @@ async fn rows_the_store_refuses_are_isolated_and_the_rest_of_the_batch_is_writte
     );
     Ok(())
 }
+
+/// A retried create keeps the first create's uid; when only the retry landed (the first
+/// create never did), the run the API server shows has the retry's uid, and confirming the
+/// claim records it: the claim names the live run.
+#[tokio::test]
+async fn confirming_records_the_uid_the_api_server_shows() -> Result<()> {
+    let db = TestDb::new().await?;
+    let store = db.migrated_store().await?;
+    let first = RunRef {
+        uid: "uid-first-attempt".into(),
+        ..run("r-fixed")
+    };
+    assert!(matches!(
+        store.claim(&key("d-retried"), &first).await?,
+        ClaimOutcome::Claimed(_)
+    ));
+    let retry = run("r-fixed");
+    match store.claim(&key("d-retried"), &retry).await? {
+        ClaimOutcome::SameRun(c) => assert_eq!(c.holder.uid, "uid-first-attempt"),
+        other => panic!("a retried create: {other:?}"),
+    }
+    let counts = store
+        .reconcile_batch(&[observed("d-retried", "r-fixed", true)])
+        .await?;
+    assert_eq!(counts.confirmed, 1);
+    let claim = store
+        .lookup(&key("d-retried"))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("claim vanished"))?;
+    assert_eq!(
+        (claim.holder.uid.as_str(), claim.state),
+        ("uid-r-fixed", ClaimState::Confirmed)
+    );
+    Ok(())
+}

@@ -136,7 +136,7 @@ async fn call(router: Router, request: Request<Body>) -> Result<Reply> {
 }
 
 #[tokio::test]
-async fn retried_create_of_the_same_name_is_a_retry_and_records_the_new_uid() -> Result<()> {
+async fn retried_create_of_the_same_name_is_a_retry_and_keeps_the_first_uid() -> Result<()> {
     let w = InProcess::new().await?;
     let d = delivery();
     let first = Review::load("create-fixed-name")?.delivery(&d).new_uids();
@@ -146,9 +146,11 @@ async fn retried_create_of_the_same_name_is_a_retry_and_records_the_new_uid() ->
     let a = w.answer(&retry).await?;
     assert!(a.allowed());
     assert_eq!(a.decision(), "retry");
+    // The API server refuses the retry itself when the first create was stored (the name
+    // exists): the retry's uid would name no run.
     assert_eq!(
         w.db.claim_rows(&d).await?,
-        vec![("run-fixed".into(), retry.object_uid(), "pending".into())]
+        vec![("run-fixed".into(), first.object_uid(), "pending".into())]
     );
     Ok(())
 }

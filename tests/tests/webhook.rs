@@ -450,3 +450,36 @@ async fn http2_is_served_only_behind_its_flag() -> Result<()> {
     assert_eq!(negotiated(&webhook2).await?.as_deref(), Some(&b"h2"[..]));
     Ok(())
 }
+/// A grace period past what a timestamp can hold is refused at start (exit 2 naming the
+/// flag), not a panic on the first duplicate; the largest accepted one works, and a
+/// duplicate against a pending claim is told when a take-over becomes possible.
+#[tokio::test]
+async fn pending_grace_is_bounded_at_start_and_the_largest_works() -> Result<()> {
+    let bin = dedupe_tests::binaries::binary("dedupe-admission")?;
+    for huge in ["1000000000000", "31536001"] {
+        let out = tokio::process::Command::new(&bin)
+            .args(["--pending-grace-seconds", huge])
+            .env("DATABASE_URL", "postgres://127.0.0.1:1/x")
+            .output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{huge}: {stderr}");
+        assert!(stderr.contains("--pending-grace-seconds"), "{huge}: {stderr}");
+    }
+    let (_db, _api, webhook) = start_with_api(
+        FakeApiServer::start().await?,
+        &["--pending-grace-seconds", "31536000"],
+    )
+    .await?;
+    let d = delivery();
+    claimed(&webhook, &d, "run-a").await?;
+    let a = answer(&webhook, &Review::create(&d, "run-b")?).await?;
+    assert_eq!(
+        (a.allowed(), a.code(), a.decision()),
+        (false, 409, "duplicate"),
+        "{:?}",
+        a.0
+    );
+    assert!(a.message().contains("can take it over"), "{}", a.message());
+    Ok(())
+}

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use dedupe_store::claim::ClaimState;
-use dedupe_store::config::{DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_RETENTION_DAYS};
+use dedupe_store::config::{
+    DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_RETENTION_DAYS, MAX_PENDING_GRACE_SECONDS,
+};
 use dedupe_store::inspect::{KeySelector, ListCursor, ListFilter};
 use dedupe_store::{ClaimScope, ConfigError, StoreConfig};
 
@@ -109,8 +111,8 @@ pub struct StoreArgs {
     pub retention_days: u32,
 
     /// The webhook's pending grace period in seconds: a pending claim idle longer is one the
-    /// next create of its delivery may take over.
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PENDING_GRACE_SECONDS", default_value_t = DEFAULT_PENDING_GRACE_SECONDS, global = true)]
+    /// next create of its delivery may take over (1 to 31536000, as the webhook accepts).
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PENDING_GRACE_SECONDS", default_value_t = DEFAULT_PENDING_GRACE_SECONDS, value_parser = clap::value_parser!(u64).range(1..=MAX_PENDING_GRACE_SECONDS), global = true)]
     pub pending_grace_seconds: u64,
 
     /// The CLI never migrates; `skip` is the only value, accepted so that the same flags work
@@ -148,8 +150,9 @@ pub enum Command {
         /// Only claims in this state.
         #[arg(long, value_enum)]
         state: Option<StateArg>,
-        /// Only claims claimed longer ago than this: `90s`, `2m`, `12h`, `7d`, `1w`, `1h30m`.
-        #[arg(long, value_name = "DURATION", value_parser = human::parse_duration)]
+        /// Only claims claimed longer ago than this: `90s`, `2m`, `12h`, `7d`, `1w`, `1h30m`
+        /// (at most 36500d).
+        #[arg(long, value_name = "DURATION", value_parser = human::parse_age)]
         older_than: Option<Duration>,
         /// Only claims whose run is in this namespace.
         #[arg(long)]

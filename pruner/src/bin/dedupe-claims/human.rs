@@ -45,6 +45,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// Longest age a filter accepts: 100 years, as `--retention-days`. Any claim is younger, and
+/// the database clock minus it is always a timestamp (a longer one was "timestamp out of
+/// range" from the store, exit 1, instead of a usage error).
+pub const MAX_AGE: Duration = Duration::from_secs(36_500 * 86_400);
+
+/// [`parse_duration`], at most [`MAX_AGE`].
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let age = parse_duration(text)?;
+    if age > MAX_AGE {
+        return Err(format!(
+            "is longer than {}d, older than any claim",
+            MAX_AGE.as_secs() / 86_400
+        ));
+    }
+    Ok(age)
+}
+
 /// `3d4h`, `2m13s`, `45s`: the two largest units, for ages in a table.
 pub fn span(d: chrono::Duration) -> String {
     let secs = d.num_seconds().unsigned_abs();
@@ -89,6 +106,51 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// Serialized JSON with what [`acts_on_terminal`] picks written as JSON escapes (`\u009b`):
+/// serde_json escapes C0 controls itself but leaves DEL, C1 controls and the bidirectional
+/// marks raw, which a terminal acts on as well. Those only occur inside strings, where a
+/// `\uXXXX` escape means the same character, so the document's value is unchanged.
+pub fn json_printable(json: &str) -> std::borrow::Cow<'_, str> {
+    // All of them are in the Basic Multilingual Plane: one `\uXXXX` each.
+    escape(json, acts_on_terminal_in_json, |c| {
+        format!("\\u{:04x}", u32::from(c))
+    })
+}
+
+/// `text` with each character `needs` picks replaced by `escaped(c)`; borrowed when none is.
+fn escape(text: &str, needs: fn(char) -> bool, escaped: fn(char) -> String) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(needs) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if needs(c) {
+            out.push_str(&escaped(c));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The layout's own newlines and indentation stay; serde_json has escaped the rest of C0.
+fn acts_on_terminal_in_json(c: char) -> bool {
+    c != '\n' && acts_on_terminal(c)
+}
+
+/// What a terminal acts on instead of printing: C0 controls (ESC, BEL, CR, and the newline
+/// too: a value must not forge a line), DEL, C1 controls (CSI, OSC as one byte each), and the
+/// bidirectional overrides and isolates that reorder what follows. Claims come from the
+/// webhook's validated fields, but a row written past it (a bypassed webhook, a hand-made
+/// row) can hold anything.
+pub fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
 /// `1.2 MiB`.
 pub fn bytes(n: u64) -> String {
     const STEPS: &[&str] = &["KiB", "MiB", "GiB", "TiB"];
@@ -124,6 +186,14 @@ mod tests {
     }
 
     #[test]
+    fn ages_are_bounded_to_what_a_timestamp_can_go_back() {
+        assert_eq!(parse_age("36500d"), Ok(MAX_AGE));
+        for bad in ["36501d", "1000000000000d", "5300w"] {
+            assert!(parse_age(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn spans_show_the_two_largest_units() {
         let s = chrono::Duration::seconds;
         assert_eq!(span(s(0)), "0s");
@@ -141,5 +211,18 @@ mod tests {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
+    }
+
+    #[test]
+    fn json_keeps_its_values_and_shows_no_terminal_controls() -> Result<(), serde_json::Error> {
+        let json = serde_json::to_string_pretty(&serde_json::json!({"n": "a\u{1b}\u{9b}\u{7f}\u{202e}"}))?;
+        let shown = json_printable(&json);
+        assert!(
+            !shown.chars().any(|c| c != '\n' && acts_on_terminal(c)),
+            "{shown}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&shown)?;
+        assert_eq!(back["n"], "a\u{1b}\u{9b}\u{7f}\u{202e}");
+        Ok(())
     }
 }

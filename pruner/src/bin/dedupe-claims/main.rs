@@ -59,7 +59,7 @@ fn main() -> ExitCode {
             // error itself names where and what to do.
             let error: &(dyn std::error::Error + 'static) = e.as_ref();
             let text = dedupe_store::error::Chain(error).to_string();
-            eprintln!("error: {}", text.replace(['\n', '\r'], " "));
+            eprintln!("error: {}", render::sanitize(&text.replace(['\n', '\r'], " ")));
             ExitCode::from(args::EXIT_STORE_FAILURE)
         }
     }
@@ -251,7 +251,8 @@ fn print_doc(value: &serde_json::Value, format: Format) -> anyhow::Result<()> {
         options.prefer_block_scalars = false;
         serde_saphyr::to_string_with_options(value, options).context("encoding YAML")?
     } else {
-        serde_json::to_string_pretty(value).context("encoding JSON")?
+        // serde_json escapes C0 controls but not DEL, C1 or bidi marks: those too.
+        human::json_printable(&serde_json::to_string_pretty(value).context("encoding JSON")?).into_owned()
     };
     if text.ends_with('\n') {
         print(&text)

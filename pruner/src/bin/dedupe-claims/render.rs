@@ -334,12 +334,13 @@ pub fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// Text from the store made safe for a terminal: C0 controls (tab and newline too: a cell is
-/// one line), DEL and C1 controls are shown escaped (`\x1b`, `\u{9b}`), everything else as is.
-/// The one place human output is escaped: the table writer and [`field`] call it on every
-/// cell and value.
+/// Text from the store made safe for a terminal: what a terminal would act on
+/// ([`human::acts_on_terminal`]: C0 controls, tab and newline too, as a cell is one line; DEL;
+/// C1 controls; the bidirectional overrides and isolates) is shown escaped (`\x1b`, `\u{9b}`,
+/// `\u{202e}`), everything else as is. The one place human output is escaped: the table writer
+/// and [`field`] call it on every cell and value.
 pub fn sanitize(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(human::acts_on_terminal) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -348,7 +349,7 @@ pub fn sanitize(text: &str) -> Cow<'_, str> {
             n @ (0..=0x1f | 0x7f) => {
                 let _ = write!(out, "\\x{n:02x}");
             }
-            n @ 0x80..=0x9f => {
+            n if human::acts_on_terminal(c) => {
                 let _ = write!(out, "\\u{{{n:x}}}");
             }
             _ => out.push(c),
