@@ -40,10 +40,20 @@ fn mutating_name(ns: &TestNamespace) -> String {
 
 /// The webhook in self-managed mode, its certificate files in `dir` (empty at start).
 async fn start_self_managed(ns: &TestNamespace, db: &TestDb, dir: &Path, extra: &[&str]) -> Result<Webhook> {
+    start_self_managed_as(ns, db, dir, &ns.plane.admin_kubeconfig(), extra).await
+}
+
+/// The same with another identity's kubeconfig.
+async fn start_self_managed_as(
+    ns: &TestNamespace,
+    db: &TestDb,
+    dir: &Path,
+    kubeconfig: &Path,
+    extra: &[&str],
+) -> Result<Webhook> {
     let secret = format!("{}/{SECRET}", ns.name);
     let validating = validating_name(ns);
     let mutating = mutating_name(ns);
-    let kubeconfig = ns.plane.admin_kubeconfig();
     let mut args = vec![
         "--kube-lookup",
         "off",
@@ -354,5 +364,106 @@ async fn rotation_changes_the_served_certificate_and_the_ca_while_creates_keep_b
         logs.iter().any(|l| l.contains("serving certificate renewal")),
         "{logs:#?}"
     );
+    Ok(())
+}
+
+/// The chart's grants for self mode (admission-selftls-rbac.yaml), bound to `user`.
+async fn grant_self_tls_rbac(ns: &TestNamespace, user: &str) -> Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let name = format!("selftls-{}", ns.name);
+    let subject = json!([{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}]);
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "rules": [
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET], "verbs": ["get", "update"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        ],
+    }))?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": subject,
+    }))?;
+    let cluster_role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "rules": [
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"],
+             "resourceNames": [validating_name(ns)], "verbs": ["get", "patch"]},
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+             "resourceNames": [mutating_name(ns)], "verbs": ["get", "patch"]},
+        ],
+    }))?;
+    let cluster_binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": subject,
+    }))?;
+    let pp = PostParams::default();
+    Api::<Role>::namespaced(ns.client.clone(), &ns.name)
+        .create(&pp, &role)
+        .await?;
+    Api::<RoleBinding>::namespaced(ns.client.clone(), &ns.name)
+        .create(&pp, &binding)
+        .await?;
+    Api::<ClusterRole>::all(ns.client.clone())
+        .create(&pp, &cluster_role)
+        .await?;
+    Api::<ClusterRoleBinding>::all(ns.client.clone())
+        .create(&pp, &cluster_binding)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_rbac_it_does_not_serve_says_what_to_grant_and_starts_once_granted() -> Result<()> {
+    let ns = TestNamespace::new("selftls-rbac").await?;
+    let db = TestDb::new().await?;
+    let dir = tempfile::tempdir()?;
+    let user = format!("selftls-{}", ns.name);
+    let kubeconfig = ns.plane.user_kubeconfig(&user, &[])?;
+    // Granted only after a few seconds: until then it must not serve.
+    let grant = async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        grant_self_tls_rbac(&ns, &user).await
+    };
+    let start = start_self_managed_as(&ns, &db, dir.path(), &kubeconfig, &[]);
+    let started_at = tokio::time::Instant::now();
+    let (webhook, granted) = tokio::join!(start, grant);
+    granted?;
+    let webhook = webhook?;
+    assert!(
+        started_at.elapsed() >= Duration::from_secs(4),
+        "served before it had a certificate"
+    );
+    let logs = webhook.logs();
+    let refused = logs
+        .iter()
+        .position(|l| {
+            l.contains("refused to get Secret") && l.contains("grant the webhook's service account `get`")
+        })
+        .with_context(|| format!("no log line saying what to grant: {logs:#?}"))?;
+    let written = logs
+        .iter()
+        .position(|l| l.contains("Secret written"))
+        .context("the Secret was never written")?;
+    assert!(refused < written);
+
+    // With exactly the chart's grants (names only), the caBundle is injected and creates pass.
+    register_without_ca_bundle(&ns, &webhook).await?;
+    wait_for_injection(&ns).await?;
+    let d = new_delivery();
+    for attempt in 0.. {
+        match NewRun::submitted(&d, ORCHESTRATION)
+            .create(&ns.client, &ns.name)
+            .await?
+        {
+            Ok(_) => break,
+            Err(e) if attempt < 100 && e.to_string().contains("failed calling webhook") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => bail!("create refused: {e}"),
+        }
+    }
+    assert_eq!(db.claim_rows(&d).await?.len(), 1);
     Ok(())
 }
