@@ -12,6 +12,11 @@ use dedupe_store::config::{
 use dedupe_store::group_commit::{DEFAULT_IN_FLIGHT, DEFAULT_LINGER, DEFAULT_MAX_BATCH};
 use dedupe_store::{ClaimScope, CommonArgs, GroupCommitConfig};
 
+use crate::tls::selfmanaged::{
+    SelfTlsConfigError, SelfTlsSettings, DEFAULT_CA_VALIDITY_SECONDS, DEFAULT_CERT_VALIDITY_SECONDS,
+    DEFAULT_CHECK_SECONDS,
+};
+
 /// Largest AdmissionReview body accepted: 4 MiB. kube-apiserver decodes no write request
 /// body over 3 MiB (`MaxRequestBodyBytes`, 3145728: twice etcd's 1.5 MiB request limit,
 /// for JSON's overhead over protobuf; k8s.io/apiserver pkg/server/config.go, and
@@ -115,6 +120,49 @@ pub struct Args {
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_TLS_RELOAD_POLL_SECONDS", default_value_t = DEFAULT_TLS_RELOAD_POLL_SECONDS, value_parser = clap::value_parser!(u64).range(1..))]
     pub tls_reload_poll_seconds: u64,
 
+    /// Self-managed certificates: keep a CA and serving certificate in this Secret
+    /// (NAMESPACE/NAME), created and rotated by the webhook; its certificate is written to
+    /// --tls-cert/--tls-key (a writable directory) and served from there. Unset = the files
+    /// come from elsewhere (cert-manager, a Secret).
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_TLS_SELF_SECRET")]
+    pub tls_self_secret: Option<String>,
+
+    /// With --tls-self-secret: ValidatingWebhookConfigurations (comma-separated) whose every
+    /// entry's caBundle is kept trusting the Secret's CAs.
+    #[arg(
+        long,
+        env = "JANGAR_ORCHESTRATION_DEDUPE_TLS_SELF_VALIDATING_WEBHOOKS",
+        value_delimiter = ','
+    )]
+    pub tls_self_validating_webhooks: Vec<String>,
+
+    /// With --tls-self-secret: MutatingWebhookConfigurations (comma-separated) kept the same way.
+    #[arg(
+        long,
+        env = "JANGAR_ORCHESTRATION_DEDUPE_TLS_SELF_MUTATING_WEBHOOKS",
+        value_delimiter = ','
+    )]
+    pub tls_self_mutating_webhooks: Vec<String>,
+
+    /// With --tls-self-secret: the serving certificate's names (comma-separated DNS names and
+    /// IP addresses), e.g. the Service's `NAME.NAMESPACE.svc`.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_TLS_SELF_DNS", value_delimiter = ',')]
+    pub tls_self_dns: Vec<String>,
+
+    /// Validity of a self-managed CA; a new one is made after two thirds of it, the old one
+    /// trusted alongside until it expires.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_TLS_SELF_CA_VALIDITY_SECONDS", default_value_t = DEFAULT_CA_VALIDITY_SECONDS, value_parser = clap::value_parser!(u64).range(3..))]
+    pub tls_self_ca_validity_seconds: u64,
+
+    /// Validity of a self-managed serving certificate; renewed after two thirds of it.
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_TLS_SELF_CERT_VALIDITY_SECONDS", default_value_t = DEFAULT_CERT_VALIDITY_SECONDS, value_parser = clap::value_parser!(u64).range(3..))]
+    pub tls_self_cert_validity_seconds: u64,
+
+    /// Seconds between each replica's checks of the Secret and the registrations (under a
+    /// third of the serving certificate's validity).
+    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_TLS_SELF_CHECK_SECONDS", default_value_t = DEFAULT_CHECK_SECONDS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_self_check_seconds: u64,
+
     /// Serve HTTP/2 as well as HTTP/1.1 (with rapid-reset limits). Off by default.
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_HTTP2", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub http2: bool,
@@ -216,6 +264,25 @@ impl Args {
 
     pub fn pending_grace(&self) -> Duration {
         Duration::from_secs(self.pending_grace_seconds)
+    }
+
+    /// The self-managed certificate settings, when `--tls-self-secret` is given.
+    pub fn self_tls(&self) -> Result<Option<SelfTlsSettings>, SelfTlsConfigError> {
+        let Some(secret) = &self.tls_self_secret else {
+            return Ok(None);
+        };
+        SelfTlsSettings::new(
+            secret,
+            self.tls_self_validating_webhooks.clone(),
+            self.tls_self_mutating_webhooks.clone(),
+            &self.tls_self_dns,
+            self.tls_self_ca_validity_seconds,
+            self.tls_self_cert_validity_seconds,
+            self.tls_self_check_seconds,
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+        )
+        .map(Some)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::lookup::{self, KubeRunLookup, LookupSetupError, RunLookup};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::reconcile::{self, Reconciler};
 use crate::server;
+use crate::tls::selfmanaged::{SelfTls, SelfTlsConfigError};
 use crate::tls::{ReloadEvent, TlsError, TlsReloader, TlsSettings};
 
 /// Attempts to reach the store for migrations at start (1 s, 2 s, 4 s, 8 s apart) before
@@ -44,6 +45,10 @@ pub enum RunError {
     #[error("loading the serving certificate")]
     Tls(#[source] TlsError),
     #[error(transparent)]
+    SelfTlsConfig(#[from] SelfTlsConfigError),
+    #[error("--tls-self-secret needs an API-server client (in-cluster or KUBECONFIG)")]
+    SelfTlsClient(#[source] kube::Error),
+    #[error(transparent)]
     Lookup(#[from] LookupSetupError),
     #[error("cannot listen for SIGTERM/SIGINT")]
     Signals(#[source] io::Error),
@@ -62,7 +67,7 @@ pub enum RunError {
 impl RunError {
     /// A bad flag or environment value, as opposed to a failure at run time.
     pub fn is_config(&self) -> bool {
-        matches!(self, RunError::Config(_))
+        matches!(self, RunError::Config(_) | RunError::SelfTlsConfig(_))
     }
 }
 
@@ -94,6 +99,7 @@ pub struct Server {
     timeouts: server::ConnectionTimeouts,
     grace: Duration,
     reconciler: Option<Reconciler>,
+    self_tls: Option<SelfTls>,
 }
 
 impl Server {
@@ -112,6 +118,22 @@ impl Server {
             migrate(&store, shutdown).await?;
         }
         let metrics = Arc::new(Metrics::new().with_group_commit(&store));
+        // Self-managed certificates: nothing is served (so /readyz does not answer) until the
+        // Secret's certificate is on disk for the reloader below.
+        let self_tls = match args.self_tls()? {
+            Some(settings) => {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(RunError::SelfTlsClient)?;
+                let self_tls = SelfTls::new(client, settings);
+                self_tls
+                    .first_sync(shutdown)
+                    .await
+                    .map_err(|()| RunError::Interrupted)?;
+                Some(self_tls)
+            }
+            None => None,
+        };
         let tls = TlsReloader::load(TlsSettings {
             cert: args.tls_cert.clone(),
             key: args.tls_key.clone(),
@@ -187,6 +209,7 @@ impl Server {
             },
             grace: Duration::from_secs(args.shutdown_grace_seconds),
             reconciler,
+            self_tls,
         })
     }
 
@@ -217,6 +240,7 @@ impl Server {
             timeouts,
             grace,
             reconciler,
+            self_tls,
         } = self;
         if let (Ok(listen), Ok(metrics_listen)) = (webhook.local_addr(), ops.local_addr()) {
             tracing::info!(%listen, %metrics_listen, "dedupe-admission serving");
@@ -239,6 +263,7 @@ impl Server {
         // Not awaited by anything on the request path: admission answers whether or not the
         // reconciler can reach the API server or the store.
         let reconciling = reconciler.map(|r| tokio::spawn(r.run(stop_rx.clone())));
+        let self_tls = self_tls.map(|s| tokio::spawn(s.run(stop_rx.clone())));
         tokio::spawn(async move {
             shutdown.wait().await;
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
@@ -259,6 +284,9 @@ impl Server {
         watcher.abort();
         if let Some(reconciling) = reconciling {
             reconciling.abort();
+        }
+        if let Some(self_tls) = self_tls {
+            self_tls.abort();
         }
         tracing::info!("dedupe-admission stopped");
     }

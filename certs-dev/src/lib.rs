@@ -28,6 +28,8 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+pub mod managed;
+
 /// Validity of the certificates when `--days` is not given.
 pub const DEFAULT_DAYS: u32 = 365;
 /// Longest validity accepted (ten years).
@@ -42,7 +44,7 @@ pub const CLIENT_KEY_FILE: &str = "client.key";
 
 /// Certificates are valid from this long before "now", so small clock skews between the
 /// machine that made them and the one that checks them do not matter.
-const BACKDATE_SECONDS: i64 = 3600;
+pub(crate) const BACKDATE_SECONDS: i64 = 3600;
 
 /// What to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,7 +272,7 @@ fn validate(req: &CertRequest) -> Result<(), CertsError> {
 
 /// A DNS name as a certificate SAN: ASCII letters, digits, `-` and `.`, non-empty labels of
 /// at most 63 characters, at most 253 in all, optionally `*.` in front.
-fn check_dns_name(name: &str) -> Result<(), &'static str> {
+pub(crate) fn check_dns_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty");
     }
@@ -343,7 +345,7 @@ fn leaf_params(
     params
 }
 
-fn dns_san(name: &str, client: bool) -> Result<SanType, CertsError> {
+pub(crate) fn dns_san(name: &str, client: bool) -> Result<SanType, CertsError> {
     let ia5 = rcgen::string::Ia5String::try_from(name).map_err(|_| {
         let reason = "not an ASCII (IA5) string";
         if client {
@@ -441,6 +443,23 @@ fn issue(
 
 fn write_file(dir: &Path, name: &str, contents: &str, mode: u32) -> Result<PathBuf, CertsError> {
     let path = dir.join(name);
+    write_atomic(&path, contents, mode)?;
+    Ok(path)
+}
+
+/// Writes `contents` to `path` with exactly `mode`, through a temporary file in the same
+/// directory renamed into place: a reader (the webhook's certificate reloader) never sees a
+/// half-written file.
+pub fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<(), CertsError> {
+    let path = path.to_path_buf();
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let err = |source| CertsError::Write {
         path: path.clone(),
@@ -464,7 +483,7 @@ fn write_file(dir: &Path, name: &str, contents: &str, mode: u32) -> Result<PathB
         let _ = fs::remove_file(&tmp);
         return Err(err(source));
     }
-    Ok(path)
+    Ok(())
 }
 
 #[cfg(test)]

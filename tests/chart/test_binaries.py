@@ -122,7 +122,7 @@ def test_listen_addresses_match_ports_and_probes(chart: helm.Chart, clis: dict[s
 
 def test_tls_files_are_mounted_where_the_binary_reads_them(chart: helm.Chart, clis: dict[str, Cli]) -> None:
     admission = clis["dedupe-admission"]
-    for mode_values in ({}, {"admission": {"tls": {"mode": "helm"}}}, {"admission": {"tls": {"mode": "secret", "secret": {"name": "t", "caBundle": "Q0E="}}}}):
+    for mode_values in ({}, {"admission": {"tls": {"mode": "helm"}}}, {"admission": {"tls": {"mode": "secret", "secret": {"name": "t", "caBundle": "Q0E="}}}}, {"admission": {"tls": {"mode": "self"}}}):
         pod = render(chart, mode_values).one("Deployment")["spec"]["template"]["spec"]
         container = pod["containers"][0]
         flags = {a[2:].split("=", 1)[0] for a in container["args"]}
@@ -135,11 +135,20 @@ def test_tls_files_are_mounted_where_the_binary_reads_them(chart: helm.Chart, cl
             if "secret" in volume
             for item in volume["secret"]["items"]
         }
+        # tls.mode self: the webhook writes the files itself, into a writable emptyDir there.
+        writable = {
+            m["mountPath"]
+            for m in container["volumeMounts"]
+            if not m.get("readOnly") and "emptyDir" in volumes[m["name"]]
+        }
         for flag in ("tls-cert", "tls-key"):
             option = admission.options[flag]
             if flag in flags or option.env in env:
                 pytest.fail(f"the chart overrides --{flag}; update this test to follow it")
-            assert option.default in files, f"--{flag} defaults to {option.default}, the chart mounts {sorted(files)}"
+            if mode_values.get("admission", {}).get("tls", {}).get("mode") == "self":
+                assert option.default.rsplit("/", 1)[0] in writable, f"--{flag} defaults to {option.default}, writable: {sorted(writable)}"
+            else:
+                assert option.default in files, f"--{flag} defaults to {option.default}, the chart mounts {sorted(files)}"
 
 
 def test_pod_failure_policy_uses_the_pruners_configuration_error_exit_code(chart: helm.Chart, clis: dict[str, Cli]) -> None:

@@ -32,6 +32,7 @@ LINT_CASES = {
     "everything-on": EVERYTHING_ON,
     "tls-secret": {"admission": {"tls": {"mode": "secret", "secret": {"name": "webhook-tls", "caBundle": "Q0E="}}}},
     "tls-helm": {"admission": {"tls": {"mode": "helm"}}},
+    "tls-self": {"admission": {"tls": {"mode": "self"}, "mutating": {"enabled": True}}},
     "webhook-only": {"pruner": {"enabled": False}},
     "pruner-only": {"admission": {"enabled": False}},
     "database-ca": {"database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}}},

@@ -80,6 +80,7 @@ KUBE_CASES: dict[str, dict[str, Any]] = {
     "everything-on": EVERYTHING_ON,
     "tls-secret": {"admission": {"tls": {"mode": "secret", "secret": {"name": "webhook-tls", "caBundle": "Q0E="}}}},
     "tls-helm": {"admission": {"tls": {"mode": "helm"}}},
+    "tls-self": {"admission": {"tls": {"mode": "self"}, "mutating": {"enabled": True}}},
     "database-ca": {"database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}}},
     "database-ca-pruner-only": {"database": {"tls": {"caSecretRef": {"name": "jangar-ca"}}}, "admission": {"enabled": False}},
     # Roles per namespace, mTLS from a ConfigMap, NetworkPolicy peers and IPv6 blocks (test_access).

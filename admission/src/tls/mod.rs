@@ -24,6 +24,7 @@ use std::time::Duration;
 
 mod config;
 mod reload;
+pub mod selfmanaged;
 #[cfg(test)]
 mod tests;
 
