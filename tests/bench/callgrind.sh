@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Instructions per claim in the webhook (docs/BENCHMARKS.md, "Instructions per claim"):
+# Instructions per request in the webhook (docs/BENCHMARKS.md, "Instructions per request"):
 # usage `bash tests/bench/callgrind.sh`. Instruction counts do not depend on what else the
 # machine is doing, so this judges a change where timings on a shared 2-core machine cannot.
 #
