@@ -26,5 +26,5 @@ pub use https::HttpsClient;
 pub use postgres::TempPostgres;
 pub use process::Process;
 pub use testdb::{agents_run, claim_key, new_delivery, unreachable_url, TestDb};
-pub use wait::eventually;
+pub use wait::{eventually, eventually_within};
 pub use webhook::{TestCerts, Webhook};

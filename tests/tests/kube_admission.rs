@@ -10,23 +10,13 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use dedupe_tests::kube::{denial, NewRun, TestNamespace, DELIVERY_LABEL, WEBHOOK_NAME};
-use dedupe_tests::{new_delivery, TestCerts, TestDb, Webhook};
+use dedupe_tests::new_delivery;
 use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::json;
 
 const ORCHESTRATION: &str = "codex-autonomous";
-
-/// A namespace, a fresh schema, dev certificates, and the webhook on them, registered.
-async fn setup(prefix: &str, args: &[&str]) -> Result<(TestNamespace, TestDb, TestCerts, Webhook)> {
-    let ns = TestNamespace::new(prefix).await?;
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = ns.start_webhook(&db, &certs, args).await?;
-    ns.register(&webhook).await?;
-    Ok((ns, db, certs, webhook))
-}
 
 /// Creates that pass admission and are then refused by the API server itself: a
 /// ResourceQuota of zero OrchestrationRuns. ResourceQuota admits after the validating
@@ -68,7 +58,8 @@ async fn create_refused_by_quota(ns: &TestNamespace, run: &NewRun) -> Result<()>
 
 #[tokio::test]
 async fn a_redelivered_create_is_denied_and_the_client_receives_the_existing_run() -> Result<()> {
-    let (ns, db, _certs, webhook) = setup("dup", &["--reconcile", "off"]).await?;
+    let (ns, db, _certs, webhook) =
+        TestNamespace::with_registered_webhook("dup", &["--reconcile", "off"]).await?;
     let d = new_delivery();
     let submitted = NewRun::submitted(&d, ORCHESTRATION);
     let first = submitted.create(&ns.client, &ns.name).await??;
@@ -127,7 +118,8 @@ async fn a_redelivered_create_is_denied_and_the_client_receives_the_existing_run
 async fn concurrent_creates_of_one_delivery_through_the_api_server_make_exactly_one_run() -> Result<()> {
     const CLIENTS: usize = 12;
     const ROUNDS: usize = 3;
-    let (ns, db, _certs, _webhook) = setup("race", &["--reconcile", "off"]).await?;
+    let (ns, db, _certs, _webhook) =
+        TestNamespace::with_registered_webhook("race", &["--reconcile", "off"]).await?;
     for round in 0..ROUNDS {
         let d = new_delivery();
         let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS));
@@ -161,7 +153,8 @@ async fn concurrent_creates_of_one_delivery_through_the_api_server_make_exactly_
 
 #[tokio::test]
 async fn a_server_side_dry_run_gets_the_real_answer_and_writes_nothing() -> Result<()> {
-    let (ns, db, _certs, _webhook) = setup("dry", &["--reconcile", "off"]).await?;
+    let (ns, db, _certs, _webhook) =
+        TestNamespace::with_registered_webhook("dry", &["--reconcile", "off"]).await?;
     let d = new_delivery();
     let run = NewRun::submitted(&d, ORCHESTRATION);
 
@@ -181,7 +174,8 @@ async fn a_server_side_dry_run_gets_the_real_answer_and_writes_nothing() -> Resu
 
 #[tokio::test]
 async fn a_create_refused_after_admission_can_be_retried_under_its_name() -> Result<()> {
-    let (ns, db, _certs, _webhook) = setup("retry", &["--reconcile", "off"]).await?;
+    let (ns, db, _certs, _webhook) =
+        TestNamespace::with_registered_webhook("retry", &["--reconcile", "off"]).await?;
     let d = new_delivery();
     let run = NewRun::submitted(&d, ORCHESTRATION).named("run-retried");
 
@@ -228,7 +222,9 @@ async fn a_create_refused_after_admission_can_be_retried_under_its_name() -> Res
 
 #[tokio::test]
 async fn a_stale_pending_claim_whose_run_never_appeared_is_taken_over() -> Result<()> {
-    let (ns, db, _certs, webhook) = setup("takeover", &["--reconcile", "off", "--kube-lookup", "on"]).await?;
+    let (ns, db, _certs, webhook) =
+        TestNamespace::with_registered_webhook("takeover", &["--reconcile", "off", "--kube-lookup", "on"])
+            .await?;
     let d = new_delivery();
     refuse_creates_after_admission(&ns).await?;
     create_refused_by_quota(&ns, &NewRun::submitted(&d, ORCHESTRATION).named("run-ghost")).await?;
@@ -276,7 +272,9 @@ async fn a_stale_pending_claim_whose_run_never_appeared_is_taken_over() -> Resul
 
 #[tokio::test]
 async fn a_stale_pending_claim_whose_run_exists_is_confirmed_and_the_create_denied() -> Result<()> {
-    let (ns, db, _certs, _webhook) = setup("alive", &["--reconcile", "off", "--kube-lookup", "on"]).await?;
+    let (ns, db, _certs, _webhook) =
+        TestNamespace::with_registered_webhook("alive", &["--reconcile", "off", "--kube-lookup", "on"])
+            .await?;
     let d = new_delivery();
     let alive = NewRun::submitted(&d, ORCHESTRATION)
         .create(&ns.client, &ns.name)
@@ -307,7 +305,9 @@ async fn a_stale_pending_claim_whose_run_exists_is_confirmed_and_the_create_deni
 /// B. The holder check compares the delivery, so A's next create takes the claim over.
 #[tokio::test]
 async fn a_holder_name_reused_by_another_delivery_is_taken_over() -> Result<()> {
-    let (ns, db, _certs, _webhook) = setup("reused", &["--reconcile", "off", "--kube-lookup", "on"]).await?;
+    let (ns, db, _certs, _webhook) =
+        TestNamespace::with_registered_webhook("reused", &["--reconcile", "off", "--kube-lookup", "on"])
+            .await?;
     let (a, b) = (new_delivery(), new_delivery());
     refuse_creates_after_admission(&ns).await?;
     create_refused_by_quota(&ns, &NewRun::submitted(&a, ORCHESTRATION).named("run-x")).await?;

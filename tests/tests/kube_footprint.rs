@@ -31,15 +31,6 @@ const POLICY_FILE: &str = concat!(
     "/../charts/orchestration-dedupe/files/delivery-key-policy.json"
 );
 
-async fn setup(prefix: &str, args: &[&str]) -> Result<(TestNamespace, TestDb, TestCerts, Webhook)> {
-    let ns = TestNamespace::new(prefix).await?;
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = ns.start_webhook(&db, &certs, args).await?;
-    ns.register(&webhook).await?;
-    Ok((ns, db, certs, webhook))
-}
-
 /// kubectl with the admin's kubeconfig in the test's namespace: (exit ok, stdout, stderr).
 async fn kubectl(ns: &TestNamespace, args: &[&str], stdin: Option<&Value>) -> Result<(bool, String, String)> {
     let binary = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned());
@@ -169,7 +160,8 @@ async fn updates_and_deletes_go_through(runs: &Api<kube::api::DynamicObject>, na
 #[tokio::test]
 async fn each_duplicate_generatename_create_costs_one_webhook_call() -> Result<()> {
     const DUPLICATES: usize = 5;
-    let (ns, _db, _certs, webhook) = setup("footprint-dup", &["--reconcile", "off"]).await?;
+    let (ns, _db, _certs, webhook) =
+        TestNamespace::with_registered_webhook("footprint-dup", &["--reconcile", "off"]).await?;
     let d = new_delivery();
     let submitted = NewRun::submitted(&d, ORCHESTRATION);
     let first = submitted.create(&ns.client, &ns.name).await??;
@@ -233,7 +225,8 @@ async fn each_duplicate_generatename_create_costs_one_webhook_call() -> Result<(
 /// `spec.deliveryId` are still refused, by the chart's policy.
 #[tokio::test]
 async fn with_the_webhook_stopped_only_creates_of_labelled_runs_are_refused() -> Result<()> {
-    let (ns, _db, _certs, mut webhook) = setup("footprint-down", &["--reconcile", "off"]).await?;
+    let (ns, _db, _certs, mut webhook) =
+        TestNamespace::with_registered_webhook("footprint-down", &["--reconcile", "off"]).await?;
     let policy = apply_chart_policy(&ns).await?;
     let result = webhook_stopped(&ns, &mut webhook).await;
     remove_policy(&ns, &policy).await;
@@ -395,7 +388,8 @@ async fn with_the_database_down_an_older_registration_blocks_only_creates() -> R
 /// redelivery is a 409 like any other; the policy is satisfied because mutation comes first.
 #[tokio::test]
 async fn the_mutating_webhook_labels_a_spec_only_run_so_it_is_deduplicated() -> Result<()> {
-    let (ns, db, _certs, webhook) = setup("footprint-mutate", &["--reconcile", "off"]).await?;
+    let (ns, db, _certs, webhook) =
+        TestNamespace::with_registered_webhook("footprint-mutate", &["--reconcile", "off"]).await?;
     let policy = apply_chart_policy(&ns).await?;
     let result = mutated(&ns, &db, &webhook).await;
     remove_policy(&ns, &policy).await;

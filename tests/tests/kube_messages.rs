@@ -9,21 +9,11 @@
 
 use anyhow::{Context, Result};
 use dedupe_tests::kube::{denial, NewRun, TestNamespace, WEBHOOK_NAME};
-use dedupe_tests::{eventually, new_delivery, TestCerts, TestDb, Webhook};
+use dedupe_tests::{eventually, new_delivery};
 use kube::api::DeleteParams;
 use kube::ResourceExt;
 
 const ORCHESTRATION: &str = "codex-autonomous";
-
-/// A namespace, a fresh schema, dev certificates, and the webhook on them, registered.
-async fn setup(prefix: &str, args: &[&str]) -> Result<(TestNamespace, TestDb, TestCerts, Webhook)> {
-    let ns = TestNamespace::new(prefix).await?;
-    let db = TestDb::new().await?;
-    let certs = TestCerts::new()?;
-    let webhook = ns.start_webhook(&db, &certs, args).await?;
-    ns.register(&webhook).await?;
-    Ok((ns, db, certs, webhook))
-}
 
 /// Whether a refusal came from this webhook (the API server prefixes its denials).
 fn from_webhook(message: &str) -> bool {
@@ -49,7 +39,8 @@ async fn delete_run(ns: &TestNamespace, name: &str) -> Result<()> {
 /// redelivery's `status.details.uid` is the live run's, not the failed retry's.
 #[tokio::test]
 async fn after_a_retried_fixed_name_create_the_details_name_the_live_run() -> Result<()> {
-    let (ns, db, _certs, _webhook) = setup("retried", &["--reconcile", "off"]).await?;
+    let (ns, db, _certs, _webhook) =
+        TestNamespace::with_registered_webhook("retried", &["--reconcile", "off"]).await?;
     let d = new_delivery();
     let fixed = NewRun::submitted(&d, ORCHESTRATION).named("run-fixed");
     let live = fixed.create(&ns.client, &ns.name).await??;
@@ -90,7 +81,8 @@ async fn after_a_retried_fixed_name_create_the_details_name_the_live_run() -> Re
 /// once it is deleted, the denial says it existed and was deleted.
 #[tokio::test]
 async fn a_same_name_create_is_told_whether_the_run_exists_or_was_deleted() -> Result<()> {
-    let (ns, db, _certs, _webhook) = setup("samename", &["--reconcile", "off"]).await?;
+    let (ns, db, _certs, _webhook) =
+        TestNamespace::with_registered_webhook("samename", &["--reconcile", "off"]).await?;
     let d = new_delivery();
     let fixed = NewRun::submitted(&d, ORCHESTRATION).named("run-fixed");
     fixed.create(&ns.client, &ns.name).await??;
@@ -123,7 +115,8 @@ async fn a_same_name_create_is_told_whether_the_run_exists_or_was_deleted() -> R
 #[tokio::test]
 async fn without_the_lookup_a_same_name_create_is_told_something_true_either_way() -> Result<()> {
     let (ns, db, _certs, _webhook) =
-        setup("samenameoff", &["--kube-lookup", "off", "--reconcile", "on"]).await?;
+        TestNamespace::with_registered_webhook("samenameoff", &["--kube-lookup", "off", "--reconcile", "on"])
+            .await?;
     let d = new_delivery();
     let fixed = NewRun::submitted(&d, ORCHESTRATION).named("run-fixed");
     fixed.create(&ns.client, &ns.name).await??;

@@ -3,11 +3,11 @@
 //! milliseconds of their create. Each test waits on a condition with a generous deadline,
 //! never on a sleep.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 use dedupe_tests::kube::{denial, register_webhook, run_api, ControlPlane, NewRun, WebhookRegistration};
-use dedupe_tests::{new_delivery, TestCerts, TestDb, Webhook};
+use dedupe_tests::{eventually_within, new_delivery, TestCerts, TestDb, Webhook};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use kube::api::DeleteParams;
 use serde_json::Value;
@@ -51,21 +51,6 @@ async fn metric(webhook: &Webhook, series: &str) -> Result<f64> {
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0))
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let started = Instant::now();
-    while started.elapsed() < DEADLINE {
-        if check().await? {
-            return Ok(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{what}: not reached within {DEADLINE:?}")
 }
 
 /// `(delivery_id, run_name, state)` of every claim.
@@ -152,7 +137,7 @@ async fn runs_no_claim_can_hold_are_skipped_and_reported_and_every_good_run_is_c
         .await?;
 
     let webhook = start_webhook(&cp, &db, &certs, &ns).await?;
-    eventually("in sync", || async {
+    eventually_within("in sync", DEADLINE, || async {
         Ok(metric(
             &webhook,
             "orchestration_dedupe_reconcile_last_sync_timestamp_seconds",
@@ -247,7 +232,7 @@ async fn a_run_deleted_right_after_its_create_still_confirms_its_claim() -> Resu
         ),
     )
     .await?;
-    eventually("first sync", || async {
+    eventually_within("first sync", DEADLINE, || async {
         Ok(metric(
             &webhook,
             "orchestration_dedupe_reconcile_last_sync_timestamp_seconds",
@@ -274,7 +259,7 @@ async fn a_run_deleted_right_after_its_create_still_confirms_its_claim() -> Resu
             .await?;
     }
 
-    let took = eventually("every claim confirmed", || async {
+    let took = eventually_within("every claim confirmed", DEADLINE, || async {
         let claims = claims(&db).await?;
         Ok(claims.len() == RUNS && claims.iter().all(|(_, _, state)| state == "confirmed"))
     })

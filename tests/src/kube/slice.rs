@@ -28,6 +28,21 @@ impl TestNamespace {
         Ok(Self { plane, client, name })
     }
 
+    /// A fresh namespace, a fresh schema, dev certificates, and the webhook on them
+    /// (`args` as for [`TestNamespace::start_webhook`]), registered: the start of most
+    /// real-API-server tests.
+    pub async fn with_registered_webhook(
+        prefix: &str,
+        args: &[&str],
+    ) -> Result<(Self, TestDb, TestCerts, Webhook)> {
+        let ns = Self::new(prefix).await?;
+        let db = TestDb::new().await?;
+        let certs = TestCerts::new()?;
+        let webhook = ns.start_webhook(&db, &certs, args).await?;
+        ns.register(&webhook).await?;
+        Ok((ns, db, certs, webhook))
+    }
+
     /// The webhook on `db` with the admin's kubeconfig, `--namespaces` this namespace (unless
     /// `args` name their own), plus
     /// `args` (the lookup and the reconciler are `auto`, so on, unless `args` say otherwise).
