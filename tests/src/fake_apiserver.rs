@@ -1,4 +1,6 @@
-//! A fake Kubernetes API server over HTTP(S) on loopback — the only mock the tests use.
+//! A fake Kubernetes API server over HTTP on loopback — the only mock the tests use, kept for
+//! what the real kube-apiserver (`crate::kube`) cannot be made to do on demand: a 410 Gone on
+//! an open watch, volume back-fills set up in milliseconds, and a record of every request.
 //!
 //! It serves OrchestrationRuns the way kube-apiserver does, as far as the webhook uses it:
 //! - `GET …/namespaces/{ns}/orchestrationruns/{name}`: the object, or a 404 Status;
@@ -7,11 +9,7 @@
 //! - watch (`?watch=true&resourceVersion=N`): newline-delimited events after N, `BOOKMARK`s
 //!   when `allowWatchBookmarks` is asked for, and a 410 Gone (an `ERROR` event, as the real
 //!   server sends) for a resourceVersion older than the history it keeps, which forces the
-//!   client to list again ([`FakeApiServer::expire_watches`]);
-//! - an outage ([`FakeApiServer::set_down`]): new connections are closed at once, requests
-//!   on kept-alive ones get a response whose body breaks off, and open watches end — what a
-//!   client sees when the API server's process is gone (a 503 would instead be retried
-//!   inside kube's client, as an overloaded server asks).
+//!   client to list again ([`FakeApiServer::expire_watches`]).
 //!
 //! Every request's path is recorded, so tests can check what the webhook asked for.
 
@@ -86,12 +84,8 @@ struct Inner {
     history: Vec<(u64, &'static str, Value)>,
     /// Watches from a resourceVersion below this get 410 Gone.
     oldest: u64,
-    /// Bumped to end every open watch (outage, expiry); `expired` says which.
+    /// Bumped to end every open watch with a 410 Gone (expiry).
     epoch: u64,
-    expired: bool,
-    down: bool,
-    /// Namespaces whose lists and watches are answered 403 (no RBAC there).
-    forbidden: Vec<String>,
     requests: Vec<String>,
 }
 
@@ -107,19 +101,7 @@ pub struct FakeApiServer {
 }
 
 impl FakeApiServer {
-    /// Plain HTTP.
     pub async fn start() -> Result<Self> {
-        Self::start_with(None).await
-    }
-
-    /// HTTPS with a dev certificate for 127.0.0.1, its CA in the kubeconfig — the way a real
-    /// API server is reached, so the webhook's kube client TLS stack is exercised too.
-    pub async fn start_tls() -> Result<Self> {
-        let certs = certs_dev::generate(&certs_dev::CertRequest::localhost())?;
-        Self::start_with(Some(certs)).await
-    }
-
-    async fn start_with(tls: Option<certs_dev::DevCerts>) -> Result<Self> {
         let inner = Arc::new(Mutex::new(Inner {
             resource_version: 1000,
             oldest: 1000,
@@ -141,20 +123,8 @@ impl FakeApiServer {
             .with_state((inner.clone(), changed.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let cluster = match &tls {
-            None => {
-                tokio::spawn(serve(listener, None, router, inner.clone()));
-                format!("server: http://{addr}")
-            }
-            Some(certs) => {
-                let acceptor = tls_acceptor(certs)?;
-                tokio::spawn(serve(listener, Some(acceptor), router, inner.clone()));
-                format!(
-                    "server: https://{addr}\n    certificate-authority-data: {}",
-                    certs.ca_bundle_base64()
-                )
-            }
-        };
+        tokio::spawn(serve(listener, router));
+        let cluster = format!("server: http://{addr}");
         let kubeconfig = tempfile::Builder::new()
             .prefix("kubeconfig-")
             .suffix(".yaml")
@@ -257,27 +227,9 @@ impl FakeApiServer {
         inner.history.clear();
         inner.oldest = inner.resource_version;
         inner.epoch += 1;
-        inner.expired = true;
         let rv = inner.resource_version;
         drop(inner);
         self.changed.send_replace(rv);
-    }
-
-    /// An outage: while down, every request gets 503 and open watches are closed.
-    pub fn set_down(&self, down: bool) {
-        let mut inner = self.lock();
-        inner.down = down;
-        inner.epoch += 1;
-        inner.expired = false;
-        let rv = inner.resource_version;
-        drop(inner);
-        self.changed.send_replace(rv);
-    }
-
-    /// Answers lists and watches in `namespace` with 403 Forbidden, as for a ServiceAccount
-    /// without a Role there.
-    pub fn forbid_namespace(&self, namespace: &str) {
-        self.lock().forbidden.push(namespace.to_owned());
     }
 
     /// Paths requested so far (with the query string for lists and watches).
@@ -302,22 +254,13 @@ impl FakeApiServer {
     }
 }
 
-fn record(inner: &Arc<Mutex<Inner>>, uri: &Uri) -> Option<Response> {
+fn record(inner: &Arc<Mutex<Inner>>, uri: &Uri) {
     let mut inner = inner.lock().unwrap_or_else(|p| p.into_inner());
     let path = match uri.query() {
         Some(q) => format!("{}?{q}", uri.path()),
         None => uri.path().to_owned(),
     };
     inner.requests.push(path);
-    inner.down.then(|| {
-        let broken = futures::stream::once(async {
-            Err::<Bytes, std::io::Error>(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "the fake API server is down",
-            ))
-        });
-        Response::new(Body::from_stream(broken))
-    })
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -334,9 +277,7 @@ async fn get_run(
     Path((namespace, name)): Path<(String, String)>,
     uri: Uri,
 ) -> Response {
-    if let Some(down) = record(&inner, &uri) {
-        return down;
-    }
+    record(&inner, &uri);
     let found = inner
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -381,28 +322,11 @@ async fn list_or_watch(
     query: HashMap<String, String>,
     uri: Uri,
 ) -> Response {
-    if let Some(down) = record(&inner, &uri) {
-        return down;
-    }
+    record(&inner, &uri);
     let selector = match Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
         Ok(s) => s,
         Err(e) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", &e),
     };
-    if let Some(ns) = namespace.as_deref() {
-        if inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .forbidden
-            .iter()
-            .any(|f| f == ns)
-        {
-            return status_response(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                &format!("orchestrationruns.orchestration.proompteng.ai is forbidden: cannot list resource \"orchestrationruns\" in the namespace \"{ns}\""),
-            );
-        }
-    }
     let filter = Filter { namespace, selector };
     if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
         let from: u64 = query
@@ -476,7 +400,7 @@ async fn list_or_watch(
 }
 
 /// The events after `from`, then new ones as they happen, bookmarks when idle; ends with
-/// 410 Gone when the history is expired, or silently when the server goes down.
+/// 410 Gone when the history is expired.
 fn watch_response(
     inner: Arc<Mutex<Inner>>,
     changed: watch::Sender<u64>,
@@ -517,7 +441,7 @@ fn watch_response(
                 return None;
             }
             loop {
-                let (events, epoch, expired, down, rv) = {
+                let (events, epoch, rv) = {
                     let inner = w.inner.lock().unwrap_or_else(|p| p.into_inner());
                     let events: Vec<Value> = inner
                         .history
@@ -525,20 +449,11 @@ fn watch_response(
                         .filter(|(rv, _, o)| *rv > w.sent && w.filter.matches(o))
                         .map(|(_, kind, o)| json!({"type": kind, "object": o}))
                         .collect();
-                    (
-                        events,
-                        inner.epoch,
-                        inner.expired,
-                        inner.down,
-                        inner.resource_version,
-                    )
+                    (events, inner.epoch, inner.resource_version)
                 };
                 if epoch != w.epoch {
                     w.done = true;
-                    if expired && !down {
-                        return Some((Ok::<Bytes, Infallible>(Bytes::from(gone)), w));
-                    }
-                    return None;
+                    return Some((Ok::<Bytes, Infallible>(Bytes::from(gone)), w));
                 }
                 if !events.is_empty() {
                     w.sent = rv;
@@ -632,58 +547,20 @@ impl Selector {
 }
 
 async fn other(State((inner, _)): State<Shared>, uri: Uri) -> Response {
-    if let Some(down) = record(&inner, &uri) {
-        return down;
-    }
+    record(&inner, &uri);
     (StatusCode::NOT_FOUND, "not served by the fake API server").into_response()
 }
 
-fn tls_acceptor(certs: &certs_dev::DevCerts) -> Result<tokio_rustls::TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain =
-        CertificateDer::pem_slice_iter(certs.server_cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(certs.server_key_pem.as_bytes())?;
-    let mut config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Accepts connections (closing them at once while down) and serves `router` on each,
-/// over TLS when given an acceptor.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    router: Router,
-    inner: Arc<Mutex<Inner>>,
-) {
+/// Accepts connections and serves `router` on each.
+async fn serve(listener: tokio::net::TcpListener, router: Router) {
     while let Ok((tcp, _)) = listener.accept().await {
-        if inner.lock().unwrap_or_else(|p| p.into_inner()).down {
-            drop(tcp);
-            continue;
-        }
-        let (acceptor, router) = (acceptor.clone(), router.clone());
+        let router = router.clone();
         tokio::spawn(async move {
             let service = hyper_util::service::TowerToHyperService::new(router);
             let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            match acceptor {
-                Some(acceptor) => {
-                    if let Ok(stream) = acceptor.accept(tcp).await {
-                        let _ = builder
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                            .await;
-                    }
-                }
-                None => {
-                    let _ = builder
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                        .await;
-                }
-            }
+            let _ = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
         });
     }
 }
