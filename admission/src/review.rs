@@ -12,7 +12,7 @@ use kube::core::{DynamicObject, Status};
 
 use crate::decision::Verdict;
 
-mod parse;
+pub(crate) mod parse;
 pub use parse::{parse, Request, ReviewError};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";

@@ -15,6 +15,8 @@ use std::fmt;
 
 use dedupe_store::run::{OrchestrationRef, OrchestrationRunSpec, GROUP, KIND, RESOURCE, VERSION};
 use dedupe_store::{RunView, DELIVERY_ID_LABEL};
+
+use crate::review::parse::DeliveryLabel;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::NamespaceResourceScope;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -173,55 +175,6 @@ impl<'de> Deserialize<'de> for SlimMeta {
             }
         }
         deserializer.deserialize_map(MetaVisitor)
-    }
-}
-
-/// The delivery label's value out of `metadata.labels`; the other labels are skipped.
-struct DeliveryLabel(Option<String>);
-
-impl<'de> Deserialize<'de> for DeliveryLabel {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct LabelsVisitor;
-        impl<'de> Visitor<'de> for LabelsVisitor {
-            type Value = DeliveryLabel;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of labels")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(DeliveryLabel(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut found = None;
-                while let Some(IsDeliveryLabel(ours)) = map.next_key()? {
-                    if ours {
-                        found = Some(map.next_value::<String>()?);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(DeliveryLabel(found))
-            }
-        }
-        deserializer.deserialize_any(LabelsVisitor)
-    }
-}
-
-/// A label key, compared in place (no copy of keys that are not the delivery label).
-struct IsDeliveryLabel(bool);
-
-impl<'de> Deserialize<'de> for IsDeliveryLabel {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = IsDeliveryLabel;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a label key")
-            }
-            fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-                Ok(IsDeliveryLabel(key == DELIVERY_ID_LABEL))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
     }
 }
 

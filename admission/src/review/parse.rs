@@ -226,9 +226,10 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 /// `metadata.labels`, keeping only the delivery-id label's value: no map of every label is
 /// built. A delivery-id key given twice is an error rather than a guess at which one the
-/// API server stored (it never sends one twice; a forged body might).
+/// API server stored (it never sends one twice; a forged body might). The reconciler reads
+/// the labels of the runs it watches with it too.
 #[derive(Default)]
-struct DeliveryLabel(Option<String>);
+pub(crate) struct DeliveryLabel(pub(crate) Option<String>);
 
 impl<'de> Deserialize<'de> for DeliveryLabel {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
