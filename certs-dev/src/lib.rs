@@ -178,7 +178,7 @@ pub fn generate(req: &CertRequest) -> Result<DevCerts, CertsError> {
         what: "CA key",
         source,
     })?;
-    let ca_params = ca_params(&ca_common_name, now, req.days);
+    let ca_params = ca_params(DEV_ORGANIZATION, &ca_common_name, now, days(req.days));
     let ca_cert = ca_params
         .self_signed(&ca_key)
         .map_err(|source| CertsError::Generate {
@@ -209,7 +209,10 @@ impl DevCerts {
         })?;
         // An issuer needs the CA's subject, key usages and key-identifier method; they are
         // rebuilt exactly as `generate` made them.
-        let issuer = Issuer::new(ca_params(&self.ca_common_name, now, req.days), ca_key);
+        let issuer = Issuer::new(
+            ca_params(DEV_ORGANIZATION, &self.ca_common_name, now, days(req.days)),
+            ca_key,
+        );
         issue(
             req,
             now,
@@ -300,18 +303,27 @@ pub(crate) fn check_dns_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn validity(params: &mut CertificateParams, now: OffsetDateTime, days: u32) {
-    params.not_before = now - time::Duration::seconds(BACKDATE_SECONDS);
-    params.not_after = now + time::Duration::days(i64::from(days));
+/// The development CA's organization.
+const DEV_ORGANIZATION: &str = "orchestration-dedupe (development only)";
+
+fn days(days: u32) -> time::Duration {
+    time::Duration::days(i64::from(days))
 }
 
-fn ca_params(common_name: &str, now: OffsetDateTime, days: u32) -> CertificateParams {
+fn validity(params: &mut CertificateParams, now: OffsetDateTime, lifetime: time::Duration) {
+    params.not_before = now - time::Duration::seconds(BACKDATE_SECONDS);
+    params.not_after = now + lifetime;
+}
+
+pub(crate) fn ca_params(
+    organization: &str,
+    common_name: &str,
+    now: OffsetDateTime,
+    lifetime: time::Duration,
+) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::OrganizationName,
-        "orchestration-dedupe (development only)",
-    );
+    dn.push(DnType::OrganizationName, organization);
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     // Path length 0: this CA signs end-entity certificates only.
@@ -321,16 +333,16 @@ fn ca_params(common_name: &str, now: OffsetDateTime, days: u32) -> CertificatePa
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    validity(&mut params, now, days);
+    validity(&mut params, now, lifetime);
     params
 }
 
-fn leaf_params(
+pub(crate) fn leaf_params(
     common_name: &str,
     sans: Vec<SanType>,
     eku: ExtendedKeyUsagePurpose,
     now: OffsetDateTime,
-    days: u32,
+    lifetime: time::Duration,
 ) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -341,7 +353,7 @@ fn leaf_params(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![eku];
     params.use_authority_key_identifier_extension = true;
-    validity(&mut params, now, days);
+    validity(&mut params, now, lifetime);
     params
 }
 
@@ -387,7 +399,7 @@ fn issue(
         sans,
         ExtendedKeyUsagePurpose::ServerAuth,
         now,
-        req.days,
+        days(req.days),
     );
     let not_after = server_params.not_after.unix_timestamp();
     let server_key = KeyPair::generate().map_err(|source| CertsError::Generate {
@@ -410,7 +422,7 @@ fn issue(
                 vec![dns_san(name, true)?],
                 ExtendedKeyUsagePurpose::ClientAuth,
                 now,
-                req.days,
+                days(req.days),
             );
             let key = KeyPair::generate().map_err(|source| CertsError::Generate {
                 what: "client key",

@@ -7,13 +7,10 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::{ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
 use time::OffsetDateTime;
 
-use crate::{check_dns_name, dns_san, CertsError, BACKDATE_SECONDS};
+use crate::{ca_params, check_dns_name, dns_san, leaf_params, CertsError};
 
 /// A CA certificate and its private key (PEM).
 #[derive(Clone, PartialEq, Eq)]
@@ -62,8 +59,8 @@ impl fmt::Debug for Serving {
     }
 }
 
-fn seconds(valid_for: Duration) -> i64 {
-    i64::try_from(valid_for.as_secs()).unwrap_or(i64::MAX / 2)
+fn lifetime(valid_for: Duration) -> time::Duration {
+    time::Duration::seconds(i64::try_from(valid_for.as_secs()).unwrap_or(i64::MAX / 2))
 }
 
 /// A new self-signed CA (ECDSA P-256) valid for `valid_for` from now, its subject
@@ -75,23 +72,8 @@ pub fn new_ca(organization: &str, valid_for: Duration) -> Result<Ca, CertsError>
         what: "CA key",
         source,
     })?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, organization);
-    dn.push(
-        DnType::CommonName,
-        format!("{organization} CA {}", now.unix_timestamp_nanos()),
-    );
-    params.distinguished_name = dn;
-    // Path length 0: this CA signs serving certificates only.
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.not_before = now - time::Duration::seconds(BACKDATE_SECONDS);
-    params.not_after = now + time::Duration::seconds(seconds(valid_for));
+    let common_name = format!("{organization} CA {}", now.unix_timestamp_nanos());
+    let params = ca_params(organization, &common_name, now, lifetime(valid_for));
     let cert = params.self_signed(&key).map_err(|source| CertsError::Generate {
         what: "CA certificate",
         source,
@@ -131,22 +113,18 @@ pub fn issue_serving(
         source,
     })?;
     let now = OffsetDateTime::now_utc();
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
     let common_name = dns_names
         .first()
         .cloned()
         .or_else(|| ips.first().map(ToString::to_string))
         .unwrap_or_default();
-    dn.push(DnType::CommonName, common_name);
-    params.distinguished_name = dn;
-    params.subject_alt_names = sans;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = now - time::Duration::seconds(BACKDATE_SECONDS);
-    params.not_after = now + time::Duration::seconds(seconds(valid_for));
+    let params = leaf_params(
+        &common_name,
+        sans,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        now,
+        lifetime(valid_for),
+    );
     let not_after = params.not_after.unix_timestamp();
     let key = KeyPair::generate().map_err(|source| CertsError::Generate {
         what: "serving key",
