@@ -12,8 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use base64::Engine;
-use dedupe_tests::kube::{denial, NewRun, TestNamespace, DELIVERY_LABEL, WEBHOOK_NAME};
+use dedupe_tests::kube::{denial, webhook_entry, NewRun, TestNamespace, DELIVERY_LABEL, WEBHOOK_NAME};
 use dedupe_tests::{new_delivery, TestCerts, TestDb, Webhook};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -403,30 +402,18 @@ async fn the_mutating_webhook_labels_a_spec_only_run_so_it_is_deduplicated() -> 
 }
 
 async fn mutated(ns: &TestNamespace, db: &TestDb, webhook: &Webhook) -> Result<()> {
-    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(webhook.ca_pem.as_bytes());
+    let mut entry = webhook_entry(
+        "label.orchestration.proompteng.ai",
+        &format!("https://127.0.0.1:{}/mutate", webhook.addr.port()),
+        Some(&webhook.ca_pem),
+        &ns.name,
+        json!({"matchExpressions": [{"key": DELIVERY_LABEL, "operator": "DoesNotExist"}]}),
+    );
+    entry["sideEffects"] = json!("None");
+    entry["reinvocationPolicy"] = json!("Never");
     let configuration: MutatingWebhookConfiguration = serde_json::from_value(json!({
         "metadata": {"name": format!("dedupe-test-mutate-{}", ns.name)},
-        "webhooks": [{
-            "name": "label.orchestration.proompteng.ai",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "reinvocationPolicy": "Never",
-            "timeoutSeconds": 5,
-            "clientConfig": {
-                "url": format!("https://127.0.0.1:{}/mutate", webhook.addr.port()),
-                "caBundle": ca_bundle,
-            },
-            "rules": [{
-                "apiGroups": ["orchestration.proompteng.ai"],
-                "apiVersions": ["v1alpha1"],
-                "operations": ["CREATE"],
-                "resources": ["orchestrationruns"],
-                "scope": "Namespaced",
-            }],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}},
-            "objectSelector": {"matchExpressions": [{"key": DELIVERY_LABEL, "operator": "DoesNotExist"}]},
-        }],
+        "webhooks": [entry],
     }))?;
     Api::<MutatingWebhookConfiguration>::all(ns.client.clone())
         .create(&PostParams::default(), &configuration)

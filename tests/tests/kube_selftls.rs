@@ -13,11 +13,11 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use dedupe_tests::https::HttpsClient;
-use dedupe_tests::kube::{denial, NewRun, TestNamespace, DELIVERY_LABEL, WEBHOOK_NAME};
+use dedupe_tests::kube::{denial, webhook_entry, NewRun, TestNamespace, DELIVERY_LABEL, WEBHOOK_NAME};
 use dedupe_tests::webhook::SERVER_NAME;
 use dedupe_tests::{new_delivery, TestDb, Webhook};
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
@@ -87,23 +87,7 @@ async fn start_self_managed_as(
 async fn register_without_ca_bundle(ns: &TestNamespace, webhook: &Webhook) -> Result<()> {
     let url = format!("https://127.0.0.1:{}", webhook.addr.port());
     let entry = |path: &str, selector: serde_json::Value| {
-        json!({
-            "name": WEBHOOK_NAME,
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "NoneOnDryRun",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 5,
-            "clientConfig": {"url": format!("{url}{path}")},
-            "rules": [{
-                "apiGroups": ["orchestration.proompteng.ai"],
-                "apiVersions": ["v1alpha1"],
-                "operations": ["CREATE"],
-                "resources": ["orchestrationruns"],
-                "scope": "Namespaced",
-            }],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}},
-            "objectSelector": selector,
-        })
+        webhook_entry(WEBHOOK_NAME, &format!("{url}{path}"), None, &ns.name, selector)
     };
     let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
         "metadata": {"name": validating_name(ns)},
@@ -134,37 +118,39 @@ async fn secret_data(ns: &TestNamespace, key: &str) -> Result<String> {
     Ok(String::from_utf8(bytes.0.clone())?)
 }
 
+/// The first entry's `caBundle` (PEM), if any.
+fn first_bundle(client_configs: impl IntoIterator<Item = WebhookClientConfig>) -> Result<Option<String>> {
+    let config = client_configs.into_iter().next().context("an entry")?;
+    Ok(config
+        .ca_bundle
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+}
+
 /// The validating registration's `caBundle` (PEM), if any.
 async fn validating_bundle(client: &Client, name: &str) -> Result<Option<String>> {
     let config = Api::<ValidatingWebhookConfiguration>::all(client.clone())
         .get(name)
         .await?;
-    let webhook = config
-        .webhooks
-        .unwrap_or_default()
-        .into_iter()
-        .next()
-        .context("an entry")?;
-    Ok(webhook
-        .client_config
-        .ca_bundle
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+    first_bundle(
+        config
+            .webhooks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| w.client_config),
+    )
 }
 
 async fn mutating_bundle(client: &Client, name: &str) -> Result<Option<String>> {
     let config = Api::<MutatingWebhookConfiguration>::all(client.clone())
         .get(name)
         .await?;
-    let webhook = config
-        .webhooks
-        .unwrap_or_default()
-        .into_iter()
-        .next()
-        .context("an entry")?;
-    Ok(webhook
-        .client_config
-        .ca_bundle
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+    first_bundle(
+        config
+            .webhooks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| w.client_config),
+    )
 }
 
 /// Waits until both registrations trust exactly the Secret's `ca.crt`.

@@ -208,21 +208,15 @@ impl NoopRegistration {
         let mut configuration: ValidatingWebhookConfiguration = serde_json::from_value(
             json!({"metadata": {"name": registration.object_name()}, "webhooks": []}),
         )?;
-        // The same shape register_webhook makes, built from its fields.
-        configuration.webhooks = Some(vec![serde_json::from_value(json!({
-            "name": "noop.orchestration.proompteng.ai",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": registration.timeout_seconds,
-            "clientConfig": {"url": format!("{url}/validate"), "caBundle": base64_of(ca_pem)},
-            "rules": [{
-                "apiGroups": ["orchestration.proompteng.ai"], "apiVersions": ["v1alpha1"],
-                "operations": ["CREATE"], "resources": ["orchestrationruns"], "scope": "Namespaced",
-            }],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "objectSelector": {"matchExpressions": [{"key": dedupe_tests::kube::DELIVERY_LABEL, "operator": "Exists"}]},
-        }))?]);
+        let mut entry = dedupe_tests::kube::webhook_entry(
+            "noop.orchestration.proompteng.ai",
+            &format!("{url}/validate"),
+            Some(ca_pem),
+            namespace,
+            json!({"matchExpressions": [{"key": dedupe_tests::kube::DELIVERY_LABEL, "operator": "Exists"}]}),
+        );
+        entry["sideEffects"] = json!("None");
+        configuration.webhooks = Some(vec![serde_json::from_value(entry)?]);
         kube::Api::<ValidatingWebhookConfiguration>::all(client.clone())
             .create(&Default::default(), &configuration)
             .await?;
@@ -246,11 +240,6 @@ impl NoopRegistration {
     fn calls(&self) -> u64 {
         self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
-}
-
-fn base64_of(text: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
 }
 
 /// Serves the no-op webhook on a loopback port; returns the port.

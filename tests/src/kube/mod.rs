@@ -32,8 +32,8 @@ use kube::Client;
 pub use pki::{Ca, KeyedCert};
 pub use processes::{assets_from_env, ASSETS_ENV};
 pub use runs::{
-    denial, register_webhook, run_api, run_resource, NewRun, WebhookRegistration, DELIVERY_LABEL,
-    WEBHOOK_NAME,
+    denial, register_webhook, run_api, run_resource, webhook_entry, NewRun, WebhookRegistration,
+    DELIVERY_LABEL, WEBHOOK_NAME,
 };
 
 pub use slice::TestNamespace;

@@ -167,35 +167,60 @@ impl WebhookRegistration {
     }
 }
 
+/// One webhook entry (validating or mutating: the fields are the same) as the chart renders
+/// it: CREATE of orchestrationruns, `failurePolicy: Fail`, 5 s, `sideEffects: NoneOnDryRun`,
+/// requests from `namespace` only, `object_selector` as given; `ca_pem` as its `caBundle`
+/// (`None`: none, as in the chart's self-managed TLS mode). Callers change what they need.
+pub fn webhook_entry(
+    name: &str,
+    url: &str,
+    ca_pem: Option<&str>,
+    namespace: &str,
+    object_selector: serde_json::Value,
+) -> serde_json::Value {
+    let mut client_config = json!({ "url": url });
+    if let Some(ca_pem) = ca_pem {
+        client_config["caBundle"] =
+            json!(base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes()));
+    }
+    json!({
+        "name": name,
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "NoneOnDryRun",
+        "failurePolicy": "Fail",
+        "timeoutSeconds": 5,
+        "clientConfig": client_config,
+        "rules": [{
+            "apiGroups": ["orchestration.proompteng.ai"],
+            "apiVersions": ["v1alpha1"],
+            "operations": ["CREATE"],
+            "resources": ["orchestrationruns"],
+            "scope": "Namespaced",
+        }],
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "objectSelector": object_selector,
+    })
+}
+
 /// Registers the webhook and waits until the API server calls it: a dry-run create whose
 /// `spec.deliveryId` differs from its label, which the webhook refuses (422) and the API
 /// server alone would admit, is refused by the webhook.
 pub async fn register_webhook(client: &Client, registration: &WebhookRegistration) -> Result<()> {
-    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(registration.ca_pem.as_bytes());
+    let mut entry = webhook_entry(
+        WEBHOOK_NAME,
+        &format!("{}/validate", registration.base_url),
+        Some(&registration.ca_pem),
+        &registration.namespace,
+        json!({"matchExpressions": [{"key": DELIVERY_LABEL, "operator": "Exists"}]}),
+    );
+    entry["failurePolicy"] = json!(registration.failure_policy);
+    entry["timeoutSeconds"] = json!(registration.timeout_seconds);
+    entry["rules"][0]["operations"] = json!(registration.operations);
     let configuration: ValidatingWebhookConfiguration = serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": registration.object_name()},
-        "webhooks": [{
-            "name": WEBHOOK_NAME,
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "NoneOnDryRun",
-            "failurePolicy": registration.failure_policy,
-            "timeoutSeconds": registration.timeout_seconds,
-            "clientConfig": {
-                "url": format!("{}/validate", registration.base_url),
-                "caBundle": ca_bundle,
-            },
-            "rules": [{
-                "apiGroups": ["orchestration.proompteng.ai"],
-                "apiVersions": ["v1alpha1"],
-                "operations": registration.operations,
-                "resources": ["orchestrationruns"],
-                "scope": "Namespaced",
-            }],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": registration.namespace}},
-            "objectSelector": {"matchExpressions": [{"key": DELIVERY_LABEL, "operator": "Exists"}]},
-        }],
+        "webhooks": [entry],
     }))?;
     Api::<ValidatingWebhookConfiguration>::all(client.clone())
         .create(&PostParams::default(), &configuration)
