@@ -67,8 +67,8 @@ pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
 /// Longest a batch statement waits on a row lock before its claims go alone. Commits of
 /// concurrent batches (another replica's claim of the same key) take a few milliseconds;
 /// past this, a lock is held by something slow, and the batch's other claims must not wait
-/// on it.
-pub const BATCH_LOCK_WAIT: Duration = Duration::from_millis(50);
+/// on it. PostgreSQL's `lock_timeout` text, as the statement sets it (`$8`).
+pub const BATCH_LOCK_WAIT: &str = "50ms";
 
 /// SQLSTATE `lock_not_available`: the batch's [`BATCH_LOCK_WAIT`] ran out.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
@@ -442,10 +442,10 @@ async fn run_batch(
         let (key, run) = requests[i];
         columns.push(key, &run.namespace, &run.name, &run.uid);
     }
-    let lock_wait = format!("{}ms", BATCH_LOCK_WAIT.as_millis());
-    let mut params = columns.params().to_vec();
-    params.push(&lock_wait);
-    let rows = executor.query(sql::CLAIM_BATCH, &params).await?;
+    let [a, b, c, d, e, f, g] = columns.params();
+    let rows = executor
+        .query(sql::CLAIM_BATCH, &[a, b, c, d, e, f, g, &BATCH_LOCK_WAIT])
+        .await?;
     let mut elements: Vec<Inserted> = vec![None; plan.sent.len()];
     for row in &rows {
         let ord: i64 = row.try_get("ord")?;
