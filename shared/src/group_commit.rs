@@ -10,8 +10,10 @@
 //! How a batch forms: [`GroupCommitConfig::in_flight`] workers share one queue. A worker
 //! that is free decides whether to take what is queued ([`next_batch`], a pure function):
 //! - *No other batch in flight*: the queue goes at once. At low load a claim never waits for
-//!   company, and under load the worker that just finished a batch takes everything that
-//!   arrived during it, straight away, without a hand-off to another task.
+//!   company: one that finds the queue empty and nothing in flight is sent by its caller
+//!   itself, alone, as without group commit, holding a batch slot while it runs. Under load
+//!   the worker that just finished a batch takes everything that arrived during it, straight
+//!   away, without a hand-off to another task.
 //! - *Batches in flight*: claims wait for one of them to finish, and then go together, unless
 //!   a full batch ([`GroupCommitConfig::max_batch`]) is queued or the oldest has waited
 //!   [`GroupCommitConfig::linger`]: then another worker starts a batch beside the running
@@ -159,6 +161,13 @@ struct Counters {
     claims: AtomicU64,
 }
 
+impl Counters {
+    fn count(&self, claims: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.claims.fetch_add(claims as u64, Ordering::Relaxed);
+    }
+}
+
 /// How much batching happened: claims per batch is `claims / batches`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommitStats {
@@ -208,6 +217,14 @@ impl GroupCommit {
     /// else is waiting. Not bounded here: the caller bounds it with the store timeout.
     pub(crate) async fn insert(&self, key: &ClaimKey, run: &RunRef) -> Result<Inserted, StoreError> {
         self.start_workers();
+        if let Some(_slot) = InlineSlot::take(&self.shared) {
+            // A batch of one, which a worker would send at once: the caller sends it itself.
+            // Same statement as a claim alone, one batch slot taken while it runs, but no
+            // hand-off to a worker task and back (two task wake-ups, each possibly on the
+            // other core, on every claim while the load is light).
+            self.shared.counters.count(1);
+            return self.executor.insert_one(key, run).await;
+        }
         let (reply, answer) = oneshot::channel();
         let queued = {
             let mut state = self.shared.lock();
@@ -242,6 +259,35 @@ impl Drop for GroupCommit {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.wake.notify_waiters();
+    }
+}
+
+/// The batch slot a caller sending its own claim holds ([`GroupCommit::insert`]). Given
+/// back when the claim ends or its caller gives up: claims that queued meanwhile waited for
+/// it, so a worker is woken to take them.
+struct InlineSlot<'a>(&'a Shared);
+
+impl<'a> InlineSlot<'a> {
+    /// The slot, when nothing is queued and no batch runs.
+    fn take(shared: &'a Shared) -> Option<Self> {
+        let mut state = shared.lock();
+        if !state.queue.is_empty() || state.running > 0 {
+            return None;
+        }
+        state.running += 1;
+        Some(Self(shared))
+    }
+}
+
+impl Drop for InlineSlot<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.running -= 1;
+        let queued = !state.queue.is_empty();
+        drop(state);
+        if queued {
+            self.0.wake.notify_one();
+        }
     }
 }
 
@@ -315,8 +361,7 @@ async fn run_and_answer(executor: &ClaimStore, mut batch: Vec<Pending>, counters
     if batch.is_empty() {
         return;
     }
-    counters.batches.fetch_add(1, Ordering::Relaxed);
-    counters.claims.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    counters.count(batch.len());
     let requests: Vec<(&ClaimKey, &RunRef)> = batch.iter().map(|p| (&p.key, &p.run)).collect();
     match run_batch(executor, &requests).await {
         Ok(answers) => {
