@@ -27,7 +27,7 @@ use crate::tls::selfmanaged::{
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// How many requests are read and decided at once; past it a request waits for a slot, then
 /// gets a fast 503 (load shedding). Bodies are bounded separately
-/// (`server::MAX_BODIES_IN_MEMORY`, 16 of up to `--max-body-bytes`), and a request past its
+/// (`server::edge::MAX_BODIES_IN_MEMORY`, 16 of up to `--max-body-bytes`), and a request past its
 /// parse holds a few hundred bytes, so this bounds the claims waiting on the store, not
 /// memory. 64, one full group-commit batch: at 16 (the value before group commit, when the
 /// 16-connection pool bounded decisions anyway) durable claims/s at 32 connections were

@@ -1,15 +1,15 @@
-//! The two listeners: HTTPS for `POST /validate` (a TLS accept loop that takes the current
-//! certificate for every new handshake, so reloads need no restart) and plain HTTP for
-//! `/healthz`, `/readyz` and `/metrics`. Both stop accepting on shutdown and let in-flight
-//! requests finish.
+//! The HTTPS edge: everything that bounds a connection and a request's bytes before the
+//! handler decides anything.
 //!
-//! The HTTPS edge is bounded: a TLS handshake within [`HANDSHAKE_TIMEOUT`]; a request's
-//! headers (HTTP/1.1: from the first byte of the request to its last header line) and then
-//! its body within `--request-read-timeout-ms` each; a connection with no request in
-//! progress for `--idle-timeout-seconds` is closed (HTTP/1.1 and HTTP/2 alike, by
-//! [`serve_https`]'s idle check; HTTP/2 with a GOAWAY); at most `--max-concurrent-requests`
-//! requests are read and decided at once; and of those, at most [`MAX_BODIES_IN_MEMORY`]
-//! hold their body (read or being parsed) at once.
+//! - a TLS handshake within [`HANDSHAKE_TIMEOUT`];
+//! - a request's headers (HTTP/1.1: from the first byte of the request to its last header
+//!   line) and then its body within `--request-read-timeout-ms` each;
+//! - a connection with no request in progress for `--idle-timeout-seconds` is closed
+//!   (HTTP/1.1 and HTTP/2 alike, by [`serve_connection`]'s idle check; HTTP/2 with a GOAWAY);
+//! - at most `--max-concurrent-requests` requests are read and decided at once ([`Gate`]),
+//!   and of those at most [`MAX_BODIES_IN_MEMORY`] hold their body (read or being parsed);
+//! - the envelope every review route checks before parsing ([`read_body`]: content type,
+//!   size, read deadline).
 //!
 //! The idle timeout is separate from the read timeout and longer than the API server's: its
 //! HTTP client keeps an idle keep-alive connection for 90 s (Go's `IdleConnTimeout`, as
@@ -20,47 +20,36 @@
 //! first byte instead.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use dedupe_store::error::Chain;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
 use http_body::{Frame, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::HttpError;
-use crate::handler::{self, App};
-use crate::tls::TlsReloader;
+use crate::metrics::Metrics;
 
 /// A client that does not finish the TLS handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The HTTP/2 connection preface a client starts with (after TLS, with or without ALPN).
 const H2_PREFACE_START: &[u8] = b"PRI ";
-/// HTTP/2: a PING every this often on a connection, so a peer that vanished (no FIN, no
-/// RST) is noticed while a request is in progress; idle connections are closed anyway.
-const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// HTTP/2: the PING's answer must arrive within this, or the connection is closed.
-const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 rapid-reset (CVE-2023-44487) limits, only relevant with `--http2`.
-const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
-const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
-const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 
 /// Request bodies held in memory at once: being read, or being parsed. Each is at most
 /// `--max-body-bytes` (about twice that while it is gathered), so 16 × 4 MiB × 2 stays well
@@ -70,46 +59,63 @@ const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 /// its batch costs memory and no connection.
 pub const MAX_BODIES_IN_MEMORY: usize = 16;
 
-/// Routes of the HTTPS listener. `--max-body-bytes` is axum's body limit for the
-/// handler's body extractor (413 past it, see [`handler::validate`]); [`admit_request`]
-/// runs first and bounds how many requests are read at once and how long reading takes.
-pub fn webhook_router(app: Arc<App>) -> Router {
-    let limit = app.max_body_bytes;
-    let gate = Arc::new(Gate {
-        permits: Arc::new(Semaphore::new(app.max_concurrent_requests)),
-        bodies: Arc::new(Semaphore::new(
-            MAX_BODIES_IN_MEMORY.min(app.max_concurrent_requests),
-        )),
-        app: app.clone(),
-    });
-    Router::new()
-        .route("/validate", post(handler::validate))
-        // The optional mutating webhook; only called when the chart registers it.
-        .route("/mutate", post(crate::mutate::mutate))
-        .route_layer(middleware::from_fn_with_state(gate, admit_request))
-        .layer(DefaultBodyLimit::max(limit))
-        .fallback(not_found)
-        .with_state(app)
+/// What bounds one request before the handler sees it; parsed once from the flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// `--max-body-bytes`: axum's body limit for the handlers' body extractor (413 past it).
+    pub max_body_bytes: usize,
+    /// `--max-concurrent-requests`: requests read and decided at once (of those, at most
+    /// [`MAX_BODIES_IN_MEMORY`] hold their body).
+    pub max_concurrent_requests: usize,
+    /// `--request-read-timeout-ms`: bound on waiting for a slot and reading the body.
+    pub read_timeout: Duration,
+}
+
+/// How long a connection may take over parts of a request, and sit between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionTimeouts {
+    /// `--request-read-timeout-ms`: an HTTP/1.1 request's headers, from their first byte.
+    /// (The body's deadline is [`admit_request`]'s, from the same flag.)
+    pub read: Duration,
+    /// `--idle-timeout-seconds`: no request in progress for this long closes the connection.
+    pub idle: Duration,
 }
 
 /// The `--max-concurrent-requests` slots and the [`MAX_BODIES_IN_MEMORY`] body slots,
 /// shared by every connection.
-struct Gate {
+pub struct Gate {
     permits: Arc<Semaphore>,
     bodies: Arc<Semaphore>,
-    app: Arc<App>,
+    limits: RequestLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl Gate {
+    pub fn new(limits: RequestLimits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            bodies: Arc::new(Semaphore::new(
+                MAX_BODIES_IN_MEMORY.min(limits.max_concurrent_requests),
+            )),
+            limits,
+            metrics,
+        }
+    }
 }
 
 /// A request's body slot, handed to the handler in the request's extensions so it can give
 /// the slot back as soon as the body is parsed ([`BodySlot::release`]); otherwise it goes
-/// back when the request ends.
+/// back when the request ends. It also carries the limits [`read_body`] names in its errors.
 #[derive(Clone)]
-pub struct BodySlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+pub struct BodySlot {
+    permit: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+    limits: RequestLimits,
+}
 
 impl BodySlot {
     /// The body is no longer held: let another request read one.
     pub fn release(&self) {
-        if let Ok(mut permit) = self.0.lock() {
+        if let Ok(mut permit) = self.permit.lock() {
             permit.take();
         }
     }
@@ -119,8 +125,8 @@ impl BodySlot {
 /// timeout for both, then 503 without reading the body), and give the body a deadline, so a
 /// body still not read by then fails the read (408) instead of holding the slots and its
 /// buffer.
-async fn admit_request(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
-    let timeout = gate.app.request_read_timeout;
+pub async fn admit_request(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
+    let timeout = gate.limits.read_timeout;
     let deadline = Instant::now() + timeout;
     let slots = async {
         let permit = gate.permits.clone().acquire_owned().await?;
@@ -132,18 +138,69 @@ async fn admit_request(State(gate): State<Arc<Gate>>, mut request: Request, next
         // Timed out, or (never: the semaphores are not closed) closed.
         Ok(Err(_)) | Err(_) => {
             return HttpError::Overloaded {
-                limit: gate.app.max_concurrent_requests,
+                limit: gate.limits.max_concurrent_requests,
             }
-            .counted(&gate.app.metrics)
+            .counted(&gate.metrics)
         }
     };
-    request
-        .extensions_mut()
-        .insert(BodySlot(Arc::new(Mutex::new(Some(body)))));
+    request.extensions_mut().insert(BodySlot {
+        permit: Arc::new(Mutex::new(Some(body))),
+        limits: gate.limits,
+    });
     let request = request.map(|body| Body::new(DeadlineBody::new(body, deadline, timeout)));
     let response = next.run(request).await;
     drop(permit);
     response
+}
+
+/// The envelope every review route checks: the content type (415), the body's size (413)
+/// and its read deadline (408).
+pub fn read_body(
+    slot: &BodySlot,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, HttpError> {
+    check_content_type(headers)?;
+    // axum reads at most the limit (also when Content-Length claims more) and answers only
+    // after reading, so a client still writing its body gets the 413, not a reset.
+    body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            HttpError::PayloadTooLarge {
+                limit: slot.limits.max_body_bytes,
+            }
+        }
+        other if is_deadline(&other) => HttpError::RequestTimeout {
+            after: slot.limits.read_timeout,
+        },
+        other => HttpError::Body(axum::Error::new(other)),
+    })
+}
+
+/// True when reading the body failed because its deadline passed ([`BodyDeadline`],
+/// somewhere in the rejection's causes).
+fn is_deadline(rejection: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = cause {
+        if e.is::<BodyDeadline>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+fn check_content_type(headers: &HeaderMap) -> Result<(), HttpError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("<not text>"))
+        .unwrap_or("");
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(HttpError::UnsupportedMediaType(value.to_owned()))
+    }
 }
 
 /// The body was not fully read by the deadline.
@@ -195,185 +252,75 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-/// Routes of the plain-HTTP listener.
-pub fn ops_router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .with_state(app)
-}
-
-async fn not_found(uri: axum::http::Uri) -> HttpError {
-    HttpError::NotFound {
-        path: uri.path().to_owned(),
-    }
-}
-
-/// The process is alive and serving.
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-/// Ready while the claim store answers within the store timeout; unready (503) otherwise,
-/// and ready again as soon as it answers — no restart needed.
-async fn readyz(State(app): State<Arc<App>>) -> Response {
-    let ping = app.store.ping().await;
-    app.metrics.store_reachable.set(i64::from(ping.is_ok()));
-    match ping {
-        Ok(()) => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
-        Err(e) => {
-            let reason = Chain(&e).to_string();
-            tracing::warn!(error = %reason, "not ready: claim store unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"ready": false, "reason": reason})),
-            )
-                .into_response()
-        }
-    }
-}
-
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.encode(),
-    )
-        .into_response()
-}
-
-/// How long a connection may take over parts of a request, and sit between requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionTimeouts {
-    /// `--request-read-timeout-ms`: an HTTP/1.1 request's headers, from their first byte.
-    /// (The body's deadline is [`admit_request`]'s, from the same flag.)
-    pub read: Duration,
-    /// `--idle-timeout-seconds`: no request in progress for this long closes the connection.
-    pub idle: Duration,
-}
-
-/// Serves HTTPS until `shutdown` turns true, then stops accepting and waits up to `grace`
-/// for open connections to finish their requests.
-pub async fn serve_https(
-    listener: TcpListener,
-    tls: TlsReloader,
+/// One accepted TCP connection, from the TLS handshake to its end: the handshake bounded by
+/// [`HANDSHAKE_TIMEOUT`], then HTTP on it until it ends, the server shuts down, it sits idle
+/// for the idle timeout, or a request head is not read by its deadline.
+pub(super) async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    builder: auto::Builder<TokioExecutor>,
     router: Router,
-    http2: bool,
     timeouts: ConnectionTimeouts,
     mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Off (hyper's default is 30 s): hyper starts this timer whenever the connection waits
-    // for a request, so it would close idle keep-alive connections at the read timeout.
-    // The connection task below applies the header deadline from the first byte instead.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
-    if http2 {
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
-            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
-    } else {
-        builder = builder.http1_only();
+    let activity = Arc::new(Activity::new());
+    let service = TowerToHyperService::new(Tracked {
+        router,
+        activity: activity.clone(),
+    });
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2_negotiated = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let stream = HeadWatch {
+        inner: stream,
+        activity: activity.clone(),
+        first_read: !h2_negotiated,
+    };
+    if h2_negotiated {
+        activity.h2.store(true, Ordering::Release);
     }
-    // Every connection task holds a sender; when all are gone, every connection is closed.
-    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    // Until the connection ends: on shutdown, or once idle for the idle timeout, ask it to
+    // finish (HTTP/2 GOAWAY; HTTP/1.1 close after the current response); a request head not
+    // read by its deadline ends it at once.
+    let mut closing = false;
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // Small responses written in several TLS records must not wait for delayed ACKs.
-        let _ = tcp.set_nodelay(true);
-        let acceptor = TlsAcceptor::from(tls.current());
-        let activity = Arc::new(Activity::new());
-        let service = TowerToHyperService::new(Tracked {
-            router: router.clone(),
-            activity: activity.clone(),
-        });
-        let builder = builder.clone();
-        let mut shutdown = shutdown.clone();
-        let open = open_tx.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let h2_negotiated = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-            let stream = HeadWatch {
-                inner: stream,
-                activity: activity.clone(),
-                first_read: !h2_negotiated,
-            };
-            if h2_negotiated {
-                activity.h2.store(true, Ordering::Release);
+                break;
             }
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            // Until the connection ends: on shutdown, or once idle for the idle timeout, ask
-            // it to finish (HTTP/2 GOAWAY; HTTP/1.1 close after the current response); a
-            // request head not read by its deadline ends it at once.
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = shutdown.wait_for(|stop| *stop), if !closing => {
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    // A head started: loop to sleep until its deadline instead.
-                    _ = activity.head_started.notified(), if !closing => {}
-                    _ = tokio::time::sleep_until(activity.next_check(timeouts)), if !closing => {
-                        if activity.head_overdue(timeouts.read) {
-                            tracing::debug!(%peer, "request headers not read within the read timeout; closing");
-                            break;
-                        }
-                        if activity.idle_for(timeouts.idle) {
-                            tracing::debug!(%peer, "closing idle connection");
-                            connection.as_mut().graceful_shutdown();
-                            closing = true;
-                        }
-                    }
+            _ = shutdown.wait_for(|stop| *stop), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            // A head started: loop to sleep until its deadline instead.
+            _ = activity.head_started.notified(), if !closing => {}
+            _ = tokio::time::sleep_until(activity.next_check(timeouts)), if !closing => {
+                if activity.head_overdue(timeouts.read) {
+                    tracing::debug!(%peer, "request headers not read within the read timeout; closing");
+                    break;
+                }
+                if activity.idle_for(timeouts.idle) {
+                    tracing::debug!(%peer, "closing idle connection");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
                 }
             }
-        });
-    }
-    drop(listener);
-    drop(open_tx);
-    tracing::info!("stopped accepting webhook connections; finishing in-flight requests");
-    tokio::select! {
-        _ = open_rx.recv() => tracing::info!("in-flight requests finished"),
-        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "in-flight requests did not finish in time"),
+        }
     }
 }
 
@@ -386,7 +333,7 @@ struct Activity {
     /// its way); cleared when the head is complete and the request starts.
     head_since: Mutex<Option<Instant>>,
     /// HTTP/2: frames (PING, SETTINGS) arrive between requests, so no header deadline.
-    h2: std::sync::atomic::AtomicBool,
+    h2: AtomicBool,
     /// Wakes the connection task when a head starts, to check by its deadline.
     head_started: tokio::sync::Notify,
 }
@@ -397,7 +344,7 @@ impl Activity {
             in_progress: AtomicUsize::new(0),
             last: Mutex::new(Instant::now()),
             head_since: Mutex::new(None),
-            h2: std::sync::atomic::AtomicBool::new(false),
+            h2: AtomicBool::new(false),
             head_started: tokio::sync::Notify::new(),
         }
     }
@@ -566,15 +513,5 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadWatch<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-/// Serves the plain-HTTP ops endpoints until `shutdown` turns true.
-pub async fn serve_ops(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
-    let stop = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    };
-    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
-        tracing::error!(error = %e, "ops listener failed");
     }
 }
