@@ -1,7 +1,10 @@
-//! The request path: `POST /validate` → check the HTTP envelope (415/413/400, as
-//! [`HttpError`]) → parse the AdmissionReview → run the decision (`decision.rs`) against the
-//! claim store and, for a stale pending claim, the API server → answer. A store failure is
-//! a 503, never a deny.
+//! The request path: `POST /validate` → check the HTTP envelope (415/413/408, as
+//! [`HttpError`], by the edge's [`edge::read_body`]) → parse the AdmissionReview (400) → run
+//! the decision (`decision.rs`) against the claim store and, for a stale pending claim, the
+//! API server → answer. A store failure is a 503, never a deny.
+//!
+//! The create path's store steps, and its one retry loop ([`CREATE_ATTEMPTS`]), are in
+//! [`admit`]'s `create`.
 
 use std::sync::Arc;
 use std::time::Instant;

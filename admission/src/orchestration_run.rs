@@ -7,8 +7,9 @@
 //! is parsed (serde's `IgnoredAny`), so an object's size never becomes the webhook's memory.
 //!
 //! It is lenient where the API server is not strict: a spec field of the wrong type is
-//! recorded as `spec_error` (the run is then skipped and reported) instead of failing the
-//! whole list page it came in, which would hold back every run listed after it.
+//! recorded as `spec_error` (the reconciler then skips and reports the run; the lookup does
+//! not take it for a claim's holder) instead of failing the whole list page it came in,
+//! which would hold back every run listed after it.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

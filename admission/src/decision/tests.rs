@@ -666,3 +666,46 @@ fn update_with_a_malformed_key_is_allowed() {
     let verdict = answer(plan(&request, &policy()));
     assert_eq!((verdict.allowed, verdict.decision), (true, Decision::Allowed));
 }
+
+#[test]
+fn a_create_not_yet_named_is_invalid_and_says_so_before_the_key_rules() {
+    let not_named = "metadata.name and metadata.namespace must be set by the time the webhook is called";
+    // (what, a field set on top of the missing name, the message's start)
+    let cases = [
+        ("unnamed", None, not_named),
+        (
+            "unnamed, with an orchestration Kubernetes would refuse",
+            Some(("/request/object/spec/orchestrationRef/name", "co\0dex")),
+            not_named,
+        ),
+        (
+            "unnamed, with a spec naming another delivery",
+            Some(("/request/object/spec/deliveryId", "other")),
+            "spec.deliveryId \"other\" differs from the jangar.proompteng.ai/delivery-id label",
+        ),
+    ];
+    for (what, field, message) in cases {
+        let request = parse(CREATE, |v| {
+            v["request"]["name"] = "".into();
+            if let Some(meta) = v["request"]["object"]["metadata"].as_object_mut() {
+                meta.remove("name");
+            }
+            if let Some((pointer, value)) = field {
+                if let Some(slot) = v.pointer_mut(pointer) {
+                    *slot = value.into();
+                }
+            }
+        });
+        let verdict = answer(plan(&request, &policy()));
+        assert_eq!(
+            (verdict.code, verdict.decision),
+            (422, Decision::Invalid),
+            "{what}"
+        );
+        assert!(
+            verdict.message.starts_with(message),
+            "{what}: {}",
+            verdict.message
+        );
+    }
+}
