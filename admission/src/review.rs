@@ -6,27 +6,14 @@ use std::collections::HashMap;
 
 use dedupe_store::run::{GROUP, RESOURCE};
 use dedupe_store::{RunRef, DELIVERY_ID_LABEL};
-use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation};
+use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use kube::core::response::{StatusCause, StatusDetails};
 use kube::core::{DynamicObject, Status};
 
 use crate::verdict::Verdict;
 
 pub(crate) mod parse;
-pub use parse::{parse, Request, ReviewError};
-
-pub const API_VERSION: &str = "admission.k8s.io/v1";
-pub const KIND: &str = "AdmissionReview";
-
-/// The operation's name as the API server spells it (metrics label, log field).
-pub fn operation_name(operation: &Operation) -> &'static str {
-    match operation {
-        Operation::Create => "CREATE",
-        Operation::Update => "UPDATE",
-        Operation::Delete => "DELETE",
-        Operation::Connect => "CONNECT",
-    }
-}
+pub use parse::{operation_name, parse, Request, ReviewError, API_VERSION, KIND};
 
 /// The AdmissionReview answer for `verdict`, echoing the request uid.
 pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {

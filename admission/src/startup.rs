@@ -153,7 +153,7 @@ impl Server {
             .clone()
             .filter(|_| args.kube_lookup != KubeLookup::Off)
             .map(|c| KubeRunLookup::new(c, args.store_timeout()));
-        // Its own one-connection pool: the reconciler's batches never wait for, or hold, a
+        // Its own one-connection pool: the reconciler's write batches never wait for, or hold, a
         // connection a review needs.
         let reconciler = match client.filter(|_| args.reconcile != Reconcile::Off) {
             Some(client) => Some(Reconciler {

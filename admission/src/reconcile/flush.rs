@@ -2,23 +2,32 @@
 //! watch loop never waits on the store.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dedupe_store::error::Chain;
-use dedupe_store::run::escaped;
-use dedupe_store::{ClaimStore, ObservedRun};
+use dedupe_store::ClaimStore;
 use tokio::sync::watch as signal;
 
-use super::index::{Conflict, WriteBatch};
-use super::metrics::{ReconcileMetrics, SkipLabels, STORE_REJECTED};
-use super::{
-    gauge, unix_now, Shared, FLUSH_DELAY, REPORT_MAX_CHARS, STORE_RETRY_FIRST, STORE_RETRY_MAX,
-    WRITE_BATCH_ROWS,
-};
+use super::index::{SharedIndex, WriteBatch};
+use super::metrics::ReconcileMetrics;
+use super::report::{self, gauge, unix_now};
+
+/// Runs per write batch (one store statement): the watcher's list page size, so a relist of
+/// N runs costs about N/500 statements, each well inside the store timeout.
+pub const WRITE_BATCH_ROWS: usize = 500;
+/// How long the first change after a quiet spell waits for company before it is written:
+/// short next to the 2 s in which a pending claim is confirmed after its run appears, long
+/// enough to gather a burst into one write batch. Under steady churn changes are written at
+/// this pace.
+pub const FLUSH_DELAY: Duration = Duration::from_millis(100);
+/// After a failed store write, the first and the longest wait before writing again.
+pub const STORE_RETRY_FIRST: Duration = Duration::from_millis(500);
+pub const STORE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The flush task: writes what the index says is unwritten, one write batch of at most
-/// [`WRITE_WRITE_BATCH_ROWS`] runs per store statement, backing off while the store fails.
+/// [`WRITE_BATCH_ROWS`] runs per store statement, backing off while the store fails.
 pub(super) struct Flusher {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<SharedIndex>,
     pub(super) store: ClaimStore,
     pub(super) metrics: ReconcileMetrics,
 }
@@ -68,7 +77,7 @@ impl Flusher {
 
     /// Writes one write batch; false when the store failed (the rows are put back).
     async fn write(&self, batch: WriteBatch) -> bool {
-        report_conflicts(&batch.conflicts);
+        report::conflicts(&batch.conflicts);
         self.metrics.conflicts.set(gauge(self.shared.index().conflicts()));
         match self.store.reconcile_isolating(&batch.rows).await {
             Ok(done) => {
@@ -84,7 +93,7 @@ impl Flusher {
                     );
                 }
                 for (row, error) in &done.rejected {
-                    report_rejected(&self.metrics, row, error);
+                    report::rejected(&self.metrics, row, error);
                 }
                 true
             }
@@ -95,33 +104,5 @@ impl Flusher {
                 false
             }
         }
-    }
-}
-
-fn report_rejected(metrics: &ReconcileMetrics, row: &ObservedRun, error: &dedupe_store::StoreError) {
-    metrics
-        .skipped
-        .get_or_create(&SkipLabels {
-            reason: STORE_REJECTED,
-        })
-        .inc();
-    tracing::warn!(
-        run = %escaped(&format!("{}/{}", row.namespace, row.name), REPORT_MAX_CHARS),
-        claimKey = %escaped(&row.key.to_string(), REPORT_MAX_CHARS),
-        reason = STORE_REJECTED,
-        error = %escaped(&Chain(error).to_string(), REPORT_MAX_CHARS),
-        "the claim store refused a run's row: no claim is written for it; the rest of its batch was written"
-    );
-}
-
-fn report_conflicts(conflicts: &[Conflict]) {
-    for c in conflicts {
-        tracing::warn!(
-            deliveryId = %c.key.delivery_id,
-            claimKey = %c.key,
-            holder = %c.holder,
-            others = %c.others.join(","),
-            "several live runs carry one delivery (they got in while the webhook was bypassed): the oldest holds the claim; the others are left as they are"
-        );
     }
 }

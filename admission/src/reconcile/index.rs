@@ -13,9 +13,11 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::{Mutex, MutexGuard};
 
 use dedupe_store::{ClaimKey, ClaimScope, KeyRejection, ObservedRun};
 use hashbrown::HashTable;
+use tokio::sync::Notify;
 
 use crate::orchestration_run::OrchestrationRun;
 
@@ -741,6 +743,32 @@ fn key_order(names: &Interner, scope: ClaimScope, a: &Entry, b: &Entry) -> Order
         (names.str(key_namespace(scope, a)), names.str(a.orchestration))
             .cmp(&(names.str(key_namespace(scope, b)), names.str(b.orchestration)))
     })
+}
+
+/// The index and the flush task's doorbell, shared by the watch task and the flush task.
+pub struct SharedIndex {
+    index: Mutex<Index>,
+    /// Rung by the watch task after each event; the flush task waits on it.
+    pub wake: Notify,
+}
+
+impl SharedIndex {
+    /// The index, also after a panic elsewhere left the lock poisoned (the index is
+    /// consistent between calls, and a missed write is healed by the next relist).
+    pub fn index(&self) -> MutexGuard<'_, Index> {
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl SharedIndex {
+    pub fn new(index: Index) -> Self {
+        Self {
+            index: Mutex::new(index),
+            wake: Notify::new(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! Every replica reconciles, without a Lease: the writes are idempotent (`ON CONFLICT DO
 //! NOTHING`, and confirming is a no-op the second time), so several replicas — or one
 //! restarted half-way through a back-fill — never make a second claim (the primary key
-//! forbids it anyway). A Lease would save a few idempotent batches per replica at start,
+//! forbids it anyway). A Lease would save a few idempotent write batches per replica at start,
 //! at the price of Lease RBAC, a failover gap and one more moving part.
 //!
 //! Admission never waits on it: it has its own one-connection pool, so it cannot take a
@@ -34,39 +34,25 @@ pub mod index;
 pub mod metrics;
 
 mod flush;
+mod report;
 mod watch;
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub use self::flush::{FLUSH_DELAY, STORE_RETRY_FIRST, STORE_RETRY_MAX, WRITE_BATCH_ROWS};
+
+use std::sync::Arc;
 
 use dedupe_store::{ClaimScope, ClaimStore};
-use futures::stream::{select_all, BoxStream};
 use futures::StreamExt;
-use kube::runtime::watcher::{self, Event};
-use tokio::sync::{watch as signal, Notify};
+use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 
 use self::flush::Flusher;
-use self::index::Index;
+use self::index::{Index, SharedIndex};
 use self::metrics::ReconcileMetrics;
-use self::watch::{watch_runs, IndexFeed};
-use crate::orchestration_run::OrchestrationRun;
+use self::watch::{watch_all, IndexFeed};
 
-/// Runs per write batch (one store statement): the watcher's list page size, so a relist of
-/// N runs costs about N/500 statements, each well inside the store timeout.
-pub const WRITE_BATCH_ROWS: usize = 500;
-/// How long the first change after a quiet spell waits for company before it is written:
-/// short next to the 2 s in which a pending claim is confirmed after its run appears, long
-/// enough to gather a burst into one write batch. Under steady churn changes are written at
-/// this pace.
-pub const FLUSH_DELAY: Duration = Duration::from_millis(100);
-/// After a failed store write, the first and the longest wait before writing again.
-pub const STORE_RETRY_FIRST: Duration = Duration::from_millis(500);
-pub const STORE_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Connections the reconciler's own pool holds: one, so admission's pool is never touched.
 pub const POOL_SIZE: usize = 1;
-/// Longest part of a run's text (name, field value, rule) a report quotes.
-const REPORT_MAX_CHARS: usize = 256;
 
 /// What the reconciler needs; built in `startup.rs` when `--reconcile` is on.
 pub struct Reconciler {
@@ -77,24 +63,6 @@ pub struct Reconciler {
     /// Its own small pool (see [`POOL_SIZE`]).
     pub store: ClaimStore,
     pub metrics: ReconcileMetrics,
-}
-
-type Watched = (usize, Result<Event<OrchestrationRun>, watcher::Error>);
-
-/// The index and the flusher's doorbell, shared by the watch task and the flush task.
-struct Shared {
-    index: Mutex<Index>,
-    wake: Notify,
-}
-
-impl Shared {
-    /// The index, also after a panic elsewhere left the lock poisoned (the index is
-    /// consistent between calls, and a missed write is healed by the next relist).
-    fn index(&self) -> MutexGuard<'_, Index> {
-        self.index
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 /// Aborts the task when dropped, so stopping the reconciler stops its flusher.
@@ -120,10 +88,7 @@ impl Reconciler {
             scope = self.scope.as_str(),
             "reconciler watching labelled OrchestrationRuns"
         );
-        let shared = Arc::new(Shared {
-            index: Mutex::new(Index::new(self.scope, namespaces.len())),
-            wake: Notify::new(),
-        });
+        let shared = Arc::new(SharedIndex::new(Index::new(self.scope, namespaces.len())));
         let _flusher = AbortOnDrop(tokio::spawn(
             Flusher {
                 shared: shared.clone(),
@@ -132,16 +97,7 @@ impl Reconciler {
             }
             .flush_until_stopped(stop.clone()),
         ));
-        let streams: Vec<BoxStream<'static, Watched>> = namespaces
-            .iter()
-            .enumerate()
-            .map(|(i, ns)| {
-                watch_runs(&self.client, ns.as_deref())
-                    .map(move |e| (i, e))
-                    .boxed()
-            })
-            .collect();
-        let mut events = select_all(streams);
+        let mut events = watch_all(&self.client, &namespaces);
         let mut feed = IndexFeed {
             metrics: &self.metrics,
             namespaces: &namespaces,
@@ -164,15 +120,4 @@ impl Reconciler {
         }
         tracing::info!("reconciler stopped");
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn gauge(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -2,16 +2,16 @@
 //! No store here: what the index says is unwritten is the flush task's (`flush.rs`).
 
 use dedupe_store::error::Chain;
-use dedupe_store::run::escaped;
 use dedupe_store::DELIVERY_ID_LABEL;
-use futures::Stream;
+use futures::stream::{select_all, BoxStream, SelectAll};
+use futures::{Stream, StreamExt};
 use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 
-use super::index::Skipped;
+use super::index::SharedIndex;
 use super::metrics::{ReconcileMetrics, SkipLabels, GONE_OVERFLOW};
-use super::{gauge, unix_now, Shared, REPORT_MAX_CHARS};
+use super::report::{self, gauge, unix_now};
 use crate::orchestration_run::OrchestrationRun;
 
 /// Feeds the events of the reconciler's watches (one per namespace, or one cluster-wide)
@@ -28,7 +28,7 @@ impl IndexFeed<'_> {
     /// Feeds one event of watch `w` to the shared index.
     pub(super) fn apply(
         &mut self,
-        shared: &Shared,
+        shared: &SharedIndex,
         w: usize,
         event: Result<Event<OrchestrationRun>, watcher::Error>,
     ) {
@@ -56,12 +56,12 @@ impl IndexFeed<'_> {
                     *n += 1;
                 }
                 if let Some(skipped) = index.apply(w, run) {
-                    self.report_skipped(&skipped);
+                    report::skipped(self.metrics, &skipped);
                 }
             }
             Ok(Event::Apply(run)) => {
                 if let Some(skipped) = index.apply(w, run) {
-                    self.report_skipped(&skipped);
+                    report::skipped(self.metrics, &skipped);
                 }
             }
             Ok(Event::Delete(run)) => index.delete(w, run),
@@ -91,23 +91,11 @@ impl IndexFeed<'_> {
             );
         }
     }
-
-    fn report_skipped(&self, skipped: &Skipped) {
-        let reason = skipped.rejection.reason.as_str();
-        self.metrics.skipped.get_or_create(&SkipLabels { reason }).inc();
-        tracing::warn!(
-            run = %escaped(&format!("{}/{}", skipped.namespace, skipped.name), REPORT_MAX_CHARS),
-            reason,
-            field = skipped.rejection.field,
-            problem = %escaped(&skipped.rejection.problem, REPORT_MAX_CHARS),
-            "reconciler skipped a run it cannot claim (the webhook would refuse its key): no claim is written for it; the other runs are not held back"
-        );
-    }
 }
 
 /// One watch of labelled runs, in `namespace` or all, with the runtime's default backoff
 /// (exponential, with jitter) between failed lists and watches.
-pub(super) fn watch_runs(
+fn watch_runs(
     client: &kube::Client,
     namespace: Option<&str>,
 ) -> impl Stream<Item = Result<Event<OrchestrationRun>, watcher::Error>> + Send + 'static {
@@ -119,4 +107,20 @@ pub(super) fn watch_runs(
     // hold a claim are skipped and reported by the index).
     let config = watcher::Config::default().labels(DELIVERY_ID_LABEL);
     watcher::watcher(api, config).default_backoff()
+}
+
+/// One event of watch number `w` (an index into the reconciler's namespaces).
+pub(super) type Watched = (usize, Result<Event<OrchestrationRun>, watcher::Error>);
+
+/// Every watch's events (one per namespace, `None` for cluster-wide), merged, each tagged
+/// with its watch's number.
+pub(super) fn watch_all(
+    client: &kube::Client,
+    namespaces: &[Option<String>],
+) -> SelectAll<BoxStream<'static, Watched>> {
+    select_all(namespaces.iter().enumerate().map(|(w, ns)| {
+        watch_runs(client, ns.as_deref())
+            .map(move |event| (w, event))
+            .boxed()
+    }))
 }

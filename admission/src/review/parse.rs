@@ -25,8 +25,20 @@ use kube::core::admission::Operation;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde::Deserialize;
 
-use super::{operation_name, API_VERSION, KIND};
 use crate::orchestration_run::{DeliveryLabel, Key};
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+pub const KIND: &str = "AdmissionReview";
+
+/// The operation's name as the API server spells it (metrics label, log field).
+pub fn operation_name(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
 
 /// Why a body is not a usable AdmissionReview.
 #[derive(Debug, thiserror::Error)]

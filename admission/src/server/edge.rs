@@ -56,7 +56,7 @@ const H2_PREFACE_START: &[u8] = b"PRI ";
 /// inside the chart's 256 Mi memory limit. A request gives its body slot back once parsed
 /// (the decision keeps a few hundred bytes of owned fields), so many requests can wait on
 /// the store at once while few bodies are in memory: with group commit, a claim waiting for
-/// its batch costs memory and no connection.
+/// its group-commit batch costs memory and no connection.
 pub const MAX_BODIES_IN_MEMORY: usize = 16;
 
 /// What bounds one request before the handler sees it; parsed once from the flags.
