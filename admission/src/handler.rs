@@ -3,7 +3,7 @@
 //! the decision (`decision.rs`) against the claim store and, for a stale pending claim, the
 //! API server → answer. A store failure is a 503, never a deny.
 //!
-//! The create path's store steps, and its one retry loop ([`CREATE_ATTEMPTS`]), are in
+//! The create path's store steps, and its one retry loop (`CREATE_ATTEMPTS`), are in
 //! [`admit`]'s `create`.
 
 use std::sync::Arc;

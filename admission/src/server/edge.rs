@@ -5,7 +5,7 @@
 //! - a request's headers (HTTP/1.1: from the first byte of the request to its last header
 //!   line) and then its body within `--request-read-timeout-ms` each;
 //! - a connection with no request in progress for `--idle-timeout-seconds` is closed
-//!   (HTTP/1.1 and HTTP/2 alike, by [`serve_connection`]'s idle check; HTTP/2 with a GOAWAY);
+//!   (HTTP/1.1 and HTTP/2 alike, by `serve_connection`'s idle check; HTTP/2 with a GOAWAY);
 //! - at most `--max-concurrent-requests` requests are read and decided at once ([`Gate`]),
 //!   and of those at most [`MAX_BODIES_IN_MEMORY`] hold their body (read or being parsed);
 //! - the envelope every review route checks before parsing ([`read_body`]: content type,
