@@ -753,21 +753,19 @@ pub struct SharedIndex {
 }
 
 impl SharedIndex {
+    pub fn new(index: Index) -> Self {
+        Self {
+            index: Mutex::new(index),
+            wake: Notify::new(),
+        }
+    }
+
     /// The index, also after a panic elsewhere left the lock poisoned (the index is
     /// consistent between calls, and a missed write is healed by the next relist).
     pub fn index(&self) -> MutexGuard<'_, Index> {
         self.index
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-impl SharedIndex {
-    pub fn new(index: Index) -> Self {
-        Self {
-            index: Mutex::new(index),
-            wake: Notify::new(),
-        }
     }
 }
 
