@@ -27,11 +27,11 @@ use crate::tls::selfmanaged::{
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// How many requests are read and decided at once; past it a request waits for a slot, then
 /// gets a fast 503 (load shedding). Bodies are bounded separately
-/// (`server::MAX_BODIES_IN_MEMORY`, 16 of up to `--max-body-bytes`), and a request past its
+/// (`server::edge::MAX_BODIES_IN_MEMORY`, 16 of up to `--max-body-bytes`), and a request past its
 /// parse holds a few hundred bytes, so this bounds the claims waiting on the store, not
-/// memory. 64, one full group-commit batch: at 16 (the value before group commit, when the
-/// 16-connection pool bounded decisions anyway) durable claims/s at 32 connections were
-/// capped at ~16k; at 32 and 64, 20–21k (docs/BENCHMARKS.md).
+/// memory. 64 is one full group-commit batch; too few slots, not the store, become the bound
+/// on durable claims per second, as 16 did (docs/BENCHMARKS.md, "The defaults, and when to
+/// change them").
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
 /// Bound on a request's headers (HTTP/1.1, from its first byte), and on waiting for a slot
 /// plus reading its body: well under the chart's `timeoutSeconds: 5` (the API server's

@@ -1,15 +1,18 @@
-//! The request path: `POST /validate` → check the HTTP envelope (415/413/400, as
-//! [`HttpError`]) → parse the AdmissionReview → run the decision (`decision.rs`) against the
-//! claim store and, for a stale pending claim, the API server → answer. A store failure is
-//! a 503, never a deny.
+//! The request path: `POST /validate` → check the HTTP envelope (415/413/408, as
+//! [`HttpError`], by the edge's [`edge::read_body`]) → parse the AdmissionReview (400) → run
+//! the decision (`decision.rs`) against the claim store and, for a stale pending claim, the
+//! API server → answer. A store failure is a 503, never a deny.
+//!
+//! The create path's store steps, and its one retry loop (`CREATE_ATTEMPTS`), are in
+//! [`admit`]'s `create`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
@@ -17,42 +20,38 @@ use dedupe_store::error::Chain;
 use dedupe_store::ClaimStore;
 use tracing::Instrument;
 
-use crate::decision::{self, AfterClaim, AfterLookup, ClaimPlan, Found, Holder, Plan, Policy, Verdict};
+use crate::decision::{self, AfterClaim, AfterLookup, ClaimPlan, Found, Holder, Plan, Policy};
 use crate::error::{AdmitError, HttpError};
 use crate::lookup::{self, RunLookup};
 use crate::metrics::{Metrics, OperationLabels, RequestLabels};
 use crate::review;
-use crate::server::BodySlot;
+use crate::server::edge::{self, BodySlot};
+use crate::verdict::{Decision, Verdict};
 
 /// How many times a create re-reads the claim after losing a take-over race before giving
 /// up with a 503 (the API server, or the submitter, retries).
 const CREATE_ATTEMPTS: usize = 3;
 
-/// Everything a request needs; built once in `main`.
+/// What deciding a request needs; built once at start-up (`startup.rs`). What bounds the
+/// request before it gets here is the server's ([`crate::server::edge`]).
 pub struct App {
     pub store: ClaimStore,
     pub lookup: Option<Arc<dyn RunLookup>>,
     pub policy: Policy,
     pub metrics: Arc<Metrics>,
-    pub max_body_bytes: usize,
-    /// `--max-concurrent-requests`: requests read and decided at once (server.rs; of those,
-    /// at most `server::MAX_BODIES_IN_MEMORY` hold their body).
-    pub max_concurrent_requests: usize,
-    /// `--request-read-timeout-ms`: bound on waiting for a slot and reading the body.
-    pub request_read_timeout: std::time::Duration,
 }
 
 /// `POST /validate`. The body arrives already read, up to the router's body limit
 /// ([`crate::server::webhook_router`]); past the limit, axum hands over the rejection.
+/// The body slot is the edge's ([`edge::admit_request`] puts it in every request).
 pub async fn validate(
     State(app): State<Arc<App>>,
-    body_slot: Option<Extension<BodySlot>>,
+    Extension(body_slot): Extension<BodySlot>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let _in_flight = InFlight::enter(&app.metrics);
-    let body_slot = body_slot.map(|Extension(slot)| slot);
     match validate_inner(&app, &headers, body, body_slot, started).await {
         Ok(response) => response,
         Err(e) => e.counted(&app.metrics),
@@ -80,17 +79,15 @@ async fn validate_inner(
     app: &App,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-    body_slot: Option<BodySlot>,
+    body_slot: BodySlot,
     started: Instant,
 ) -> Result<Response, HttpError> {
-    let bytes = read_body(app, headers, body)?;
+    let bytes = edge::read_body(&body_slot, headers, body)?;
     let req = review::parse(&bytes);
     // The request is owned now: the body, and its slot, can go before the decision waits on
-    // the store (server::MAX_BODIES_IN_MEMORY).
+    // the store (edge::MAX_BODIES_IN_MEMORY).
     drop(bytes);
-    if let Some(slot) = body_slot {
-        slot.release();
-    }
+    body_slot.release();
     let req = req?;
     // `run` rather than `name`: the JSON formatter also writes the span's own name as "name".
     let span = tracing::info_span!(
@@ -101,29 +98,6 @@ async fn validate_inner(
         dryRun = req.dry_run,
     );
     decide(app, &req, started).instrument(span).await
-}
-
-/// The envelope every review route checks: the content type (415), the body's size (413)
-/// and its read deadline (408).
-pub(crate) fn read_body(
-    app: &App,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Bytes, HttpError> {
-    check_content_type(headers)?;
-    // axum reads at most the limit (also when Content-Length claims more) and answers only
-    // after reading, so a client still writing its body gets the 413, not a reset.
-    body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-            HttpError::PayloadTooLarge {
-                limit: app.max_body_bytes,
-            }
-        }
-        other if is_deadline(&other) => HttpError::RequestTimeout {
-            after: app.request_read_timeout,
-        },
-        other => HttpError::Body(axum::Error::new(other)),
-    })
 }
 
 /// Plans, runs the store steps, records the decision and writes the answer.
@@ -244,7 +218,7 @@ async fn create(app: &App, plan: &ClaimPlan) -> Result<Verdict, AdmitError> {
 fn log_decision(verdict: &Verdict, delivery: &str, claim_key: &str, latency_ms: f64) {
     let existing = verdict.existing_run.as_deref().unwrap_or_default();
     let idempotent;
-    let message: &str = if verdict.decision == decision::Decision::Duplicate {
+    let message: &str = if verdict.decision == Decision::Duplicate {
         idempotent = format!(
             "duplicate delivery {delivery}: submission answered idempotently with existing run {existing}"
         );
@@ -261,31 +235,4 @@ fn log_decision(verdict: &Verdict, delivery: &str, claim_key: &str, latency_ms: 
         latency_ms,
         "{message}"
     );
-}
-
-/// True when reading the body failed because its deadline passed (`server::BodyDeadline`,
-/// somewhere in the rejection's causes).
-fn is_deadline(rejection: &BytesRejection) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
-    while let Some(e) = cause {
-        if e.is::<crate::server::BodyDeadline>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
-}
-
-/// `application/json`, with or without parameters (`; charset=utf-8`).
-fn check_content_type(headers: &HeaderMap) -> Result<(), HttpError> {
-    let value = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or("<not text>"))
-        .unwrap_or("");
-    let essence = value.split(';').next().unwrap_or_default().trim();
-    if essence.eq_ignore_ascii_case("application/json") {
-        Ok(())
-    } else {
-        Err(HttpError::UnsupportedMediaType(value.to_owned()))
-    }
 }

@@ -12,13 +12,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dedupe_store::error::Chain;
-use dedupe_store::run::{GROUP, KIND, RESOURCE, VERSION};
 use dedupe_store::{ClaimKey, RunRef, RunView};
-use kube::api::{Api, ApiResource, DynamicObject};
-use kube::core::GroupVersionKind;
+use kube::api::Api;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::{KubeLookup, Reconcile};
+use crate::orchestration_run::OrchestrationRun;
 use crate::reconcile::activity::WatchActivityLayer;
 
 /// Reads a run by namespace/name, never by uid: a retried create of the same name gets a
@@ -67,29 +66,13 @@ impl KubeRunLookup {
     }
 }
 
-/// The OrchestrationRun resource for kube's dynamic API.
-pub fn run_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), RESOURCE)
-}
-
-/// The claim-relevant view of a run the API server returned.
-pub fn view_of(object: &DynamicObject) -> RunView {
-    RunView::new(
-        object.metadata.namespace.clone().unwrap_or_default(),
-        object.metadata.name.clone().unwrap_or_default(),
-        object.metadata.uid.clone().unwrap_or_default(),
-        object.metadata.labels.as_ref(),
-        object.data.get("spec"),
-    )
-}
-
 #[async_trait]
 impl RunLookup for KubeRunLookup {
     async fn get_run(&self, run: &RunRef) -> Result<Option<RunView>, LookupError> {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &run.namespace, &run_resource());
+        // The slim typed run: only the claim's fields are kept of what the API server sends.
+        let api: Api<OrchestrationRun> = Api::namespaced(self.client.clone(), &run.namespace);
         match tokio::time::timeout(self.timeout, api.get_opt(&run.name)).await {
-            Ok(Ok(found)) => Ok(found.as_ref().map(view_of)),
+            Ok(Ok(found)) => Ok(found.map(OrchestrationRun::into_view)),
             Ok(Err(source)) => Err(LookupError::Failed {
                 run: run.to_string(),
                 source,

@@ -1,16 +1,17 @@
 //! dedupe-admission: the HTTPS validating admission webhook. This file only parses the
-//! flags, sets up logging and runs the library.
+//! flags, sets up logging and starts the library.
 //!
-//! The request path, in three hops from here: [`run`] (in `run.rs`) builds the `App` and
-//! starts `server::serve_https` → its `server::webhook_router` sends `POST /validate` to
-//! `handler::validate` → which runs the pure decision table in `decision.rs` against the
-//! claim store.
+//! The request path, in three hops from here (the one place it is written down; `lib.rs`
+//! and `docs/ARCHITECTURE.md` point here): [`startup::serve`] builds the `App` and the
+//! server and starts `server::serve_https` → its router, `server::webhook_router`, sends
+//! `POST /validate` to `handler::validate` → which runs the pure decision table in
+//! `decision.rs` against the claim store and answers with a `verdict::Verdict`.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use dedupe_admission::config::Args;
-use dedupe_admission::run;
+use dedupe_admission::startup;
 use dedupe_store::error::Chain;
 
 /// Exit code for a configuration error (bad flag value, unreadable connection string).
@@ -20,7 +21,7 @@ const EXIT_CONFIG: u8 = 2;
 async fn main() -> ExitCode {
     let args = Args::parse();
     let _log_writer = dedupe_store::telemetry::init_non_blocking(args.common.log_format);
-    match run(args).await {
+    match startup::serve(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_config() => {
             tracing::error!("configuration error: {e}");

@@ -25,36 +25,33 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::error::HttpError;
-use crate::handler::{read_body, App};
+use crate::handler::App;
 use crate::review::{self, Request};
-use crate::server::BodySlot;
+use crate::server::edge::{self, BodySlot};
 
 /// `POST /mutate`, behind the same request gate and body limit as `/validate`.
 pub async fn mutate(
     State(app): State<Arc<App>>,
-    body_slot: Option<Extension<BodySlot>>,
+    Extension(body_slot): Extension<BodySlot>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match mutate_inner(&app, &headers, body, body_slot.map(|Extension(slot)| slot)) {
+    match mutate_inner(&headers, body, body_slot) {
         Ok(response) => response,
         Err(e) => e.counted(&app.metrics),
     }
 }
 
 fn mutate_inner(
-    app: &App,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-    body_slot: Option<BodySlot>,
+    body_slot: BodySlot,
 ) -> Result<Response, HttpError> {
-    let bytes = read_body(app, headers, body)?;
+    let bytes = edge::read_body(&body_slot, headers, body)?;
     let req = review::parse(&bytes);
     let labels = labels_present(&bytes);
     drop(bytes);
-    if let Some(slot) = body_slot {
-        slot.release();
-    }
+    body_slot.release();
     let req = req?;
     let patch = label_patch(&req, labels);
     if let (Some(_), Some(object)) = (&patch, &req.object) {

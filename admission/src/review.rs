@@ -6,27 +6,14 @@ use std::collections::HashMap;
 
 use dedupe_store::run::{GROUP, RESOURCE};
 use dedupe_store::{RunRef, DELIVERY_ID_LABEL};
-use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation};
+use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use kube::core::response::{StatusCause, StatusDetails};
 use kube::core::{DynamicObject, Status};
 
-use crate::decision::Verdict;
+use crate::verdict::Verdict;
 
 pub(crate) mod parse;
-pub use parse::{parse, Request, ReviewError};
-
-pub const API_VERSION: &str = "admission.k8s.io/v1";
-pub const KIND: &str = "AdmissionReview";
-
-/// The operation's name as the API server spells it (metrics label, log field).
-pub fn operation_name(operation: &Operation) -> &'static str {
-    match operation {
-        Operation::Create => "CREATE",
-        Operation::Update => "UPDATE",
-        Operation::Delete => "DELETE",
-        Operation::Connect => "CONNECT",
-    }
-}
+pub use parse::{operation_name, parse, Request, ReviewError, API_VERSION, KIND};
 
 /// The AdmissionReview answer for `verdict`, echoing the request uid.
 pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
@@ -56,7 +43,7 @@ pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
 
 /// `status.details` of a duplicate's 409, naming the run that holds the delivery in the
 /// shape of the API server's own AlreadyExists details (the reason differs, see
-/// [`crate::decision::DUPLICATE_REASON`]), so a program can fetch it: group, resource
+/// [`crate::verdict::DUPLICATE_REASON`]), so a program can fetch it: group, resource
 /// (`kind` is the resource name in Status details), name, uid, and a cause carrying the
 /// holder's namespace, which for the `namespace` and `cluster` scopes may differ from the
 /// request's. The API server passes the whole Status through to the client.
@@ -84,7 +71,7 @@ mod tests {
 
     #[test]
     fn a_duplicate_answer_carries_details_naming_the_holder() {
-        use crate::decision::{Decision, Verdict};
+        use crate::verdict::{Decision, Verdict};
         let holder = RunRef {
             namespace: "agents".into(),
             name: "codex-autonomous-x7k2p".into(),
@@ -93,7 +80,7 @@ mod tests {
         let verdict = Verdict {
             allowed: false,
             code: 409,
-            reason: crate::decision::DUPLICATE_REASON,
+            reason: crate::verdict::DUPLICATE_REASON,
             message: "delivery d already has a run".into(),
             decision: Decision::Duplicate,
             warnings: Vec::new(),

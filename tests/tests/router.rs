@@ -13,6 +13,7 @@ use axum::Router;
 use dedupe_admission::decision::Policy;
 use dedupe_admission::lookup::{KubeRunLookup, RunLookup};
 use dedupe_admission::metrics::Metrics;
+use dedupe_admission::server::edge::RequestLimits;
 use dedupe_admission::{ops_router, webhook_router, App};
 use dedupe_store::shutdown::Shutdown;
 use dedupe_store::ClaimScope;
@@ -28,6 +29,7 @@ use dedupe_tests::new_delivery as delivery;
 struct InProcess {
     db: TestDb,
     app: Arc<App>,
+    limits: RequestLimits,
 }
 
 impl InProcess {
@@ -63,17 +65,17 @@ impl InProcess {
                 grace: Duration::from_secs(dedupe_store::config::DEFAULT_PENDING_GRACE_SECONDS),
             },
             metrics: Arc::new(Metrics::new()),
+        });
+        let limits = RequestLimits {
             max_body_bytes,
             max_concurrent_requests: dedupe_admission::config::DEFAULT_MAX_CONCURRENT_REQUESTS,
-            request_read_timeout: Duration::from_millis(
-                dedupe_admission::config::DEFAULT_REQUEST_READ_TIMEOUT_MS,
-            ),
-        });
-        Ok(Self { db, app })
+            read_timeout: Duration::from_millis(dedupe_admission::config::DEFAULT_REQUEST_READ_TIMEOUT_MS),
+        };
+        Ok(Self { db, app, limits })
     }
 
     fn webhook(&self) -> Router {
-        webhook_router(self.app.clone())
+        webhook_router(self.app.clone(), self.limits)
     }
 
     async fn post(&self, path: &str, content_type: &str, body: impl Into<Body>) -> Result<Reply> {

@@ -477,7 +477,7 @@ async fn a_newline_in_a_logged_field_produces_no_extra_line() -> Result<()> {
 }
 
 /// A request gives its body slot back once the body is parsed, so more requests than
-/// `server::MAX_BODIES_IN_MEMORY` (16) can wait on a slow store at once, up to
+/// `server::edge::MAX_BODIES_IN_MEMORY` (16) can wait on a slow store at once, up to
 /// `--max-concurrent-requests` (64 by default), and all are decided when it frees up.
 #[tokio::test]
 async fn requests_waiting_on_the_store_do_not_hold_body_slots() -> Result<()> {

@@ -81,7 +81,7 @@ impl<B: Body + Unpin> Body for Observed<B> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(frame))), Some(gauge)) = (&polled, &self.gauge) {
             if frame.is_data() {
-                gauge.set(super::unix_now());
+                gauge.set(super::report::unix_now());
             }
         }
         polled

@@ -16,7 +16,7 @@ pub struct SkipLabels {
 }
 
 /// The store refused the run's row for its data (the rules let through something it cannot
-/// hold): the row is skipped, the rest of its batch written.
+/// hold): the row is skipped, the rest of its write batch written.
 pub const STORE_REJECTED: &str = "store_rejected";
 /// A run that left before it was written, dropped because too many were waiting.
 pub const GONE_OVERFLOW: &str = "gone_overflow";

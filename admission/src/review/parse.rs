@@ -5,8 +5,9 @@
 //! and everything else — `spec.parameters`, `managedFields`, `userInfo`, other labels — is
 //! skipped by `serde::de::IgnoredAny`, which in serde_json walks the bytes with an explicit
 //! stack (one byte per open bracket, no recursion, no values built). So memory is bounded by
-//! the body that was read, not by what a generic JSON tree of it would cost (issue 11: a
-//! 7 MB body of tiny nested arrays used to take ~600 MB as a `DynamicObject`).
+//! the body that was read, not by what a generic JSON tree of it would cost: a body of tiny
+//! nested arrays costs many times its size as a `DynamicObject` (docs/BENCHMARKS.md,
+//! "Memory at the edge").
 //!
 //! Strings are borrowed from the body while parsing (`Cow`, owned only when JSON escapes
 //! must be undone) and the handful that are kept are copied once into [`Request`].
@@ -19,12 +20,25 @@ use std::borrow::Cow;
 use std::fmt;
 
 use dedupe_store::run::{OrchestrationRef, OrchestrationRunSpec, GROUP, RESOURCE};
-use dedupe_store::{RunView, DELIVERY_ID_LABEL};
+use dedupe_store::RunView;
 use kube::core::admission::Operation;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde::Deserialize;
 
-use super::{operation_name, API_VERSION, KIND};
+use crate::orchestration_run::{DeliveryLabel, Key};
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+pub const KIND: &str = "AdmissionReview";
+
+/// The operation's name as the API server spells it (metrics label, log field).
+pub fn operation_name(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
 
 /// Why a body is not a usable AdmissionReview.
 #[derive(Debug, thiserror::Error)]
@@ -199,68 +213,6 @@ struct WireMeta<'a> {
     uid: Option<Cow<'a, str>>,
     #[serde(default)]
     labels: DeliveryLabel,
-}
-
-/// A map key, borrowed from the body unless it has escapes: comparing keys must not
-/// allocate one string per key of a large object.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
-/// `metadata.labels`, keeping only the delivery-id label's value: no map of every label is
-/// built. A delivery-id key given twice is an error rather than a guess at which one the
-/// API server stored (it never sends one twice; a forged body might). The reconciler reads
-/// the labels of the runs it watches with it too.
-#[derive(Default)]
-pub(crate) struct DeliveryLabel(pub(crate) Option<String>);
-
-impl<'de> Deserialize<'de> for DeliveryLabel {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct LabelsVisitor;
-        impl<'de> Visitor<'de> for LabelsVisitor {
-            type Value = DeliveryLabel;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of labels")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(DeliveryLabel(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut found = None;
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-                    if key == DELIVERY_ID_LABEL {
-                        if found.is_some() {
-                            return Err(de::Error::custom(format_args!(
-                                "label {DELIVERY_ID_LABEL} is given twice"
-                            )));
-                        }
-                        found = Some(map.next_value::<String>()?);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(DeliveryLabel(found))
-            }
-        }
-        deserializer.deserialize_any(LabelsVisitor)
-    }
 }
 
 /// `spec` as far as the claim goes, read leniently: a wrong type in `deliveryId` or

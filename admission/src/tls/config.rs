@@ -14,7 +14,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{InconsistentKeys, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
-use super::{FileKind, TlsError, TlsSettings, ALPN_H2, ALPN_HTTP11};
+use super::settings::{FileKind, TlsError, TlsSettings, ALPN_H2, ALPN_HTTP11};
 
 /// A consistent read needs the same bytes twice in a row; give up after this many tries.
 const STABLE_READ_ATTEMPTS: usize = 3;

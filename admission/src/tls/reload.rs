@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use dedupe_store::error::Chain;
 
 use super::config::{build, read_stable, warn_if_expired, Material};
-use super::{TlsError, TlsSettings};
+use super::settings::{TlsError, TlsSettings};
 
 /// After a change notification, wait this long for the rest of a multi-file update.
 const DEBOUNCE: Duration = Duration::from_millis(250);

@@ -558,7 +558,7 @@ impl SelfTls {
 
     /// Checks every `--tls-self-check-seconds` (sooner, with backoff, after a failure) until
     /// `stop` becomes `true`.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn check_until_stopped(self, mut stop: watch::Receiver<bool>) {
         let mut delay = self.settings.check_interval;
         loop {
             tokio::select! {

@@ -1,13 +1,15 @@
-//! The OrchestrationRun as the reconciler reads it: a typed `kube::Resource` that keeps only
-//! what a claim needs. Its deserializer fills `metadata.name`, `namespace`, `uid`,
+//! The OrchestrationRun as the webhook reads it from the API server (the take-over lookup's
+//! GET and the reconciler's watch): a typed `kube::Resource` that keeps only what a claim
+//! needs. Its deserializer fills `metadata.name`, `namespace`, `uid`,
 //! `resourceVersion` (the watcher resumes from it), `creationTimestamp` and the delivery
 //! label, and `spec.orchestrationRef.name` and `spec.deliveryId`; everything else —
 //! `managedFields`, annotations, other labels, `spec.parameters`, `status` — is skipped as it
-//! is parsed (serde's `IgnoredAny`), so an object's size never becomes the reconciler's.
+//! is parsed (serde's `IgnoredAny`), so an object's size never becomes the webhook's memory.
 //!
 //! It is lenient where the API server is not strict: a spec field of the wrong type is
-//! recorded as `spec_error` (the run is then skipped and reported) instead of failing the
-//! whole list page it came in, which would hold back every run listed after it.
+//! recorded as `spec_error` (the reconciler then skips and reports the run; the lookup does
+//! not take it for a claim's holder) instead of failing the whole list page it came in,
+//! which would hold back every run listed after it.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -16,7 +18,6 @@ use std::fmt;
 use dedupe_store::run::{OrchestrationRef, OrchestrationRunSpec, GROUP, KIND, RESOURCE, VERSION};
 use dedupe_store::{RunView, DELIVERY_ID_LABEL};
 
-use crate::review::parse::DeliveryLabel;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::NamespaceResourceScope;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -347,6 +348,68 @@ impl<'de> Deserialize<'de> for IsName {
             }
         }
         deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A map key, borrowed from the body unless it has escapes: comparing keys must not
+/// allocate one string per key of a large object.
+pub(crate) struct Key<'a>(pub(crate) Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// `metadata.labels`, keeping only the delivery-id label's value: no map of every label is
+/// built. A delivery-id key given twice is an error rather than a guess at which one the
+/// API server stored (it never sends one twice; a forged body might). The review parser,
+/// the lookup and the reconciler all read a run's labels with it.
+#[derive(Default)]
+pub(crate) struct DeliveryLabel(pub(crate) Option<String>);
+
+impl<'de> Deserialize<'de> for DeliveryLabel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LabelsVisitor;
+        impl<'de> Visitor<'de> for LabelsVisitor {
+            type Value = DeliveryLabel;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of labels")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(DeliveryLabel(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut found = None;
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    if key == DELIVERY_ID_LABEL {
+                        if found.is_some() {
+                            return Err(de::Error::custom(format_args!(
+                                "label {DELIVERY_ID_LABEL} is given twice"
+                            )));
+                        }
+                        found = Some(map.next_value::<String>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(DeliveryLabel(found))
+            }
+        }
+        deserializer.deserialize_any(LabelsVisitor)
     }
 }
 

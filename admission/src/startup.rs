@@ -1,6 +1,6 @@
-//! Running the webhook: the claim store and its migrations, the serving certificate and its
-//! reloader, the API-server lookup, both listeners, and a graceful stop. [`run`] is what
-//! `main` calls; [`Server`] splits it into start and serve so a test can run the whole
+//! Starting the webhook process: the claim store and its migrations, the serving certificate
+//! and its reloader, the API-server lookup, both listeners, and a graceful stop. [`serve`] is
+//! what `main` calls; [`Server`] splits it into start and serve so a test can run the whole
 //! webhook in-process and stop it with a [`Shutdown::manual`] of its own.
 
 use std::io;
@@ -20,7 +20,8 @@ use crate::handler::App;
 use crate::lookup::{self, KubeRunLookup, LookupSetupError, RunLookup};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::reconcile::{self, Reconciler};
-use crate::server;
+use crate::server::edge::{ConnectionTimeouts, RequestLimits};
+use crate::server::{self, ServerConfig};
 use crate::tls::selfmanaged::{SelfTls, SelfTlsConfigError};
 use crate::tls::{ReloadEvent, TlsError, TlsReloader, TlsSettings};
 
@@ -32,10 +33,10 @@ const MIGRATION_RETRY: RetryConfig = RetryConfig {
     max_delay: Duration::from_secs(8),
 };
 
-/// Why the webhook could not start. [`RunError::is_config`] tells a configuration error
+/// Why the webhook could not start. [`StartupError::is_config`] tells a configuration error
 /// (exit 2) from a runtime failure (exit 1).
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("opening the claim store")]
@@ -64,24 +65,24 @@ pub enum RunError {
     },
 }
 
-impl RunError {
+impl StartupError {
     /// A bad flag or environment value, as opposed to a failure at run time.
     pub fn is_config(&self) -> bool {
-        matches!(self, RunError::Config(_) | RunError::SelfTlsConfig(_))
+        matches!(self, StartupError::Config(_) | StartupError::SelfTlsConfig(_))
     }
 }
 
 /// Runs the webhook until SIGTERM or SIGINT, then drains in-flight requests. A signal
 /// before it serves (while waiting for the store) stops it too, without an error.
-pub async fn run(args: Args) -> Result<(), RunError> {
+pub async fn serve(args: Args) -> Result<(), StartupError> {
     // Before anything is announced: from here on a signal means "drain", not "die".
-    let mut shutdown = Shutdown::install().map_err(RunError::Signals)?;
+    let mut shutdown = Shutdown::install().map_err(StartupError::Signals)?;
     match Server::start(&args, &mut shutdown).await {
         Ok(server) => {
             server.serve(shutdown).await;
             Ok(())
         }
-        Err(RunError::Interrupted) => {
+        Err(StartupError::Interrupted) => {
             tracing::info!("stopped before serving");
             Ok(())
         }
@@ -95,22 +96,20 @@ pub struct Server {
     tls: TlsReloader,
     webhook: TcpListener,
     ops: TcpListener,
-    http2: bool,
-    timeouts: server::ConnectionTimeouts,
-    grace: Duration,
+    server: ServerConfig,
     reconciler: Option<Reconciler>,
     self_tls: Option<SelfTls>,
 }
 
 impl Server {
     /// Everything up to serving: store (and migrations), certificate, lookup, listeners.
-    /// `shutdown` cuts the wait for the store short ([`RunError::Interrupted`]).
-    pub async fn start(args: &Args, shutdown: &mut Shutdown) -> Result<Self, RunError> {
+    /// `shutdown` cuts the wait for the store short ([`StartupError::Interrupted`]).
+    pub async fn start(args: &Args, shutdown: &mut Shutdown) -> Result<Self, StartupError> {
         install_crypto_provider();
         let store_config = StoreConfig::new(&args.common.database_url, args.pool_size, args.store_timeout())?
             .with_database_ca(args.common.database_ca.as_deref())?
             .with_tcp_health(args.common.tcp_health());
-        let mut store = ClaimStore::new(&store_config).map_err(RunError::Store)?;
+        let mut store = ClaimStore::new(&store_config).map_err(StartupError::Store)?;
         if let Some(group_commit) = args.group_commit() {
             store = store.with_group_commit(group_commit);
         }
@@ -124,12 +123,12 @@ impl Server {
             Some(settings) => {
                 let client = kube::Client::try_default()
                     .await
-                    .map_err(RunError::SelfTlsClient)?;
+                    .map_err(StartupError::SelfTlsClient)?;
                 let self_tls = SelfTls::new(client, settings);
                 self_tls
                     .first_sync(shutdown)
                     .await
-                    .map_err(|()| RunError::Interrupted)?;
+                    .map_err(|()| StartupError::Interrupted)?;
                 Some(self_tls)
             }
             None => None,
@@ -141,7 +140,7 @@ impl Server {
             poll_interval: Duration::from_secs(args.tls_reload_poll_seconds),
             http2: args.http2,
         })
-        .map_err(RunError::Tls)?;
+        .map_err(StartupError::Tls)?;
         metrics.certificate_expiry.set(tls.not_after());
 
         let client = lookup::cluster_client(
@@ -154,7 +153,7 @@ impl Server {
             .clone()
             .filter(|_| args.kube_lookup != KubeLookup::Off)
             .map(|c| KubeRunLookup::new(c, args.store_timeout()));
-        // Its own one-connection pool: the reconciler's batches never wait for, or hold, a
+        // Its own one-connection pool: the reconciler's write batches never wait for, or hold, a
         // connection a review needs.
         let reconciler = match client.filter(|_| args.reconcile != Reconcile::Off) {
             Some(client) => Some(Reconciler {
@@ -165,7 +164,7 @@ impl Server {
                     pool_size: reconcile::POOL_SIZE,
                     ..store_config.clone()
                 })
-                .map_err(RunError::Store)?,
+                .map_err(StartupError::Store)?,
                 metrics: metrics.reconcile.clone(),
             }),
             None => None,
@@ -186,14 +185,11 @@ impl Server {
             lookup: lookup.map(|l| Arc::new(l) as Arc<dyn RunLookup>),
             policy,
             metrics,
-            max_body_bytes: args.max_body_bytes,
-            max_concurrent_requests: args.max_concurrent_requests,
-            request_read_timeout: args.request_read_timeout(),
         });
         let bind = |flag, addr| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| RunError::Bind { flag, addr, source })
+                .map_err(|source| StartupError::Bind { flag, addr, source })
         };
         let webhook = bind("--listen", args.listen).await?;
         let ops = bind("--metrics-listen", args.metrics_listen).await?;
@@ -202,12 +198,7 @@ impl Server {
             tls,
             webhook,
             ops,
-            http2: args.http2,
-            timeouts: server::ConnectionTimeouts {
-                read: args.request_read_timeout(),
-                idle: args.idle_timeout(),
-            },
-            grace: Duration::from_secs(args.shutdown_grace_seconds),
+            server: server_config(args),
             reconciler,
             self_tls,
         })
@@ -236,9 +227,7 @@ impl Server {
             tls,
             webhook,
             ops,
-            http2,
-            timeouts,
-            grace,
+            server: https,
             reconciler,
             self_tls,
         } = self;
@@ -262,8 +251,8 @@ impl Server {
         );
         // Not awaited by anything on the request path: admission answers whether or not the
         // reconciler can reach the API server or the store.
-        let reconciling = reconciler.map(|r| tokio::spawn(r.run(stop_rx.clone())));
-        let self_tls = self_tls.map(|s| tokio::spawn(s.run(stop_rx.clone())));
+        let reconciling = reconciler.map(|r| tokio::spawn(r.watch_and_write(stop_rx.clone())));
+        let self_tls = self_tls.map(|s| tokio::spawn(s.check_until_stopped(stop_rx.clone())));
         tokio::spawn(async move {
             shutdown.wait().await;
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
@@ -273,11 +262,9 @@ impl Server {
             server::serve_https(
                 webhook,
                 tls,
-                server::webhook_router(app.clone()),
-                http2,
-                timeouts,
+                server::webhook_router(app.clone(), https.limits),
+                https,
                 stop_rx.clone(),
-                grace
             ),
             server::serve_ops(ops, server::ops_router(app), stop_rx),
         );
@@ -292,6 +279,25 @@ impl Server {
     }
 }
 
+/// The HTTPS server's settings, from the flags: the edge's bounds, HTTP/2, the drain on
+/// shutdown. Built here rather than in `config.rs` so the flags module does not depend on the
+/// server.
+fn server_config(args: &Args) -> ServerConfig {
+    ServerConfig {
+        http2: args.http2,
+        limits: RequestLimits {
+            max_body_bytes: args.max_body_bytes,
+            max_concurrent_requests: args.max_concurrent_requests,
+            read_timeout: args.request_read_timeout(),
+        },
+        timeouts: ConnectionTimeouts {
+            read: args.request_read_timeout(),
+            idle: args.idle_timeout(),
+        },
+        drain: Duration::from_secs(args.shutdown_grace_seconds),
+    }
+}
+
 /// Exactly one rustls crypto provider, chosen here: with two compiled in, rustls panics at
 /// first use unless one is installed. Installing again (a second server in one process) is
 /// a no-op.
@@ -301,14 +307,16 @@ fn install_crypto_provider() {
 
 /// Applies the migrations, retrying while the store cannot be reached: a database that
 /// starts a little after the webhook must not crash-loop it.
-async fn migrate(store: &ClaimStore, shutdown: &mut Shutdown) -> Result<(), RunError> {
+async fn migrate(store: &ClaimStore, shutdown: &mut Shutdown) -> Result<(), StartupError> {
     let retrying = |_: &StoreError| true;
     match retry::until_reachable(&MIGRATION_RETRY, shutdown, retrying, || store.migrate()).await {
         Ok(report) => {
             tracing::info!(applied = ?report.applied, "schema migrations up to date");
             Ok(())
         }
-        Err(NotReached::Interrupted) => Err(RunError::Interrupted),
-        Err(NotReached::Exhausted { last, .. } | NotReached::Fatal(last)) => Err(RunError::Migrations(last)),
+        Err(NotReached::Interrupted) => Err(StartupError::Interrupted),
+        Err(NotReached::Exhausted { last, .. } | NotReached::Fatal(last)) => {
+            Err(StartupError::Migrations(last))
+        }
     }
 }
