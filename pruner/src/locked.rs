@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dedupe_store::store::PrunedBatch;
+use dedupe_store::PrunedBatch;
 use dedupe_store::{ClaimStore, PrunerLock, StoreError};
 use tokio::sync::Mutex;
 

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dedupe_store::store::PrunedBatch;
+use dedupe_store::PrunedBatch;
 use dedupe_store::StoreError;
 use tokio::time::Instant;
 

@@ -2,7 +2,10 @@
 //! schema, migrations and every SQL statement), configuration and telemetry.
 
 pub mod claim;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
+mod db;
 pub mod error;
 pub mod group_commit;
 pub mod inspect;
@@ -20,11 +23,13 @@ pub mod telemetry;
 #[cfg(test)]
 mod test_sink;
 
-pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ExpiredCount, RunRef};
-pub use config::{CommonArgs, LogFormat, MigrationMode, StoreConfig, TcpHealth};
+pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ExpiredCount, RunRef, UnknownScope};
+#[cfg(feature = "cli")]
+pub use cli::CommonArgs;
+pub use config::{LogFormat, MigrationMode, StoreConfig, TcpHealth};
 pub use error::{ConfigError, StoreError, StoreTarget};
-pub use group_commit::{GroupCommitConfig, GroupCommitStats};
+pub use group_commit::{GroupCommitConfig, GroupCommitCounters, GroupCommitStats};
 pub use migrate::MigrationReport;
 pub use reconcile_store::{Isolated, ObservedRun, ReconcileCounts};
 pub use run::{KeyRejection, RejectReason, RunView, DELIVERY_ID_LABEL};
-pub use store::{ClaimStore, PrunerLock};
+pub use store::{ClaimStore, ClaimTraffic, PrunedBatch, PrunerLock};
