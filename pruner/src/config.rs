@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dedupe_store::config::DEFAULT_RETENTION_DAYS;
-use dedupe_store::{CommonArgs, ConfigError, LogFormat, MigrationMode, StoreConfig};
+use dedupe_store::{Backoff, CommonArgs, ConfigError, LogFormat, MigrationMode, StoreConfig};
 
 use crate::pacing::{PacingConfig, PacingMode, DEFAULT_QUIET_BATCH_FACTOR};
 use crate::policy::BatchPolicyConfig;
@@ -40,9 +40,9 @@ pub const PRUNER_APPLICATION_NAME: &str = "orchestration-dedupe-pruner";
 
 /// Connections the pruner needs: one session holding the advisory lock, one for batches.
 const POOL_SIZE: usize = 2;
-/// First wait between connection attempts; doubles up to [`RETRY_MAX_DELAY`].
-const RETRY_BASE_DELAY: Duration = Duration::from_millis(500);
-const RETRY_MAX_DELAY: Duration = Duration::from_secs(8);
+/// Waits between attempts to reach the store (at start, and after a lost connection): 0.5 s
+/// doubling up to 8 s: the default 5 attempts give a restarting or failing-over store 7.5 s.
+const CONNECT_BACKOFF: Backoff = Backoff::doubling(Duration::from_millis(500), Duration::from_secs(8));
 
 /// What each exit code means; the chart's podFailurePolicy relies on these.
 pub const EXIT_CODES: &str = "Exit codes:\n  \
@@ -140,11 +140,7 @@ impl Settings {
         if store.database.get_application_name().is_none() {
             store.database.application_name(PRUNER_APPLICATION_NAME);
         }
-        let connect = RetryConfig {
-            attempts: args.connect_attempts,
-            base_delay: RETRY_BASE_DELAY,
-            max_delay: RETRY_MAX_DELAY,
-        };
+        let connect = RetryConfig::new(args.connect_attempts, CONNECT_BACKOFF);
         Ok(Self {
             store,
             migrations: args.common.migrations,

@@ -1,6 +1,7 @@
 //! Shared by the webhook and the pruner: the claim model, the PostgreSQL claim store (its
 //! schema, migrations and every SQL statement), configuration and telemetry.
 
+pub mod backoff;
 pub mod claim;
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod telemetry;
 #[cfg(test)]
 mod test_sink;
 
+pub use backoff::{Backoff, BackoffWaits};
 pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ExpiredCount, RunRef, UnknownScope};
 #[cfg(feature = "cli")]
 pub use cli::CommonArgs;
