@@ -7,11 +7,6 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
-/// Default per-call store timeout: well under the webhook's `timeoutSeconds` (5 s by default)
-/// so a slow store turns into a 503 the API server can act on, not a timed-out call.
-pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 2_000;
-/// Default size of the webhook's connection pool (bounded: a stuck store must not grow it).
-pub const DEFAULT_POOL_SIZE: usize = 16;
 /// Default pending grace period: longer than the API server's request timeout (60 s), so a
 /// create still in flight is never mistaken for one that failed.
 pub const DEFAULT_PENDING_GRACE_SECONDS: u64 = 120;
