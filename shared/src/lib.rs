@@ -1,5 +1,7 @@
-//! Shared by the webhook and the pruner: the claim model, the PostgreSQL claim store (its
-//! schema, migrations and every SQL statement), configuration and telemetry.
+//! Shared by the webhook, the pruner and `dedupe-claims`: the claim model, the PostgreSQL
+//! claim store (its schema, migrations and every SQL statement) on its connection layer
+//! (`db`), configuration, back-off and telemetry. The flag groups the binaries share are
+//! behind the `cli` feature (`cli.rs`); without it the crate does not depend on clap.
 
 pub mod backoff;
 pub mod claim;
@@ -27,7 +29,7 @@ mod test_sink;
 pub use backoff::{Backoff, BackoffWaits};
 pub use claim::{Claim, ClaimKey, ClaimOutcome, ClaimScope, ClaimState, ExpiredCount, RunRef, UnknownScope};
 #[cfg(feature = "cli")]
-pub use cli::CommonArgs;
+pub use cli::{CommonArgs, StoreArgs, StoreFlagDefaults};
 pub use config::{LogFormat, MigrationMode, StoreConfig, TcpHealth};
 pub use error::{ConfigError, StoreError, StoreTarget};
 pub use group_commit::{GroupCommitConfig, GroupCommitCounters, GroupCommitStats};

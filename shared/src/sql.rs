@@ -94,7 +94,7 @@ pub const PRUNE_RANGE_BOUND: &str = include_str!("../sql/prune_range_bound.sql")
 /// none of [`DELETE_EXPIRED_KEYS`]'s per-row primary-key lookups, and no `RETURNING`: the
 /// count is the command's row count, and the next batch starts at the bound. (The single
 /// statement it replaced returned every deleted `claimed_at` to count them and find the
-/// newest, which doubled its cost; docs/BENCHMARKS.md, "Pruner".)
+/// newest, which cost as much again as the delete.)
 ///
 /// Unlike [`DELETE_EXPIRED_KEYS`] it does not skip locked rows: it waits (bounded by the
 /// batch's `lock_timeout`) for an admission statement holding one, and READ COMMITTED then
