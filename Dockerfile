@@ -16,7 +16,7 @@ COPY . .
 ARG DEDUPE_BUILD_COMMIT=
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p dedupe-admission -p dedupe-pruner \
+    cargo build --release --locked -p dedupe-admission -p dedupe-pruner -p dedupe-claims \
  && install -D -m 0755 target/release/dedupe-admission /out/dedupe-admission \
  && install -D -m 0755 target/release/dedupe-pruner /out/dedupe-pruner \
  && install -D -m 0755 target/release/dedupe-claims /out/dedupe-claims

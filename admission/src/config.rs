@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use dedupe_store::config::{
-    DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_POOL_SIZE, DEFAULT_STORE_TIMEOUT_MS, MAX_PENDING_GRACE_SECONDS,
-};
+use dedupe_store::cli::{ids, PoolSize, StoreArgs, StoreFlagDefaults};
+use dedupe_store::config::{DEFAULT_PENDING_GRACE_SECONDS, MAX_PENDING_GRACE_SECONDS};
 use dedupe_store::group_commit::{DEFAULT_IN_FLIGHT, DEFAULT_LINGER, DEFAULT_MAX_BATCH};
 use dedupe_store::{ClaimScope, CommonArgs, GroupCommitConfig};
 
@@ -16,6 +15,12 @@ use crate::tls::selfmanaged::{
     SelfTlsConfigError, SelfTlsSettings, DEFAULT_CA_VALIDITY_SECONDS, DEFAULT_CERT_VALIDITY_SECONDS,
     DEFAULT_CHECK_SECONDS,
 };
+
+/// Default per-call store timeout: well under the webhook's `timeoutSeconds` (5 s by default)
+/// so a slow store turns into a 503 the API server can act on, not a timed-out call.
+pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 2_000;
+/// Default size of the webhook's connection pool (bounded: a stuck store must not grow it).
+pub const DEFAULT_POOL_SIZE: usize = 16;
 
 /// Largest AdmissionReview body accepted: 4 MiB. kube-apiserver decodes no write request
 /// body over 3 MiB (`MaxRequestBodyBytes`, 3145728: twice etcd's 1.5 MiB request limit,
@@ -190,14 +195,6 @@ pub struct Args {
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_NAMESPACES", value_delimiter = ',', value_parser = parse_namespace)]
     pub namespaces: Vec<String>,
 
-    /// Bound on each store call; past it the webhook answers 503 and the failurePolicy applies.
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_STORE_TIMEOUT_MS", default_value_t = DEFAULT_STORE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
-    pub store_timeout_ms: u64,
-
-    /// Maximum PostgreSQL connections held by this replica.
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE, value_parser = parse_pool_size)]
-    pub pool_size: usize,
-
     /// Group commit: claims arriving while earlier ones are in flight go to the store together,
     /// one statement and one transaction per batch (no timer: a claim never waits for company).
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_GROUP_COMMIT", default_value_t = DEFAULT_GROUP_COMMIT, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -238,11 +235,44 @@ pub struct Args {
 
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Last, so that `--help` can list each store flag where it always stood
+    /// ([`AdmissionStoreFlags::HELP_PLACEMENT`]).
+    #[command(flatten)]
+    pub store: StoreArgs<AdmissionStoreFlags>,
+}
+
+/// The webhook's store flags: a short timeout (a slow store must become a 503 before the API
+/// server's own timeout), and a pool sized by flag.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionStoreFlags;
+
+impl StoreFlagDefaults for AdmissionStoreFlags {
+    const STORE_TIMEOUT_ENV: &'static str = "JANGAR_ORCHESTRATION_DEDUPE_STORE_TIMEOUT_MS";
+    const STORE_TIMEOUT_MS: u64 = DEFAULT_STORE_TIMEOUT_MS;
+    const STORE_TIMEOUT_MAX_MS: Option<u64> = None;
+    const STORE_TIMEOUT_HELP: &'static str =
+        "Bound on each store call; past it the webhook answers 503 and the failurePolicy applies";
+    const POOL_SIZE: PoolSize = PoolSize::Flag {
+        env: "JANGAR_ORCHESTRATION_DEDUPE_POOL_SIZE",
+        default: DEFAULT_POOL_SIZE,
+        help: "Maximum PostgreSQL connections held by this replica",
+    };
+    const HELP_PLACEMENT: &'static [(&'static str, &'static str)] = &[
+        (ids::STORE_TIMEOUT_MS, "namespaces"),
+        (ids::POOL_SIZE, "namespaces"),
+        (ids::DATABASE_URL, "shutdown_grace_seconds"),
+        (ids::DATABASE_CA, "migrations"),
+        (ids::KEEPALIVE_IDLE_SECONDS, "log_format"),
+        (ids::KEEPALIVE_INTERVAL_SECONDS, "log_format"),
+        (ids::KEEPALIVE_RETRIES, "log_format"),
+        (ids::TCP_USER_TIMEOUT_MS, "log_format"),
+    ];
 }
 
 impl Args {
     pub fn store_timeout(&self) -> Duration {
-        Duration::from_millis(self.store_timeout_ms)
+        self.store.timeout()
     }
 
     /// The group commit settings, when it is on.
@@ -299,13 +329,6 @@ fn parse_namespace(s: &str) -> Result<String, String> {
     match dedupe_store::run::dns1123_label_problem(s) {
         None => Ok(s.to_owned()),
         Some(problem) => Err(format!("namespace `{s}` {problem}")),
-    }
-}
-
-fn parse_pool_size(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if (1..=1024).contains(&n) => Ok(n),
-        _ => Err(format!("`{s}` is not a pool size between 1 and 1024")),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::AtomicI64;
 
-use dedupe_store::ClaimStore;
+use dedupe_store::{ClaimStore, GroupCommitCounters};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -199,7 +199,7 @@ impl Metrics {
     pub fn with_group_commit(mut self, store: &ClaimStore) -> Self {
         self.registry
             .sub_registry_with_prefix(PREFIX)
-            .register_collector(Box::new(GroupCommitCollector(store.clone())));
+            .register_collector(Box::new(GroupCommitCollector(store.group_commit_counters())));
         self
     }
 
@@ -208,17 +208,19 @@ impl Metrics {
     }
 }
 
-/// Reads the store's group-commit counters when scraped: the mean batch size is
-/// `claims / batches`, what an operator tunes `--group-commit-linger-us` and
-/// `--group-commit-in-flight` by (docs/OPERATIONS.md).
+/// Reads the store's group-commit counters when scraped (`None`: group commit is off): the
+/// mean batch size is `claims / batches`, what an operator tunes `--group-commit-linger-us`
+/// and `--group-commit-in-flight` by (docs/OPERATIONS.md). Holds the counters only, not a
+/// store clone.
 #[derive(Debug)]
-struct GroupCommitCollector(ClaimStore);
+struct GroupCommitCollector(Option<GroupCommitCounters>);
 
 impl Collector for GroupCommitCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (batches, claims) = self
             .0
-            .group_commit_stats()
+            .as_ref()
+            .map(GroupCommitCounters::stats)
             .map_or((0, 0), |s| (s.batches, s.claims));
         for (name, help, value) in [
             (

@@ -106,9 +106,7 @@ impl Server {
     /// `shutdown` cuts the wait for the store short ([`StartupError::Interrupted`]).
     pub async fn start(args: &Args, shutdown: &mut Shutdown) -> Result<Self, StartupError> {
         install_crypto_provider();
-        let store_config = StoreConfig::new(&args.common.database_url, args.pool_size, args.store_timeout())?
-            .with_database_ca(args.common.database_ca.as_deref())?
-            .with_tcp_health(args.common.tcp_health());
+        let store_config = args.store.to_config()?;
         let mut store = ClaimStore::new(&store_config).map_err(StartupError::Store)?;
         if let Some(group_commit) = args.group_commit() {
             store = store.with_group_commit(group_commit);

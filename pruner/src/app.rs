@@ -70,10 +70,9 @@ pub async fn run(settings: &Settings, shutdown: &mut Shutdown) -> Result<Ended, 
         .prune_cutoff(settings.retention_days)
         .await
         .map_err(PruneError::Cutoff)?;
-    // No count of the expired claims first: on an idle database it took a fifth of a quiet
-    // prune's time (an index scan over every expired claim, ~0.13 s per million) for a
-    // number nobody acts on. What is left is counted at the end instead, and only when the
-    // run stopped before it ran out of them (docs/BENCHMARKS.md, "Pruner").
+    // No count of the expired claims first: it is an index scan over every expired claim, a
+    // large share of a quiet prune's time, for a number nobody acts on. What is left is
+    // counted at the end instead, and only when the run stopped before it ran out of them.
     report::starting(
         cutoff,
         settings.retention_days,

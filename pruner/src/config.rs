@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use clap::Parser;
+use dedupe_store::cli::{ids, PoolSize, StoreArgs, StoreFlagDefaults};
 use dedupe_store::config::DEFAULT_RETENTION_DAYS;
-use dedupe_store::{CommonArgs, ConfigError, LogFormat, MigrationMode, StoreConfig};
+use dedupe_store::{Backoff, CommonArgs, ConfigError, LogFormat, MigrationMode, StoreConfig};
 
 use crate::pacing::{PacingConfig, PacingMode, DEFAULT_QUIET_BATCH_FACTOR};
 use crate::policy::BatchPolicyConfig;
@@ -29,8 +30,11 @@ pub const DEFAULT_MAX_RUNTIME_SECONDS: u64 = 1_800;
 /// timeouts shrink the batch 10x. Well under Kubernetes' default 30 s termination grace
 /// period, so a batch in flight at SIGTERM always gets to commit.
 pub const DEFAULT_BATCH_TIMEOUT_MS: u64 = 5_000;
-/// Bound on every other store call (connect, lock, cutoff, count).
+/// Bound on every other store call (connect, lock, cutoff, count): longer than the
+/// webhook's, since nobody waits on a prune and a count over many expired claims is slow.
 pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 10_000;
+/// Longest `--store-timeout-ms` accepted (10 minutes).
+pub const MAX_STORE_TIMEOUT_MS: u64 = 600_000;
 /// Tries to reach the store at start (and after a lost connection) before giving up.
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 5;
 
@@ -40,9 +44,9 @@ pub const PRUNER_APPLICATION_NAME: &str = "orchestration-dedupe-pruner";
 
 /// Connections the pruner needs: one session holding the advisory lock, one for batches.
 const POOL_SIZE: usize = 2;
-/// First wait between connection attempts; doubles up to [`RETRY_MAX_DELAY`].
-const RETRY_BASE_DELAY: Duration = Duration::from_millis(500);
-const RETRY_MAX_DELAY: Duration = Duration::from_secs(8);
+/// Waits between attempts to reach the store (at start, and after a lost connection): 0.5 s
+/// doubling up to 8 s: the default 5 attempts give a restarting or failing-over store 7.5 s.
+const CONNECT_BACKOFF: Backoff = Backoff::doubling(Duration::from_millis(500), Duration::from_secs(8));
 
 /// What each exit code means; the chart's podFailurePolicy relies on these.
 pub const EXIT_CODES: &str = "Exit codes:\n  \
@@ -84,10 +88,6 @@ pub struct Args {
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_BATCH_TIMEOUT_MS", default_value_t = DEFAULT_BATCH_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub batch_timeout_ms: u64,
 
-    /// Bound on every other store call (connect, lock, cutoff, count), in milliseconds.
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_STORE_TIMEOUT_MS", default_value_t = DEFAULT_STORE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub store_timeout_ms: u64,
-
     /// Attempts to reach the store (backing off 0.5 s, 1 s, 2 s, ... up to 8 s) before exiting 1.
     #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_CONNECT_ATTEMPTS", default_value_t = DEFAULT_CONNECT_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub connect_attempts: u32,
@@ -104,6 +104,35 @@ pub struct Args {
 
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Last, so that `--help` can list each store flag where it always stood
+    /// ([`PrunerStoreFlags::HELP_PLACEMENT`]).
+    #[command(flatten)]
+    pub store: StoreArgs<PrunerStoreFlags>,
+}
+
+/// The pruner's store flags: a longer timeout than the webhook's (nobody waits on a prune),
+/// its own environment variable for it, two connections, and its own application_name.
+#[derive(Debug, Clone, Copy)]
+pub struct PrunerStoreFlags;
+
+impl StoreFlagDefaults for PrunerStoreFlags {
+    const STORE_TIMEOUT_ENV: &'static str = "JANGAR_ORCHESTRATION_DEDUPE_PRUNE_STORE_TIMEOUT_MS";
+    const STORE_TIMEOUT_MS: u64 = DEFAULT_STORE_TIMEOUT_MS;
+    const STORE_TIMEOUT_MAX_MS: Option<u64> = Some(MAX_STORE_TIMEOUT_MS);
+    const STORE_TIMEOUT_HELP: &'static str =
+        "Bound on every other store call (connect, lock, cutoff, count), in milliseconds";
+    const POOL_SIZE: PoolSize = PoolSize::Fixed(POOL_SIZE);
+    const APPLICATION_NAME: Option<&'static str> = Some(PRUNER_APPLICATION_NAME);
+    const HELP_PLACEMENT: &'static [(&'static str, &'static str)] = &[
+        (ids::STORE_TIMEOUT_MS, "batch_timeout_ms"),
+        (ids::DATABASE_URL, "quiet_batch_factor"),
+        (ids::DATABASE_CA, "migrations"),
+        (ids::KEEPALIVE_IDLE_SECONDS, "log_format"),
+        (ids::KEEPALIVE_INTERVAL_SECONDS, "log_format"),
+        (ids::KEEPALIVE_RETRIES, "log_format"),
+        (ids::TCP_USER_TIMEOUT_MS, "log_format"),
+    ];
 }
 
 impl Args {
@@ -129,22 +158,8 @@ pub struct Settings {
 impl Settings {
     /// Validates what clap cannot (the connection string), naming the offending flag.
     pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
-        let store = StoreConfig::new(
-            &args.common.database_url,
-            POOL_SIZE,
-            Duration::from_millis(args.store_timeout_ms),
-        )?
-        .with_database_ca(args.common.database_ca.as_deref())?
-        .with_tcp_health(args.common.tcp_health());
-        let mut store = store;
-        if store.database.get_application_name().is_none() {
-            store.database.application_name(PRUNER_APPLICATION_NAME);
-        }
-        let connect = RetryConfig {
-            attempts: args.connect_attempts,
-            base_delay: RETRY_BASE_DELAY,
-            max_delay: RETRY_MAX_DELAY,
-        };
+        let store = args.store.to_config()?;
+        let connect = RetryConfig::new(args.connect_attempts, CONNECT_BACKOFF);
         Ok(Self {
             store,
             migrations: args.common.migrations,

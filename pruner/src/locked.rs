@@ -3,7 +3,7 @@
 //! The pruner lock is a session-level advisory lock: it ends with its session, and a
 //! PostgreSQL restart or failover ends every session. A pruner that reconnected and went on
 //! deleting through fresh pooled connections would delete without the lock while a second
-//! pruner holds it (their batches interleaved, issue 9). So every batch runs on the session
+//! pruner holds it (their batches interleaved). So every batch runs on the session
 //! that holds the lock ([`PrunerLock::prune_batch`]): when that session is gone, no
 //! batch of this pruner can run. The next batch first takes the lock again on a new session:
 //! - taken: carry on (nobody else can have run meanwhile without the lock, and nobody can
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dedupe_store::store::PrunedBatch;
+use dedupe_store::PrunedBatch;
 use dedupe_store::{ClaimStore, PrunerLock, StoreError};
 use tokio::sync::Mutex;
 
@@ -28,8 +28,8 @@ use crate::prune::BatchStore;
 use crate::report;
 
 /// The store as the batch loop sees it: deletes only on the lock's session. Batches delete by
-/// `claimed_at` range (`sql::DELETE_EXPIRED_RANGE`): about 5x cheaper per row than key by key,
-/// which the benchmark needed (docs/BENCHMARKS.md, "Pruner").
+/// `claimed_at` range (`sql::DELETE_EXPIRED_RANGE`): a walk of the `claimed_at` index with no
+/// primary-key lookup per row, several times cheaper per row than key by key.
 pub struct LockedStore<'a> {
     store: &'a ClaimStore,
     /// `None` after the session holding the lock was lost and before it is taken again.

@@ -4,6 +4,9 @@
 //! runtime limit reached, stopped by SIGTERM/SIGINT after committing the batch in flight, or
 //! the lock lost with its session and taken by another pruner), 1 runtime failure (also the
 //! store lost mid-run past the retries: the next run carries on), 2 configuration error.
+//!
+//! "Batch" in this crate always means a prune batch: one short transaction deleting up to
+//! `--batch-size` expired claims (`dedupe_store::PrunerLock::prune_batch`).
 
 mod app;
 mod config;

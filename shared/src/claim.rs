@@ -1,15 +1,16 @@
 //! The claim model: what a claim key is, who holds it and what a claim attempt found.
 
 use chrono::{DateTime, Utc};
-use clap::ValueEnum;
 use std::fmt;
 
 /// Kubernetes label values are at most 63 characters; so is a delivery id.
 pub const MAX_DELIVERY_ID_LEN: usize = 63;
 
-/// Which parts of a run make up its claim key (`--claim-scope`, parsed by clap from the
-/// `ValueEnum` names, which are also the values stored in the `scope` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, ValueEnum)]
+/// Which parts of a run make up its claim key (`--claim-scope`: with the `cli` feature,
+/// parsed by clap from the `ValueEnum` names, which are also the values stored in the
+/// `scope` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum ClaimScope {
     /// (namespace, spec.orchestrationRef.name, delivery-id)
     #[default]
@@ -21,6 +22,13 @@ pub enum ClaimScope {
 }
 
 impl ClaimScope {
+    /// Every scope, in the order `--claim-scope` lists them.
+    pub const ALL: [ClaimScope; 3] = [
+        ClaimScope::Orchestration,
+        ClaimScope::Namespace,
+        ClaimScope::Cluster,
+    ];
+
     /// The stored value (and flag value) of the scope.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -28,6 +36,23 @@ impl ClaimScope {
             ClaimScope::Namespace => "namespace",
             ClaimScope::Cluster => "cluster",
         }
+    }
+}
+
+/// A scope name that is none of [`ClaimScope::ALL`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown claim scope `{0}`")]
+pub struct UnknownScope(pub String);
+
+impl std::str::FromStr for ClaimScope {
+    type Err = UnknownScope;
+
+    /// The stored value (as [`ClaimScope::as_str`] writes it), exactly.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ClaimScope::ALL
+            .into_iter()
+            .find(|scope| scope.as_str() == s)
+            .ok_or_else(|| UnknownScope(s.to_owned()))
     }
 }
 
@@ -172,14 +197,26 @@ mod tests {
     use super::*;
 
     /// The stored names are the flag's names: one list, no second parser to drift.
+    #[cfg(feature = "cli")]
     #[test]
     fn scope_names_are_the_flag_values() {
+        use clap::ValueEnum;
+        assert_eq!(ClaimScope::value_variants(), ClaimScope::ALL);
         for scope in ClaimScope::value_variants() {
             let flag = scope.to_possible_value().map(|v| v.get_name().to_owned());
             assert_eq!(flag.as_deref(), Some(scope.as_str()));
             assert_eq!(ClaimScope::from_str(scope.as_str(), false).ok(), Some(*scope));
         }
         assert!(ClaimScope::from_str("global", false).is_err());
+    }
+
+    #[test]
+    fn stored_scope_names_parse_back() {
+        for scope in ClaimScope::ALL {
+            assert_eq!(scope.as_str().parse::<ClaimScope>().ok(), Some(scope));
+        }
+        assert!("global".parse::<ClaimScope>().is_err());
+        assert!("Cluster".parse::<ClaimScope>().is_err());
     }
 
     #[test]

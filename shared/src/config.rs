@@ -1,18 +1,12 @@
-//! Configuration shared by both binaries: parsed once (clap, flags with environment
-//! fallbacks) into typed values and passed down. Nothing below `main` reads the environment.
+//! Configuration the binaries share, as typed values and the defaults they start from. The
+//! flags that fill them are in `cli.rs` (the `cli` feature): parsed once in `main`, passed
+//! down. Nothing below `main` reads the environment.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::ValueEnum;
-
 use crate::error::ConfigError;
 
-/// Default per-call store timeout: well under the webhook's `timeoutSeconds` (5 s by default)
-/// so a slow store turns into a 503 the API server can act on, not a timed-out call.
-pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 2_000;
-/// Default size of the webhook's connection pool (bounded: a stuck store must not grow it).
-pub const DEFAULT_POOL_SIZE: usize = 16;
 /// Default pending grace period: longer than the API server's request timeout (60 s), so a
 /// create still in flight is never mistaken for one that failed.
 pub const DEFAULT_PENDING_GRACE_SECONDS: u64 = 120;
@@ -44,7 +38,8 @@ pub const DEFAULT_DATABASE_KEEPALIVE_RETRIES: u32 = 3;
 pub const DEFAULT_DATABASE_TCP_USER_TIMEOUT_MS: u64 = 10_000;
 
 /// Whether to apply the embedded migrations at start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum MigrationMode {
     /// Apply pending migrations under an advisory lock (safe with many replicas).
     #[default]
@@ -54,70 +49,12 @@ pub enum MigrationMode {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum LogFormat {
     #[default]
     Text,
     Json,
-}
-
-/// Flags both binaries take: the database, migrations and logging.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CommonArgs {
-    /// PostgreSQL connection string (URL or key=value form).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: String,
-
-    /// Apply the embedded schema migrations at start (under an advisory lock), or skip them.
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_MIGRATIONS", value_enum, default_value_t = MigrationMode::Apply)]
-    pub migrations: MigrationMode,
-
-    /// CA bundle (PEM) that PostgreSQL's server certificate must chain to (and name the host);
-    /// unset = encrypt when the server offers TLS (`sslmode` prefer/require) without verifying,
-    /// as libpq does without a root certificate.
-    #[arg(
-        long,
-        env = "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_CA",
-        value_name = "PEM_FILE"
-    )]
-    pub database_ca: Option<std::path::PathBuf>,
-
-    /// Log format.
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-
-    /// Seconds a store connection may be idle before TCP keepalive probes start (a
-    /// `keepalives_idle` in the connection string wins).
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_KEEPALIVE_IDLE_SECONDS", default_value_t = DEFAULT_DATABASE_KEEPALIVE_IDLE_SECONDS, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub database_keepalive_idle_seconds: u64,
-
-    /// Seconds between unanswered TCP keepalive probes (`keepalives_interval` in the
-    /// connection string wins).
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_KEEPALIVE_INTERVAL_SECONDS", default_value_t = DEFAULT_DATABASE_KEEPALIVE_INTERVAL_SECONDS, value_parser = clap::value_parser!(u64).range(1..=3_600))]
-    pub database_keepalive_interval_seconds: u64,
-
-    /// Unanswered TCP keepalive probes before a store connection is closed
-    /// (`keepalives_retries` in the connection string wins).
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_KEEPALIVE_RETRIES", default_value_t = DEFAULT_DATABASE_KEEPALIVE_RETRIES, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub database_keepalive_retries: u32,
-
-    /// TCP user timeout of store connections in milliseconds: sent data unacknowledged this
-    /// long closes the connection (Linux; 0 = the system default; `tcp_user_timeout` in the
-    /// connection string wins).
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_TCP_USER_TIMEOUT_MS", default_value_t = DEFAULT_DATABASE_TCP_USER_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
-    pub database_tcp_user_timeout_ms: u64,
-}
-
-impl CommonArgs {
-    /// The dead-peer detection settings these flags ask for.
-    pub fn tcp_health(&self) -> TcpHealth {
-        TcpHealth {
-            keepalive_idle: Duration::from_secs(self.database_keepalive_idle_seconds),
-            keepalive_interval: Duration::from_secs(self.database_keepalive_interval_seconds),
-            keepalive_retries: self.database_keepalive_retries,
-            user_timeout: Duration::from_millis(self.database_tcp_user_timeout_ms),
-        }
-    }
 }
 
 /// TCP keepalive and user timeout of store connections: how fast a silent peer (a node lost

@@ -2,10 +2,13 @@
 //! still running go to PostgreSQL together, as one [`sql::CLAIM_BATCH`] statement in one
 //! transaction, and each caller gets its own key's row.
 //!
+//! "Batch" in this module is always a claim batch: the claims that go to the store in one
+//! statement.
+//!
 //! Why: every claim is a transaction, and with durable commits each one waits for a WAL
 //! flush; on a busy server each also pays a statement's parse/plan/execute and a round
 //! trip. A batch pays those once for all its claims, so the larger the batches, the less
-//! PostgreSQL CPU a claim costs (docs/BENCHMARKS.md, "Group commit").
+//! PostgreSQL CPU a claim costs.
 //!
 //! How a batch forms: [`GroupCommitConfig::in_flight`] workers share one queue. A worker
 //! that is free decides whether to take what is queued ([`next_batch`], a pure function):
@@ -17,10 +20,10 @@
 //! - *Batches in flight*: claims wait for one of them to finish, and then go together, unless
 //!   a full batch ([`GroupCommitConfig::max_batch`]) is queued or the oldest has waited
 //!   [`GroupCommitConfig::linger`]: then another worker starts a batch beside the running
-//!   ones. (Starting one for fewer, say 8 queued, made two batches run at once half the time
-//!   and cost ~10% of durable claims/s: concurrent batches contend in PostgreSQL for the
-//!   same index pages and the WAL, docs/BENCHMARKS.md.) So while commits are fast, one batch at a time collects everything that arrived
-//!   during the previous one (the largest batches, the least CPU per claim); while commits
+//!   ones. (Starting one for fewer would make two batches run at once for little gain:
+//!   concurrent batches contend in PostgreSQL for the same index pages and the WAL.) So
+//!   while commits are fast, one batch at a time collects everything that arrived during
+//!   the previous one (the largest batches, the least CPU per claim); while commits
 //!   are slow (a synchronous standby, a row lock, a busy disk), more batches run at once and
 //!   no claim waits much more than `linger` for a free worker.
 //!
@@ -31,7 +34,7 @@
 //!   holder (and a retried create of the same run is then counted, as always).
 //! - *No deadlock between batches*: keys are sent sorted, so two batches that wait on each
 //!   other's uncommitted inserts do so in one order.
-//! - *Each claim fails only as it would alone.* A batch waits at most [`BATCH_LOCK_WAIT`] on
+//! - *Each claim fails only as it would alone.* A batch waits at most [`CLAIM_BATCH_LOCK_WAIT`] on
 //!   a row lock: a key whose row another session holds (an operator's open `DELETE`, a
 //!   transaction stuck on a slow commit) fails the statement with 55P03 instead of holding
 //!   the batch's other claims until the store timeout. Then, as when the server refuses the
@@ -52,12 +55,12 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::claim::{Claim, ClaimKey, RunRef};
+use crate::db::{read_claim, Db};
 use crate::error::{Cause, Chain, StoreError};
 use crate::sql;
-use crate::store::{read_claim, ClaimStore};
 
-/// Largest batch: 64 claims are ~20 KB of parameters, one short statement; larger batches
-/// stopped paying on the store-level measurement (docs/BENCHMARKS.md).
+/// Largest claim batch: 64 claims are ~20 KB of parameters, still one short statement, and
+/// larger batches save no more per claim than they add to the wait of the claims in them.
 pub const DEFAULT_MAX_BATCH: usize = 64;
 /// Most batches in flight at once (each on its own pooled connection). Only slow commits
 /// bring more than one: see [`DEFAULT_LINGER`].
@@ -70,9 +73,9 @@ pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
 /// concurrent batches (another replica's claim of the same key) take a few milliseconds;
 /// past this, a lock is held by something slow, and the batch's other claims must not wait
 /// on it. PostgreSQL's `lock_timeout` text, as the statement sets it (`$8`).
-pub const BATCH_LOCK_WAIT: &str = "50ms";
+pub const CLAIM_BATCH_LOCK_WAIT: &str = "50ms";
 
-/// SQLSTATE `lock_not_available`: the batch's [`BATCH_LOCK_WAIT`] ran out.
+/// SQLSTATE `lock_not_available`: the batch's [`CLAIM_BATCH_LOCK_WAIT`] ran out.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// The knobs.
@@ -95,7 +98,7 @@ impl Default for GroupCommitConfig {
 
 /// How many queued claims to send as a new batch now, if any: the dispatcher's whole policy.
 /// `oldest_waited` is how long the first queued claim has been waiting.
-pub(crate) fn next_batch(
+pub(crate) fn next_claim_batch(
     config: &GroupCommitConfig,
     queued: usize,
     running: usize,
@@ -119,11 +122,11 @@ struct Pending {
 }
 
 /// The batcher. Workers start on first use (inside the caller's runtime) and end when the
-/// last [`ClaimStore`] clone holding this is dropped, after the queue is empty.
+/// last [`crate::ClaimStore`] clone holding this is dropped, after the queue is empty.
 pub(crate) struct GroupCommit {
     config: GroupCommitConfig,
-    /// Runs the batches; a store without group commit, sharing the pool.
-    executor: ClaimStore,
+    /// Runs the batches on the store's pool.
+    executor: Db,
     shared: Arc<Shared>,
     started: Once,
 }
@@ -134,7 +137,7 @@ struct Shared {
     /// Wakes one idle worker: the queue became non-empty, or reached a full batch. (A worker
     /// that finishes a batch looks at the queue itself.) On drop: every worker.
     wake: Notify,
-    counters: Counters,
+    counters: Arc<Counters>,
 }
 
 #[derive(Default)]
@@ -168,6 +171,20 @@ impl Counters {
     }
 }
 
+/// A handle on group commit's counters that keeps nothing else alive (the metrics read it).
+#[derive(Debug, Clone)]
+pub struct GroupCommitCounters(Arc<Counters>);
+
+impl GroupCommitCounters {
+    /// Claim batches run and claims they carried, so far.
+    pub fn stats(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            batches: self.0.batches.load(Ordering::Relaxed),
+            claims: self.0.claims.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// How much batching happened: claims per batch is `claims / batches`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommitStats {
@@ -184,7 +201,7 @@ impl std::fmt::Debug for GroupCommit {
 }
 
 impl GroupCommit {
-    pub(crate) fn new(config: GroupCommitConfig, executor: ClaimStore) -> Self {
+    pub(crate) fn new(config: GroupCommitConfig, executor: Db) -> Self {
         Self {
             config: GroupCommitConfig {
                 max_batch: config.max_batch.max(1),
@@ -195,18 +212,14 @@ impl GroupCommit {
             shared: Arc::new(Shared {
                 state: Mutex::default(),
                 wake: Notify::new(),
-                counters: Counters::default(),
+                counters: Arc::default(),
             }),
             started: Once::new(),
         }
     }
 
-    pub(crate) fn stats(&self) -> GroupCommitStats {
-        let counters = &self.shared.counters;
-        GroupCommitStats {
-            batches: counters.batches.load(Ordering::Relaxed),
-            claims: counters.claims.load(Ordering::Relaxed),
-        }
+    pub(crate) fn counters(&self) -> GroupCommitCounters {
+        GroupCommitCounters(self.shared.counters.clone())
     }
 
     pub(crate) fn config(&self) -> GroupCommitConfig {
@@ -223,7 +236,7 @@ impl GroupCommit {
             // hand-off to a worker task and back (two task wake-ups, each possibly on the
             // other core, on every claim while the load is light).
             self.shared.counters.count(1);
-            return self.executor.insert_one(key, run).await;
+            return insert_alone(&self.executor, key, run).await;
         }
         let (reply, answer) = oneshot::channel();
         let queued = {
@@ -300,9 +313,9 @@ enum Step {
     Stop,
 }
 
-/// Takes batches as [`next_batch`] allows and runs them, until the store is dropped and the
+/// Takes batches as [`next_claim_batch`] allows and runs them, until the store is dropped and the
 /// queue is empty.
-async fn worker(shared: Arc<Shared>, executor: ClaimStore, config: GroupCommitConfig) {
+async fn worker(shared: Arc<Shared>, executor: Db, config: GroupCommitConfig) {
     loop {
         let batch = {
             // Registered before looking at the queue, so a wake-up sent in between is not
@@ -337,7 +350,7 @@ async fn worker(shared: Arc<Shared>, executor: ClaimStore, config: GroupCommitCo
 fn next_step(shared: &Shared, config: &GroupCommitConfig) -> Step {
     let mut state = shared.lock();
     let waited = state.queue.front().map(|p| p.queued_at.elapsed());
-    match waited.and_then(|w| next_batch(config, state.queue.len(), state.running, w)) {
+    match waited.and_then(|w| next_claim_batch(config, state.queue.len(), state.running, w)) {
         Some(n) => {
             state.running += 1;
             Step::Run(state.queue.drain(..n).collect())
@@ -355,7 +368,7 @@ fn next_step(shared: &Shared, config: &GroupCommitConfig) -> Step {
 }
 
 /// Runs one batch and hands each caller its answer.
-async fn run_and_answer(executor: &ClaimStore, mut batch: Vec<Pending>, counters: &Counters) {
+async fn run_and_answer(executor: &Db, mut batch: Vec<Pending>, counters: &Counters) {
     // Callers that already gave up (store timeout) need no claim.
     batch.retain(|p| !p.reply.is_closed());
     if batch.is_empty() {
@@ -363,13 +376,13 @@ async fn run_and_answer(executor: &ClaimStore, mut batch: Vec<Pending>, counters
     }
     counters.count(batch.len());
     let requests: Vec<(&ClaimKey, &RunRef)> = batch.iter().map(|p| (&p.key, &p.run)).collect();
-    match run_batch(executor, &requests).await {
+    match run_claim_batch(executor, &requests).await {
         Ok(answers) => {
             for (p, answer) in batch.into_iter().zip(answers) {
                 let _ = p.reply.send(Ok(answer));
             }
         }
-        // A row lock held past BATCH_LOCK_WAIT, or the server refused the statement (a
+        // A row lock held past CLAIM_BATCH_LOCK_WAIT, or the server refused the statement (a
         // constraint: one request's data can do that): each request goes alone, so only its
         // own fails or waits. A lost connection or a timeout would hit each of them alike:
         // they all get the error at once.
@@ -400,12 +413,12 @@ fn goes_alone(error: &StoreError, claims: usize) -> bool {
 /// One claim of a failed batch on its own, as without group commit: a task of its own, so a
 /// claim waiting on a lock holds neither the others nor a worker. It stops when its caller
 /// gives up (the caller's store timeout), which cancels the statement.
-async fn alone(executor: ClaimStore, pending: Pending) {
+async fn alone(executor: Db, pending: Pending) {
     let Pending {
         key, run, mut reply, ..
     } = pending;
     let answer = tokio::select! {
-        answer = executor.insert_one(&key, &run) => answer,
+        answer = insert_alone(&executor, &key, &run) => answer,
         () = reply.closed() => return,
     };
     let _ = reply.send(answer);
@@ -414,7 +427,7 @@ async fn alone(executor: ClaimStore, pending: Pending) {
 /// Which request goes into the statement for each distinct key (the first to arrive), and
 /// which of the statement's elements answers each request. Keys come out sorted.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct BatchPlan {
+pub(crate) struct ClaimBatchPlan {
     /// Index into the requests of each statement element, in key order.
     pub(crate) sent: Vec<usize>,
     /// For each request: the statement element (0-based) that answers it, and whether the
@@ -422,7 +435,7 @@ pub(crate) struct BatchPlan {
     pub(crate) answered_by: Vec<(usize, bool)>,
 }
 
-pub(crate) fn plan_batch(keys: &[&ClaimKey]) -> BatchPlan {
+pub(crate) fn plan_claim_batch(keys: &[&ClaimKey]) -> ClaimBatchPlan {
     let mut first_of: BTreeMap<(&str, &str, &str, &str), usize> = BTreeMap::new();
     for (i, key) in keys.iter().enumerate() {
         first_of
@@ -455,13 +468,13 @@ pub(crate) fn plan_batch(keys: &[&ClaimKey]) -> BatchPlan {
             (element_of_request[first], first == i)
         })
         .collect();
-    BatchPlan { sent, answered_by }
+    ClaimBatchPlan { sent, answered_by }
 }
 
 /// Answers every request from the statement's per-element results: its own element's for
 /// the first request of a key; for a later request of the same key, the holder that element
 /// left (never `written`: the key was taken by the request before it).
-pub(crate) fn distribute(plan: &BatchPlan, elements: &[Inserted]) -> Vec<Inserted> {
+pub(crate) fn distribute(plan: &ClaimBatchPlan, elements: &[Inserted]) -> Vec<Inserted> {
     plan.answered_by
         .iter()
         .map(|&(element, own)| {
@@ -475,13 +488,23 @@ pub(crate) fn distribute(plan: &BatchPlan, elements: &[Inserted]) -> Vec<Inserte
         .collect()
 }
 
-/// One batch: one statement (its own implicit transaction) on one pooled connection.
-async fn run_batch(
-    executor: &ClaimStore,
+/// The insert step of a claim alone ([`sql::CLAIM_INSERT`]): what a claim does without
+/// group commit, and each claim of a failed batch.
+pub(crate) async fn insert_alone(db: &Db, key: &ClaimKey, run: &RunRef) -> Result<Inserted, StoreError> {
+    db.query_keyed(sql::CLAIM_INSERT, key, &[&run.namespace, &run.name, &run.uid])
+        .await?
+        .first()
+        .map(read_claim)
+        .transpose()
+}
+
+/// One claim batch: one statement (its own implicit transaction) on one pooled connection.
+async fn run_claim_batch(
+    executor: &Db,
     requests: &[(&ClaimKey, &RunRef)],
 ) -> Result<Vec<Inserted>, StoreError> {
     let keys: Vec<&ClaimKey> = requests.iter().map(|(k, _)| *k).collect();
-    let plan = plan_batch(&keys);
+    let plan = plan_claim_batch(&keys);
     let mut columns = sql::ClaimColumns::default();
     for &i in &plan.sent {
         let (key, run) = requests[i];
@@ -489,7 +512,7 @@ async fn run_batch(
     }
     let [a, b, c, d, e, f, g] = columns.params();
     let rows = executor
-        .query(sql::CLAIM_BATCH, &[a, b, c, d, e, f, g, &BATCH_LOCK_WAIT])
+        .query(sql::CLAIM_BATCH, &[a, b, c, d, e, f, g, &CLAIM_BATCH_LOCK_WAIT])
         .await?;
     let mut elements: Vec<Inserted> = vec![None; plan.sent.len()];
     for row in &rows {
@@ -531,71 +554,4 @@ fn copy_error(e: &StoreError) -> StoreError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::claim::ClaimScope;
-
-    fn key(d: &str) -> ClaimKey {
-        ClaimKey::new(ClaimScope::Orchestration, "agents", "codex", d)
-    }
-
-    fn config() -> GroupCommitConfig {
-        GroupCommitConfig {
-            max_batch: 64,
-            in_flight: 4,
-            linger: Duration::from_millis(1),
-        }
-    }
-
-    #[test]
-    fn with_nothing_in_flight_whatever_is_queued_goes_at_once() {
-        let c = config();
-        assert_eq!(next_batch(&c, 1, 0, Duration::ZERO), Some(1));
-        assert_eq!(
-            next_batch(&c, 100, 0, Duration::ZERO),
-            Some(64),
-            "at most max_batch"
-        );
-        assert_eq!(next_batch(&c, 0, 0, Duration::ZERO), None);
-    }
-
-    #[test]
-    fn beside_running_batches_a_batch_starts_only_when_full_or_lingered() {
-        let c = config();
-        assert_eq!(next_batch(&c, 63, 1, Duration::from_micros(999)), None);
-        assert_eq!(next_batch(&c, 64, 1, Duration::ZERO), Some(64));
-        assert_eq!(next_batch(&c, 1, 3, Duration::from_millis(1)), Some(1));
-    }
-
-    #[test]
-    fn never_more_batches_in_flight_than_configured() {
-        let c = config();
-        assert_eq!(next_batch(&c, 64, 4, Duration::from_secs(1)), None);
-    }
-
-    #[test]
-    fn distinct_keys_are_sent_sorted_and_each_answered_by_its_own_element() {
-        let (b, a, c) = (key("b"), key("a"), key("c"));
-        let plan = plan_batch(&[&b, &a, &c]);
-        assert_eq!(plan.sent, vec![1, 0, 2]);
-        assert_eq!(plan.answered_by, vec![(1, true), (0, true), (2, true)]);
-    }
-
-    #[test]
-    fn a_repeated_key_is_sent_once_and_its_later_requests_see_the_first_ones_outcome() {
-        let (a, b) = (key("a"), key("b"));
-        let plan = plan_batch(&[&b, &a, &b, &b]);
-        assert_eq!(plan.sent, vec![1, 0]);
-        assert_eq!(
-            plan.answered_by,
-            vec![(1, true), (0, true), (1, false), (1, false)]
-        );
-    }
-
-    #[test]
-    fn the_same_delivery_under_another_scope_is_another_key() {
-        let a = key("a");
-        let b = ClaimKey::new(ClaimScope::Cluster, "agents", "codex", "a");
-        assert_eq!(plan_batch(&[&a, &b]).sent.len(), 2);
-    }
-}
+mod tests;

@@ -1,6 +1,6 @@
 //! Reading and releasing claims for operators (`dedupe-claims`): every claim of a delivery,
-//! a filtered list, releasing exactly one claim, and the table's figures. Each statement is a
-//! named file under `shared/sql/inspect_*.sql`; each call is bounded by the store timeout.
+//! a filtered list, releasing exactly one claim, and the table's figures. Each statement is
+//! named in [`crate::sql`] (`INSPECT_*`); each call is bounded by the store timeout.
 //!
 //! Nothing here is on the webhook's hot path. The one write, [`ClaimStore::release_claim`],
 //! locks what it matches and deletes only when that is exactly one row, in one transaction.
@@ -11,29 +11,11 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::claim::ClaimScope;
-use crate::claim::{Claim, ClaimKey, ClaimState, RunRef};
+use crate::claim::{Claim, ClaimKey, ClaimScope, ClaimState};
+use crate::db::rows::{parse_scope, parse_state, read_claim_columns, read_count, read_key};
 use crate::error::StoreError;
+use crate::sql;
 use crate::store::ClaimStore;
-
-/// The claims of one delivery (`$1`), filtered by key parts when `$2..$4` are not NULL:
-/// `get` (no filter) and a release's preview.
-pub const CLAIMS_OF_DELIVERY: &str = include_str!("../sql/inspect_claims_of_delivery.sql");
-/// Claims newest first, filtered (see the file for the parameters).
-pub const LIST_CLAIMS: &str = include_str!("../sql/inspect_list_claims.sql");
-/// The same selection, locked, inside the release transaction.
-pub const RELEASE_LOCK: &str = concat!(
-    include_str!("../sql/inspect_claims_of_delivery.sql"),
-    "   FOR UPDATE\n"
-);
-/// Deletes the one key the lock found.
-pub const RELEASE_DELETE: &str = include_str!("../sql/inspect_release_delete.sql");
-/// Counts by scope and state.
-pub const STATS_BY_SCOPE_STATE: &str = include_str!("../sql/inspect_stats_by_scope_state.sql");
-/// Totals, backlog, table size and schema version.
-pub const STATS_SUMMARY: &str = include_str!("../sql/inspect_stats_summary.sql");
-/// The oldest claim.
-pub const STATS_OLDEST: &str = include_str!("../sql/inspect_stats_oldest.sql");
 
 /// A claim with its key, as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,8 +161,9 @@ impl ClaimStore {
             &after_orchestration,
         ];
         let mut claims = self
+            .db()
             .on_connection(self.timeout(), async |client| {
-                let statement = client.prepare_cached(LIST_CLAIMS).await?;
+                let statement = client.prepare_cached(sql::INSPECT_LIST_CLAIMS).await?;
                 read_records(&client.query(&statement, &params).await?)
             })
             .await?;
@@ -208,11 +191,12 @@ impl ClaimStore {
         let scope = selector.scope.map(ClaimScope::as_str);
         let params: [&(dyn ToSql + Sync); 4] =
             [&delivery_id, &scope, &selector.namespace, &selector.orchestration];
-        self.on_connection(self.timeout(), async |client| {
-            let statement = client.prepare_cached(CLAIMS_OF_DELIVERY).await?;
-            read_records(&client.query(&statement, &params).await?)
-        })
-        .await
+        self.db()
+            .on_connection(self.timeout(), async |client| {
+                let statement = client.prepare_cached(sql::INSPECT_CLAIMS_OF_DELIVERY).await?;
+                read_records(&client.query(&statement, &params).await?)
+            })
+            .await
     }
 
     /// Deletes the one claim of `delivery_id` that `selector` picks, in one transaction:
@@ -226,33 +210,34 @@ impl ClaimStore {
         let scope = selector.scope.map(ClaimScope::as_str);
         let params: [&(dyn ToSql + Sync); 4] =
             [&delivery_id, &scope, &selector.namespace, &selector.orchestration];
-        self.on_connection(self.timeout(), async |client| {
-            let tx = client.transaction().await?;
-            let matched = read_records(&tx.query(RELEASE_LOCK, &params).await?)?;
-            let key = match matched.as_slice() {
-                [] => return Ok(ReleaseOutcome::NotFound),
-                [one] => one.key.clone(),
-                // Dropping the transaction rolls it back and releases the locks.
-                _ => return Ok(ReleaseOutcome::Ambiguous(matched)),
-            };
-            let scope = key.scope.as_str();
-            let deleted = read_records(
-                &tx.query(
-                    RELEASE_DELETE,
-                    &[&key.delivery_id, &scope, &key.namespace, &key.orchestration],
-                )
-                .await?,
-            )?;
-            let [record] = <[ClaimRecord; 1]>::try_from(deleted).map_err(|rows| {
-                StoreError::UnexpectedRow(format!(
-                    "deleting the locked claim {key} returned {} rows",
-                    rows.len()
-                ))
-            })?;
-            tx.commit().await?;
-            Ok(ReleaseOutcome::Released(record))
-        })
-        .await
+        self.db()
+            .on_connection(self.timeout(), async |client| {
+                let tx = client.transaction().await?;
+                let matched = read_records(&tx.query(sql::INSPECT_RELEASE_LOCK, &params).await?)?;
+                let key = match matched.as_slice() {
+                    [] => return Ok(ReleaseOutcome::NotFound),
+                    [one] => one.key.clone(),
+                    // Dropping the transaction rolls it back and releases the locks.
+                    _ => return Ok(ReleaseOutcome::Ambiguous(matched)),
+                };
+                let scope = key.scope.as_str();
+                let deleted = read_records(
+                    &tx.query(
+                        sql::INSPECT_RELEASE_DELETE,
+                        &[&key.delivery_id, &scope, &key.namespace, &key.orchestration],
+                    )
+                    .await?,
+                )?;
+                let [record] = <[ClaimRecord; 1]>::try_from(deleted).map_err(|rows| {
+                    StoreError::UnexpectedRow(format!(
+                        "deleting the locked claim {key} returned {} rows",
+                        rows.len()
+                    ))
+                })?;
+                tx.commit().await?;
+                Ok(ReleaseOutcome::Released(record))
+            })
+            .await
     }
 
     /// The table's figures, all from one snapshot (a read-only repeatable-read transaction),
@@ -266,41 +251,44 @@ impl ClaimStore {
             StoreError::Query(format!("retention of {retention_days} days is out of range").into())
         })?;
         let grace_secs = pending_grace.as_secs_f64();
-        self.on_connection(self.timeout(), async |client| {
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
-            let summary = tx.query_one(STATS_SUMMARY, &[&days, &grace_secs]).await?;
-            let groups = tx.query(STATS_BY_SCOPE_STATE, &[]).await?;
-            let oldest = read_records(&tx.query(STATS_OLDEST, &[]).await?)?;
-            tx.commit().await?;
-            Ok(ClaimStats {
-                observed_at: summary.try_get("observed_at")?,
-                total: count(&summary, "total")?,
-                by_scope_state: groups
-                    .iter()
-                    .map(|row| {
-                        Ok(ScopeStateCount {
-                            scope: parse_scope(row.try_get("scope")?)?,
-                            state: parse_state(row.try_get("state")?)?,
-                            claims: count(row, "claims")?,
-                            oldest: row.try_get("oldest")?,
+        self.db()
+            .on_connection(self.timeout(), async |client| {
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let summary = tx
+                    .query_one(sql::INSPECT_STATS_SUMMARY, &[&days, &grace_secs])
+                    .await?;
+                let groups = tx.query(sql::INSPECT_STATS_BY_SCOPE_STATE, &[]).await?;
+                let oldest = read_records(&tx.query(sql::INSPECT_STATS_OLDEST, &[]).await?)?;
+                tx.commit().await?;
+                Ok(ClaimStats {
+                    observed_at: summary.try_get("observed_at")?,
+                    total: count(&summary, "total")?,
+                    by_scope_state: groups
+                        .iter()
+                        .map(|row| {
+                            Ok(ScopeStateCount {
+                                scope: parse_scope(row.try_get("scope")?)?,
+                                state: parse_state(row.try_get("state")?)?,
+                                claims: count(row, "claims")?,
+                                oldest: row.try_get("oldest")?,
+                            })
                         })
-                    })
-                    .collect::<Result<_, StoreError>>()?,
-                oldest: oldest.into_iter().next(),
-                retention_days,
-                past_retention: count(&summary, "past_retention")?,
-                pending_grace,
-                pending_past_grace: count(&summary, "pending_past_grace")?,
-                table_bytes: count(&summary, "table_bytes")?,
-                migration_version: summary.try_get("migration_version")?,
+                        .collect::<Result<_, StoreError>>()?,
+                    oldest: oldest.into_iter().next(),
+                    retention_days,
+                    past_retention: count(&summary, "past_retention")?,
+                    pending_grace,
+                    pending_past_grace: count(&summary, "pending_past_grace")?,
+                    table_bytes: count(&summary, "table_bytes")?,
+                    migration_version: summary.try_get("migration_version")?,
+                })
             })
-        })
-        .await
+            .await
     }
 }
 
@@ -310,47 +298,20 @@ fn read_records(rows: &[Row]) -> Result<Vec<ClaimRecord>, StoreError> {
 
 fn read_record(row: &Row) -> Result<ClaimRecord, StoreError> {
     Ok(ClaimRecord {
-        key: ClaimKey {
-            delivery_id: row.try_get("delivery_id")?,
-            scope: parse_scope(row.try_get("scope")?)?,
-            namespace: row.try_get("namespace")?,
-            orchestration: row.try_get("orchestration")?,
-        },
-        claim: Claim {
-            holder: RunRef {
-                namespace: row.try_get("run_namespace")?,
-                name: row.try_get("run_name")?,
-                uid: row.try_get("run_uid")?,
-            },
-            state: parse_state(row.try_get("state")?)?,
-            claimed_at: row.try_get("claimed_at")?,
-            updated_at: row.try_get("updated_at")?,
-            admissions: row.try_get("admissions")?,
-            takeovers: row.try_get("takeovers")?,
-            observed_at: row.try_get("observed_at")?,
-        },
+        key: read_key(row)?,
+        claim: read_claim_columns(row)?,
     })
-}
-
-fn parse_scope(scope: &str) -> Result<ClaimScope, StoreError> {
-    // The stored names are the flag values (a test in claim.rs ties them together).
-    <ClaimScope as clap::ValueEnum>::from_str(scope, false)
-        .map_err(|_| StoreError::UnexpectedRow(format!("scope `{scope}`")))
-}
-
-fn parse_state(state: &str) -> Result<ClaimState, StoreError> {
-    ClaimState::parse(state).ok_or_else(|| StoreError::UnexpectedRow(format!("state `{state}`")))
 }
 
 /// A `bigint` count or size, never negative.
 fn count(row: &Row, column: &str) -> Result<u64, StoreError> {
-    let value: i64 = row.try_get(column)?;
-    u64::try_from(value).map_err(|_| StoreError::UnexpectedRow(format!("{column} = {value}")))
+    read_count(row, column)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::claim::RunRef;
 
     fn record(state: ClaimState, claimed_secs_ago: i64, idle_secs: i64) -> ClaimRecord {
         let now = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).expect("a valid timestamp");
@@ -393,16 +354,20 @@ mod tests {
     #[test]
     fn every_statement_is_loaded() {
         for sql in [
-            CLAIMS_OF_DELIVERY,
-            LIST_CLAIMS,
-            RELEASE_LOCK,
-            RELEASE_DELETE,
-            STATS_BY_SCOPE_STATE,
-            STATS_SUMMARY,
-            STATS_OLDEST,
+            sql::INSPECT_CLAIMS_OF_DELIVERY,
+            sql::INSPECT_LIST_CLAIMS,
+            sql::INSPECT_RELEASE_LOCK,
+            sql::INSPECT_RELEASE_DELETE,
+            sql::INSPECT_STATS_BY_SCOPE_STATE,
+            sql::INSPECT_STATS_SUMMARY,
+            sql::INSPECT_STATS_OLDEST,
         ] {
             assert!(sql.contains("orchestration_dedupe_claims"), "{sql}");
         }
-        assert!(RELEASE_LOCK.trim_end().ends_with("FOR UPDATE"), "{RELEASE_LOCK}");
+        assert!(
+            sql::INSPECT_RELEASE_LOCK.trim_end().ends_with("FOR UPDATE"),
+            "{}",
+            sql::INSPECT_RELEASE_LOCK
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! current span): `{"timestamp":…,"level":…,"message":…,<fields>,"span":{<fields>,"name":…}}`.
 //! Why not that format: it keeps a span's fields as a JSON text and parses it back into a
 //! map for every event, and builds each value through serde; at one decision event per
-//! admission request that was ~7% of the webhook's CPU (docs/BENCHMARKS.md). Here a span's
+//! admission request that was a visible share of the webhook's CPU. Here a span's
 //! fields are rendered once, as JSON members, when the span is created, and copied verbatim
 //! into each event's line; an event's own fields are escaped as they are written.
 

@@ -4,7 +4,7 @@
 //! Why not a channel with a line per message (tracing-appender's `non_blocking`, used
 //! before): at thousands of decisions a second every line woke the writer thread, and the
 //! wake-up (a futex on each side, a context switch), the write and the writer's own polling
-//! were about a fifth of the webhook's CPU per request (docs/BENCHMARKS.md). Here the writer
+//! were a large share of the webhook's CPU per request. Here the writer
 //! is woken once when the buffer stops being empty and then lets lines gather, so under load
 //! it wakes ~1/[`FLUSH_INTERVAL`] times a second, whatever the request rate.
 //!

@@ -1,8 +1,10 @@
-//! The reconciler's one store operation: a batch of runs the API server shows, written in
-//! one statement ([`sql::RECONCILE_BATCH`]). Kept apart from `store.rs` so the admission
-//! hot path and the reconciler's bulk writes can change independently.
+//! The reconciler's one store operation: a reconcile batch (runs the API server shows),
+//! written in one statement ([`sql::RECONCILE_BATCH`]) on the connection layer. Kept apart
+//! from the claim path (`store/claims.rs`) so the admission hot path and the reconciler's
+//! bulk writes can change independently.
 
 use crate::claim::ClaimKey;
+use crate::db::rows::read_count_lenient;
 use crate::error::StoreError;
 use crate::sql;
 use crate::store::ClaimStore;
@@ -94,18 +96,17 @@ impl ClaimStore {
         }
         let holds: Vec<bool> = runs.iter().map(|r| r.holds).collect();
         let [p1, p2, p3, p4, p5, p6, p7] = columns.params();
-        let rows = self
-            .query(sql::RECONCILE_BATCH, &[p1, p2, p3, p4, p5, p6, p7, &holds])
+        let row = self
+            .db()
+            .query_one_row(
+                sql::RECONCILE_BATCH,
+                &[p1, p2, p3, p4, p5, p6, p7, &holds],
+                "reconcile batch",
+            )
             .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| StoreError::UnexpectedRow("reconcile batch returned nothing".into()))?;
-        let count = |column: &str| -> Result<u64, StoreError> {
-            Ok(u64::try_from(row.try_get::<_, i64>(column)?).unwrap_or(0))
-        };
         Ok(ReconcileCounts {
-            confirmed: count("confirmed")?,
-            backfilled: count("backfilled")?,
+            confirmed: read_count_lenient(&row, "confirmed")?,
+            backfilled: read_count_lenient(&row, "backfilled")?,
         })
     }
 }

@@ -1,13 +1,16 @@
-//! Bounded retries with exponential back-off, for reaching the store at start (the webhook's
-//! migrations, the pruner's first contact). Waits are cut short by a shutdown request.
+//! Bounded retries with exponential back-off ([`Backoff`]), for reaching the store at start
+//! (the webhook's migrations, the pruner's first contact). Waits are cut short by a shutdown
+//! request.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use crate::backoff::Backoff;
 use crate::error::Chain;
 use crate::shutdown::Shutdown;
 
-/// How often and how patiently to try.
+/// How often and how patiently to try: `attempts` in all, waiting as a doubling
+/// [`Backoff`] from `base_delay` up to `max_delay` between them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryConfig {
     /// Attempts in all (at least 1).
@@ -19,12 +22,23 @@ pub struct RetryConfig {
 }
 
 impl RetryConfig {
+    /// `attempts` in all, waiting as `backoff` says between them.
+    pub const fn new(attempts: u32, backoff: Backoff) -> Self {
+        Self {
+            attempts,
+            base_delay: backoff.first(),
+            max_delay: backoff.max(),
+        }
+    }
+
+    /// The waits between attempts.
+    pub const fn backoff(&self) -> Backoff {
+        Backoff::doubling(self.base_delay, self.max_delay)
+    }
+
     /// The wait after the `failures`-th failure in a row (1-based).
     pub fn delay_after(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(30);
-        self.base_delay
-            .saturating_mul(1u32 << doublings)
-            .min(self.max_delay)
+        self.backoff().delay_after(failures)
     }
 }
 

@@ -553,7 +553,7 @@ mod tests {
             dns1123_subdomain_problem("a\nb").as_deref(),
             Some("is not a DNS-1123 subdomain: only lower-case letters, digits, '-' and '.' are allowed")
         );
-        // 3,000 characters (issue 11): refused, however well-formed.
+        // 3,000 characters: refused, however well-formed.
         assert!(dns1123_subdomain_problem(&"a".repeat(3_000)).is_some_and(|p| p.contains("3000 characters")));
     }
 }

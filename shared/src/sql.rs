@@ -8,7 +8,7 @@
 //! `ctid`/`xmax`), so a multi-region store stays an option.
 //!
 //! Key parameters are always `$1 delivery_id, $2 scope, $3 namespace, $4 orchestration`.
-//! Statements that return a claim return the columns `store::read_claim` reads: `written`,
+//! Statements that return a claim return the columns `db::rows::read_claim` reads: `written`,
 //! the holder (`run_namespace`, `run_name`, `run_uid`), `state`, `claimed_at`, `updated_at`,
 //! `admissions`, `takeovers` and `observed_at` — `now()`, the database clock at the time of
 //! the statement, so decisions about age never depend on the webhook pod's clock.
@@ -50,6 +50,13 @@ pub const PING: &str = include_str!("../sql/ping.sql");
 /// stores in different schemas (tests, tenants) never wait for each other.
 pub const MIGRATION_LOCK: &str = include_str!("../sql/migration_lock.sql");
 
+/// Lifts the session's `statement_timeout` for a migration, which may wait for another
+/// replica's migration lock longer than any store call may take.
+pub const STATEMENT_TIMEOUT_OFF: &str = include_str!("../sql/statement_timeout_off.sql");
+
+/// Restores the session's `statement_timeout` (the connection's own) after a migration.
+pub const STATEMENT_TIMEOUT_RESET: &str = include_str!("../sql/statement_timeout_reset.sql");
+
 /// Keeps the migration transaction's NOTICEs out of the logs.
 pub const MIGRATION_QUIET_NOTICES: &str = include_str!("../sql/migration_quiet_notices.sql");
 
@@ -87,7 +94,7 @@ pub const PRUNE_RANGE_BOUND: &str = include_str!("../sql/prune_range_bound.sql")
 /// none of [`DELETE_EXPIRED_KEYS`]'s per-row primary-key lookups, and no `RETURNING`: the
 /// count is the command's row count, and the next batch starts at the bound. (The single
 /// statement it replaced returned every deleted `claimed_at` to count them and find the
-/// newest, which doubled its cost; docs/BENCHMARKS.md, "Pruner".)
+/// newest, which cost as much again as the delete.)
 ///
 /// Unlike [`DELETE_EXPIRED_KEYS`] it does not skip locked rows: it waits (bounded by the
 /// batch's `lock_timeout`) for an admission statement holding one, and READ COMMITTED then
@@ -144,6 +151,25 @@ pub const PRUNE_CLAIM_TRAFFIC: &str = include_str!("../sql/prune_claim_traffic.s
 /// back-fill a confirmed claim for each key that has none. Parameters and reasoning in the
 /// file.
 pub const RECONCILE_BATCH: &str = include_str!("../sql/reconcile_batch.sql");
+
+/// The operators' reads and release (`inspect.rs`, `dedupe-claims`). The claims of one delivery (`$1`), filtered by key parts when `$2..$4` are not NULL:
+/// `get` (no filter) and a release's preview.
+pub const INSPECT_CLAIMS_OF_DELIVERY: &str = include_str!("../sql/inspect_claims_of_delivery.sql");
+/// Claims newest first, filtered (see the file for the parameters).
+pub const INSPECT_LIST_CLAIMS: &str = include_str!("../sql/inspect_list_claims.sql");
+/// [`INSPECT_CLAIMS_OF_DELIVERY`]'s selection, locked, inside the release transaction.
+pub const INSPECT_RELEASE_LOCK: &str = concat!(
+    include_str!("../sql/inspect_claims_of_delivery.sql"),
+    "   FOR UPDATE\n"
+);
+/// Deletes the one key the lock found.
+pub const INSPECT_RELEASE_DELETE: &str = include_str!("../sql/inspect_release_delete.sql");
+/// Counts by scope and state.
+pub const INSPECT_STATS_BY_SCOPE_STATE: &str = include_str!("../sql/inspect_stats_by_scope_state.sql");
+/// Totals, backlog, table size and schema version.
+pub const INSPECT_STATS_SUMMARY: &str = include_str!("../sql/inspect_stats_summary.sql");
+/// The oldest claim.
+pub const INSPECT_STATS_OLDEST: &str = include_str!("../sql/inspect_stats_oldest.sql");
 
 /// The claim columns of many claims as parallel text arrays: `$1..$7` of the statements that
 /// `unnest` them ([`CLAIM_BATCH`], [`RECONCILE_BATCH`]), in the order delivery id, scope, key

@@ -53,7 +53,7 @@ def test_docs_name_the_webhook_configuration_as_rendered(chart: helm.Chart) -> N
 def test_docs_use_one_example_install() -> None:
     """Release `dedupe` in namespace `agents` everywhere (the Secret and CA names of a
     CloudNativePG cluster called jangar stay)."""
-    for doc in DOCS + [REPO / "pruner" / "kubectl-dedupe"]:
+    for doc in DOCS + [REPO / "claims" / "kubectl-dedupe"]:
         text = doc.read_text()
         assert not re.search(r"-n jangar\b|\.jangar\.svc|namespace `jangar`", text), doc
     for doc in DOCS:

@@ -1,4 +1,4 @@
-"""The `kubectl-dedupe` plugin (pruner/kubectl-dedupe), run with a fake `kubectl` first on PATH
+"""The `kubectl-dedupe` plugin (claims/kubectl-dedupe), run with a fake `kubectl` first on PATH
 that records every call and answers the Deployment lookup: the exec it runs, the options it
 takes, and that its label selector finds the Deployment the chart renders."""
 
@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPO, render
 
-PLUGIN = REPO / "pruner" / "kubectl-dedupe"
+PLUGIN = REPO / "claims" / "kubectl-dedupe"
 
 # A fake kubectl: each call's arguments, one per line, then a line "--END--", appended to
 # $FAKE_LOG. `get deployments` prints $FAKE_FOUND (or $FAKE_FOUND_ALL with --all-namespaces),
@@ -222,7 +222,7 @@ def test_the_selectors_find_the_charts_objects_and_the_image_ships_the_cli(chart
 
 
 def test_the_plugin_is_executable_posix_sh() -> None:
-    assert PLUGIN.stat().st_mode & stat.S_IXUSR, "chmod +x pruner/kubectl-dedupe"
+    assert PLUGIN.stat().st_mode & stat.S_IXUSR, "chmod +x claims/kubectl-dedupe"
     assert PLUGIN.read_text().startswith("#!/bin/sh\n")
     subprocess.run(["sh", "-n", str(PLUGIN)], check=True)
 

@@ -654,7 +654,7 @@ async fn nothing_to_do_exits_0_and_text_logs_are_plain_lines() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The range-delete primitive the pruner's batches use (ClaimStore::prune_batch)
+// The range-delete primitive the pruner's batches use (PrunerLock::prune_batch)
 // ---------------------------------------------------------------------------------------
 
 fn t(secs: i64) -> DateTime<Utc> {
@@ -667,6 +667,11 @@ fn t(secs: i64) -> DateTime<Utc> {
 async fn a_range_batch_never_exceeds_its_limit_and_never_splits_a_timestamp() -> Result<()> {
     let db = TestDb::new().await?;
     let store = db.migrated_store().await?;
+    // Prune batches run only on the pruner lock's session.
+    let mut lock = store
+        .try_pruner_lock()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the pruner lock is held elsewhere"))?;
     let client = db.client().await?;
     // Three rows at each of t(1), t(2), t(3); the cutoff is t(4); two rows at/after it.
     for (ts, n) in [(1, 3), (2, 3), (3, 3)] {
@@ -681,14 +686,14 @@ async fn a_range_batch_never_exceeds_its_limit_and_never_splits_a_timestamp() ->
 
     // Limit 4: the 5th oldest is at t(2), so only the t(1) rows go (3 ≤ 4), more remain,
     // and the next batch starts at that bound.
-    let b = store.prune_batch(t(-100), cutoff, 4, timeout).await?;
+    let b = lock.prune_batch(t(-100), cutoff, 4, timeout).await?;
     assert_eq!((b.deleted, b.next_from, b.more), (3, Some(t(2)), true));
-    let b = store.prune_batch(t(2), cutoff, 4, timeout).await?;
+    let b = lock.prune_batch(t(2), cutoff, 4, timeout).await?;
     assert_eq!((b.deleted, b.next_from, b.more), (3, Some(t(3)), true));
     // Three left, fewer than the limit: all go, and nothing is left behind them.
-    let b = store.prune_batch(t(3), cutoff, 4, timeout).await?;
+    let b = lock.prune_batch(t(3), cutoff, 4, timeout).await?;
     assert_eq!((b.deleted, b.next_from, b.more), (3, None, false));
-    let b = store.prune_batch(t(3), cutoff, 4, timeout).await?;
+    let b = lock.prune_batch(t(3), cutoff, 4, timeout).await?;
     assert_eq!((b.deleted, b.next_from, b.more), (0, None, false));
     assert_eq!(delivery_ids(&client).await?, vec!["at-cutoff", "young"]);
     Ok(())
@@ -698,6 +703,11 @@ async fn a_range_batch_never_exceeds_its_limit_and_never_splits_a_timestamp() ->
 async fn more_rows_sharing_one_timestamp_than_the_limit_still_go_limit_at_a_time() -> Result<()> {
     let db = TestDb::new().await?;
     let store = db.migrated_store().await?;
+    // Prune batches run only on the pruner lock's session.
+    let mut lock = store
+        .try_pruner_lock()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the pruner lock is held elsewhere"))?;
     let client = db.client().await?;
     // Seven claims made in one transaction share claimed_at: a range cannot split them.
     for i in 0..7 {
@@ -708,7 +718,7 @@ async fn more_rows_sharing_one_timestamp_than_the_limit_still_go_limit_at_a_time
     let mut from = t(-100);
     let mut sizes = Vec::new();
     loop {
-        let b = store.prune_batch(from, t(5), 3, timeout).await?;
+        let b = lock.prune_batch(from, t(5), 3, timeout).await?;
         sizes.push(b.deleted);
         assert!(b.deleted <= 3, "{b:?}");
         if let Some(next) = b.next_from {

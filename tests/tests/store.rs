@@ -366,6 +366,11 @@ async fn odd_but_valid_delivery_ids_round_trip_exactly() -> Result<()> {
 async fn batch_delete_takes_only_rows_older_than_the_cutoff_and_at_most_n() -> Result<()> {
     let db = TestDb::new().await?;
     let store = db.migrated_store().await?;
+    // Prune batches run only on the pruner lock's session.
+    let mut lock = store
+        .try_pruner_lock()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the pruner lock is held elsewhere"))?;
     let client = db.client().await?;
     let cutoff = chrono::DateTime::parse_from_rfc3339("2026-01-10T00:00:00Z")?.to_utc();
     let second = chrono::Duration::seconds(1);
@@ -378,19 +383,17 @@ async fn batch_delete_takes_only_rows_older_than_the_cutoff_and_at_most_n() -> R
         seed_claim_at(&client, &format!("young-{i}"), cutoff + second, "pending").await?;
     }
     let epoch = chrono::DateTime::UNIX_EPOCH;
-    let first = store
-        .prune_batch(epoch, cutoff, 4, Duration::from_secs(5))
-        .await?;
+    let first = lock.prune_batch(epoch, cutoff, 4, Duration::from_secs(5)).await?;
     assert_eq!(first.deleted, 4, "at most N");
     assert_eq!(first.next_from, Some(cutoff - chrono::Duration::seconds(1)));
-    let rest = store
+    let rest = lock
         .prune_batch(epoch, cutoff, 100, Duration::from_secs(5))
         .await?;
     assert_eq!(
         rest.deleted, 6,
         "the other old rows, nothing at or after the cutoff"
     );
-    let none = store
+    let none = lock
         .prune_batch(epoch, cutoff, 100, Duration::from_secs(5))
         .await?;
     assert_eq!((none.deleted, none.next_from), (0, None));

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use dedupe_store::claim::ClaimState;
+use dedupe_store::cli::{PoolSize, StoreArgs, StoreFlagDefaults};
 use dedupe_store::config::{
     DEFAULT_PENDING_GRACE_SECONDS, DEFAULT_RETENTION_DAYS, MAX_PENDING_GRACE_SECONDS,
 };
@@ -20,6 +21,8 @@ pub const MAX_LIST_LIMIT: u32 = 100_000;
 /// Bound on each store call. Longer than the webhook's 2 s: `stats` counts the whole table,
 /// which takes a second or more at millions of rows, and nobody is waiting on an admission.
 pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 10_000;
+/// Longest `--store-timeout-ms` accepted (10 minutes).
+pub const MAX_STORE_TIMEOUT_MS: u64 = 600_000;
 /// One connection: the CLI runs one statement (or one transaction) at a time.
 pub const POOL_SIZE: usize = 1;
 
@@ -52,7 +55,7 @@ pub struct Cli {
     pub command: Command,
 
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub store: StoreFlags,
 
     /// Output format: a table for people (one line per claim, nothing cut), `wide` for more
     /// columns, `name` for `claim/DELIVERY_ID` lines, or JSON / YAML for scripts (the same
@@ -77,33 +80,13 @@ pub enum Format {
     Yaml,
 }
 
-/// The store flags, shared with the other binaries by name and environment variable. Global,
-/// so they may stand before or after the command.
+/// The CLI's store flags: the shared group ([`StoreArgs`], with this binary's timeout and
+/// help texts) plus the two windows claims are read against. Global, so they may stand
+/// before or after the command.
 #[derive(Debug, Clone, ClapArgs)]
-pub struct StoreArgs {
-    /// PostgreSQL connection string (URL or key=value form). Required.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        value_name = "URL",
-        global = true
-    )]
-    pub database_url: Option<String>,
-
-    /// CA bundle (PEM) that PostgreSQL's server certificate must chain to (and name the host);
-    /// unset = encrypt when the server offers TLS, without verifying (as the other binaries).
-    #[arg(
-        long,
-        env = "JANGAR_ORCHESTRATION_DEDUPE_DATABASE_CA",
-        value_name = "PEM_FILE",
-        global = true
-    )]
-    pub database_ca: Option<std::path::PathBuf>,
-
-    /// Bound on each store call, in milliseconds.
-    #[arg(long, env = "JANGAR_ORCHESTRATION_DEDUPE_CLAIMS_STORE_TIMEOUT_MS", default_value_t = DEFAULT_STORE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=600_000), global = true)]
-    pub store_timeout_ms: u64,
+pub struct StoreFlags {
+    #[command(flatten)]
+    pub connection: StoreArgs<ClaimsStoreFlags>,
 
     /// The pruner's retention window in days: when `get` says a claim will be pruned, and what
     /// `stats` counts as past retention. Set it as the pruner has it (the chart's retentionDays).
@@ -120,6 +103,41 @@ pub struct StoreArgs {
     /// says `apply`, for the webhook.)
     #[arg(long, value_enum, default_value_t = NeverMigrate::Skip, global = true)]
     pub migrations: NeverMigrate,
+}
+
+/// The connection flags are read as the store's own (`cli.store.database_url`).
+impl std::ops::Deref for StoreFlags {
+    type Target = StoreArgs<ClaimsStoreFlags>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for StoreFlags {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.connection
+    }
+}
+
+/// The CLI's store flags: one connection, a longer timeout than the webhook's (`stats`
+/// counts the whole table), its own environment variable for it, no TCP tuning, and a
+/// connection string checked when the command runs rather than by clap (so `--help` and
+/// usage errors need none).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimsStoreFlags;
+
+impl StoreFlagDefaults for ClaimsStoreFlags {
+    const STORE_TIMEOUT_ENV: &'static str = "JANGAR_ORCHESTRATION_DEDUPE_CLAIMS_STORE_TIMEOUT_MS";
+    const STORE_TIMEOUT_MS: u64 = DEFAULT_STORE_TIMEOUT_MS;
+    const STORE_TIMEOUT_MAX_MS: Option<u64> = Some(MAX_STORE_TIMEOUT_MS);
+    const STORE_TIMEOUT_HELP: &'static str = "Bound on each store call, in milliseconds";
+    const POOL_SIZE: PoolSize = PoolSize::Fixed(POOL_SIZE);
+    const TCP_FLAGS: bool = false;
+    const DATABASE_URL_REQUIRED: bool = false;
+    const DATABASE_URL_HELP: &'static str = "PostgreSQL connection string (URL or key=value form). Required";
+    const DATABASE_CA_HELP: &'static str = "CA bundle (PEM) that PostgreSQL's server certificate must chain to (and name the host); unset = encrypt when the server offers TLS, without verifying (as the other binaries)";
+    const GLOBAL: bool = true;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -252,16 +270,7 @@ pub struct Settings {
 impl Settings {
     /// Validates what clap cannot (a missing or malformed connection string), naming the flag.
     pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
-        let url = cli
-            .store
-            .database_url
-            .as_deref()
-            .ok_or_else(|| ConfigError::Invalid {
-                flag: "--database-url (DATABASE_URL)",
-                reason: "is required".into(),
-            })?;
-        let store = StoreConfig::new(url, POOL_SIZE, Duration::from_millis(cli.store.store_timeout_ms))?
-            .with_database_ca(cli.store.database_ca.as_deref())?;
+        let store = cli.store.to_config()?;
         let request = match &cli.command {
             Command::Get { delivery_id } => Request::Get {
                 delivery_id: delivery_id.clone(),
