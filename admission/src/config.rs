@@ -52,11 +52,10 @@ pub const DEFAULT_TLS_RELOAD_POLL_SECONDS: u64 = 30;
 /// How long SIGTERM waits for in-flight requests before exiting anyway.
 pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 20;
 
-/// Group commit is on: chosen by the benchmark (docs/BENCHMARKS.md, "Durable commits"). Once
-/// the request parser stopped dominating the webhook's CPU, batching carried 1.6x the durable
-/// claims per second of the un-batched path at 32 connections, and half PostgreSQL's CPU per
-/// claim; it adds no timer, so a lone claim goes at once. `--group-commit false` restores one
-/// statement per claim.
+/// Group commit is on: concurrent claims share one statement and one commit, so under load
+/// a claim costs PostgreSQL a fraction of a lone insert and durable throughput rises with it
+/// (measured in docs/BENCHMARKS.md, "Durable commits"). It adds no timer: a lone claim is
+/// sent at once, by its own request. `--group-commit false` restores one statement per claim.
 pub const DEFAULT_GROUP_COMMIT: bool = true;
 
 /// Whether to ask the API server if a stale pending claim's run exists.

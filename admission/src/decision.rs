@@ -247,6 +247,9 @@ pub enum AfterClaim<'l, L: ?Sized> {
         claim: Claim,
         lookup: &'l L,
     },
+    /// The claim changed under this attempt ([`ClaimOutcome::Changed`]): decide again on
+    /// what is there now.
+    DecideAgain,
 }
 
 /// `lookup` is `None` when the API-server lookup is off (`--kube-lookup off`, or no cluster
@@ -282,6 +285,7 @@ pub fn after_claim<'l, L: ?Sized>(
             None => return AfterClaim::Answer(retried(plan)),
         },
         Found::Outcome(ClaimOutcome::HeldBy(claim)) => claim,
+        Found::Outcome(ClaimOutcome::Changed) => return AfterClaim::DecideAgain,
     };
     let stale = claim.state == ClaimState::Pending && claim.idle_for() >= grace_as_chrono(policy.grace);
     // A create of the very name a confirmed claim names: that run may still exist (the API

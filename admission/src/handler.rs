@@ -28,8 +28,11 @@ use crate::review;
 use crate::server::edge::{self, BodySlot};
 use crate::verdict::{Decision, Verdict};
 
-/// How many times a create re-reads the claim after losing a take-over race before giving
-/// up with a 503 (the API server, or the submitter, retries).
+/// How many times a create decides again when the claim changed under it (pruned between
+/// the claim's insert and its read, confirmed or taken over before a retried create was
+/// counted, or a take-over lost to another) before giving up with a 503 (the API server,
+/// or the submitter, retries). The only retry on the create path: the store makes one
+/// attempt per call and says when the claim changed under it.
 const CREATE_ATTEMPTS: usize = 3;
 
 /// What deciding a request needs; built once at start-up (`startup.rs`). What bounds the
@@ -184,6 +187,7 @@ async fn create(app: &App, plan: &ClaimPlan) -> Result<Verdict, AdmitError> {
         let (claim, lookup) = match decision::after_claim(plan, found, &app.policy, app.lookup.as_deref()) {
             AfterClaim::Answer(verdict) => return Ok(verdict),
             AfterClaim::LookUpHolder { claim, lookup } => (claim, lookup),
+            AfterClaim::DecideAgain => continue,
         };
         let holder = look_up(app, lookup, &claim.holder, &plan.key).await;
         let holder_ref = claim.holder.clone();

@@ -183,6 +183,11 @@ pub enum ClaimOutcome {
     SameRun(Claim),
     /// Another run holds the claim, or this run's claim is already confirmed.
     HeldBy(Claim),
+    /// The claim changed between this attempt's two statements: the holder the insert lost
+    /// to was gone when it was read (pruned), or a retried create's claim was confirmed or
+    /// taken over before the retry was counted. Nothing was written; the caller decides
+    /// again on what is there now (the webhook's create loop is the one place that retries).
+    Changed,
 }
 
 /// How many claims are past a cutoff, and the oldest of them.

@@ -390,13 +390,17 @@ proptest! {
                     format!("run-{}", winners[0])
                 };
                 for (r, outcome) in answers {
-                    let (ClaimOutcome::Claimed(claim) | ClaimOutcome::SameRun(claim) | ClaimOutcome::HeldBy(claim)) = outcome;
+                    // Nothing prunes, confirms or takes over here: every claim is decided.
+                    let (ClaimOutcome::Claimed(claim) | ClaimOutcome::SameRun(claim) | ClaimOutcome::HeldBy(claim)) = outcome else {
+                        return Err(TestCaseError::fail(format!("key {k}: run {r}'s claim changed under it")));
+                    };
                     prop_assert_eq!(&claim.holder.name, &holder, "key {}", k);
                     let own = format!("run-{r}") == holder;
                     match outcome {
                         ClaimOutcome::Claimed(_) => {}
                         ClaimOutcome::SameRun(_) => prop_assert!(own, "key {}: SameRun for {}", k, r),
                         ClaimOutcome::HeldBy(_) => prop_assert!(!own, "key {}: its own run {} was denied", k, r),
+                        ClaimOutcome::Changed => {}
                     }
                 }
                 let row = plain.lookup(&key(&format!("k{k}"))).await.map_err(|e| TestCaseError::fail(e.to_string()))?;

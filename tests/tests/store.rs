@@ -58,6 +58,7 @@ async fn concurrent_claims_of_one_key_have_exactly_one_winner() -> Result<()> {
                     holders.insert(c.holder.name.clone());
                 }
                 ClaimOutcome::SameRun(c) => panic!("distinct runs cannot be SameRun: {c:?}"),
+                ClaimOutcome::Changed => panic!("nothing prunes, confirms or takes over here"),
             }
         }
         assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");

@@ -117,6 +117,17 @@ fn retried_create_of_same_pending_run_is_allowed_as_retry() {
     assert_eq!(v.decision, Decision::Retry);
 }
 
+/// A claim that changed between the store's two statements (pruned, confirmed or taken over
+/// meanwhile) is neither allowed nor denied on what the attempt saw: the create decides again.
+#[test]
+fn a_claim_changed_under_the_attempt_is_decided_again() {
+    let p = claim_plan(CREATE, |_| {});
+    for lookup in [LOOKUP, None] {
+        let next = after_claim(&p, Found::Outcome(ClaimOutcome::Changed), &policy(), lookup);
+        assert!(matches!(next, AfterClaim::DecideAgain), "{next:?}");
+    }
+}
+
 /// With the lookup on, a retried create asks the API server which uid the claim keeps.
 #[test]
 fn retried_create_asks_the_api_server_when_the_lookup_is_on() {

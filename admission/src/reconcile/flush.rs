@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dedupe_store::error::Chain;
-use dedupe_store::ClaimStore;
+use dedupe_store::{Backoff, ClaimStore};
 use tokio::sync::watch as signal;
 
 use super::index::{SharedIndex, WriteBatch};
@@ -20,9 +20,9 @@ pub const WRITE_BATCH_ROWS: usize = 500;
 /// enough to gather a burst into one write batch. Under steady churn changes are written at
 /// this pace.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(100);
-/// After a failed store write, the first and the longest wait before writing again.
-pub const STORE_RETRY_FIRST: Duration = Duration::from_millis(500);
-pub const STORE_RETRY_MAX: Duration = Duration::from_secs(30);
+/// After failed store writes: half a second, doubling up to half a minute, so a store that
+/// is back is written to soon and one that stays down is not hammered.
+pub const STORE_RETRY: Backoff = Backoff::doubling(Duration::from_millis(500), Duration::from_secs(30));
 
 /// The flush task: writes what the index says is unwritten, one write batch of at most
 /// [`WRITE_BATCH_ROWS`] runs per store statement, backing off while the store fails.
@@ -36,7 +36,7 @@ impl Flusher {
     /// Until `stop` turns true: on each wake-up (a watch event), waits [`FLUSH_DELAY`] for
     /// company unless a full write batch is already waiting, then writes until nothing is left.
     pub(super) async fn flush_until_stopped(self, mut stop: signal::Receiver<bool>) {
-        let mut retry_delay = STORE_RETRY_FIRST;
+        let mut waits = STORE_RETRY.waits();
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -54,13 +54,12 @@ impl Flusher {
                     break;
                 }
                 if self.write(batch).await {
-                    retry_delay = STORE_RETRY_FIRST;
+                    waits.succeeded();
                 } else {
                     tokio::select! {
                         _ = stop.changed() => return,
-                        _ = tokio::time::sleep(retry_delay) => {}
+                        _ = tokio::time::sleep(waits.failed()) => {}
                     }
-                    retry_delay = (retry_delay * 2).min(STORE_RETRY_MAX);
                 }
             }
             let mut index = self.shared.index();

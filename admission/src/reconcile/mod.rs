@@ -37,7 +37,7 @@ mod flush;
 mod report;
 mod watch;
 
-pub use self::flush::{FLUSH_DELAY, STORE_RETRY_FIRST, STORE_RETRY_MAX, WRITE_BATCH_ROWS};
+pub use self::flush::{FLUSH_DELAY, STORE_RETRY, WRITE_BATCH_ROWS};
 
 use std::sync::Arc;
 

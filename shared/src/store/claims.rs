@@ -11,47 +11,37 @@ use crate::sql;
 
 use super::ClaimStore;
 
-/// How many times `claim` starts over when the holder it lost to was gone by the time it
-/// looked (pruned meanwhile), or a retried create found the claim changed since it was
-/// read (confirmed or taken over). One is almost always enough.
-const CLAIM_ATTEMPTS: usize = 3;
-
 impl ClaimStore {
     /// Claims `key` for `run`: inserts a pending claim, or records a retried create of the
     /// same pending run, or reports the holder. One round trip for a new claim and for a
     /// duplicate (a read: no row lock), two for a retried create.
     pub async fn claim(&self, key: &ClaimKey, run: &RunRef) -> Result<ClaimOutcome, StoreError> {
-        for _ in 0..CLAIM_ATTEMPTS {
-            let inserted = match &self.group {
-                Some(group) => self.db.bounded(group.insert(key, run)).await?,
-                None => group_commit::insert_alone(&self.db, key, run).await?,
-            };
-            let found = match inserted {
-                Some(found) => Some(found),
-                // The holder committed after this statement's snapshot: read it afresh.
-                None => self.lookup(key).await?.map(|claim| (false, claim)),
-            };
-            match found {
-                Some((true, claim)) => return Ok(ClaimOutcome::Claimed(claim)),
-                Some((false, claim)) if claim.state == ClaimState::Pending && claim.holder.same_run(run) => {
-                    let rows = self
-                        .db
-                        .query_keyed(sql::CLAIM_RETRY, key, &[&run.namespace, &run.name])
-                        .await?;
-                    match rows.first() {
-                        Some(row) => return Ok(ClaimOutcome::SameRun(read_claim(row)?.1)),
-                        // Confirmed, taken over or pruned since it was read: start over.
-                        None => continue,
-                    }
+        let inserted = match &self.group {
+            Some(group) => self.db.bounded(group.insert(key, run)).await?,
+            None => group_commit::insert_alone(&self.db, key, run).await?,
+        };
+        let found = match inserted {
+            Some(found) => Some(found),
+            // The holder committed after this statement's snapshot: read it afresh.
+            None => self.lookup(key).await?.map(|claim| (false, claim)),
+        };
+        Ok(match found {
+            Some((true, claim)) => ClaimOutcome::Claimed(claim),
+            Some((false, claim)) if claim.state == ClaimState::Pending && claim.holder.same_run(run) => {
+                let rows = self
+                    .db
+                    .query_keyed(sql::CLAIM_RETRY, key, &[&run.namespace, &run.name])
+                    .await?;
+                match rows.first() {
+                    Some(row) => ClaimOutcome::SameRun(read_claim(row)?.1),
+                    // Confirmed, taken over or pruned since it was read.
+                    None => ClaimOutcome::Changed,
                 }
-                Some((false, claim)) => return Ok(ClaimOutcome::HeldBy(claim)),
-                // Deleted (pruned) between the two statements: try the insert again.
-                None => continue,
             }
-        }
-        Err(StoreError::UnexpectedRow(format!(
-            "claim for {key} kept vanishing between insert and read"
-        )))
+            Some((false, claim)) => ClaimOutcome::HeldBy(claim),
+            // Deleted (pruned) between the two statements.
+            None => ClaimOutcome::Changed,
+        })
     }
 
     /// Reads the claim for `key` without writing (dry-run).
