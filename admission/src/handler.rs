@@ -13,9 +13,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
-use axum::Json;
 use dedupe_store::error::Chain;
 use dedupe_store::ClaimStore;
 use tracing::Instrument;
@@ -125,7 +124,7 @@ async fn decide(app: &App, req: &review::Request, started: Instant) -> Result<Re
                 .get_or_create(&RequestLabels { operation, decision })
                 .inc();
             log_decision(&verdict, delivery, &claim_key, latency_ms);
-            Ok(Json(review::respond(&req.uid, &verdict)).into_response())
+            Ok(review::into_http(&review::respond(&req.uid, &verdict)))
         }
         Err(e) => {
             app.metrics.store_errors.inc();

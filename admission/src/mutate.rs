@@ -13,8 +13,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::response::Response;
+use axum::Extension;
 use dedupe_store::run::label_value_problem;
 use dedupe_store::DELIVERY_ID_LABEL;
 use json_patch::jsonptr::PointerBuf;
@@ -61,7 +61,7 @@ fn mutate_inner(
             "labelled a run from its spec.deliveryId, so that it is deduplicated"
         );
     }
-    Ok(Json(respond(&req.uid, patch)).into_response())
+    Ok(review::into_http(&respond(&req.uid, patch)))
 }
 
 /// The patch for one request: the delivery-id label from `spec.deliveryId`, only on a
