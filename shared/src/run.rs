@@ -3,8 +3,6 @@
 //! `spec.orchestrationRef.name` — read leniently, so an odd object is reported as a
 //! field-level problem instead of failing to parse.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 
 /// The label the submitter puts on every run; its value is the provider's delivery id.
@@ -48,32 +46,6 @@ pub struct RunView {
 }
 
 impl RunView {
-    /// Builds the view from an object's metadata and its raw `spec`.
-    pub fn new(
-        namespace: String,
-        name: String,
-        uid: String,
-        labels: Option<&BTreeMap<String, String>>,
-        spec: Option<&serde_json::Value>,
-    ) -> Self {
-        let delivery_label = labels.and_then(|l| l.get(DELIVERY_ID_LABEL)).cloned();
-        let (spec, spec_error) = match spec {
-            None | Some(serde_json::Value::Null) => (OrchestrationRunSpec::default(), None),
-            Some(value) => match OrchestrationRunSpec::deserialize(value) {
-                Ok(spec) => (spec, None),
-                Err(e) => (OrchestrationRunSpec::default(), Some(e.to_string())),
-            },
-        };
-        Self {
-            namespace,
-            name,
-            uid,
-            delivery_label,
-            spec,
-            spec_error,
-        }
-    }
-
     /// `spec.orchestrationRef.name`, if set.
     pub fn orchestration(&self) -> Option<&str> {
         self.spec
@@ -362,8 +334,37 @@ fn label_part_problem(part: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use serde_json::json;
+
+    /// A view built from an object's metadata and its raw `spec` (the webhook's parser and
+    /// the reconciler's deserializer build theirs while they read the object).
+    fn view(
+        namespace: String,
+        name: String,
+        uid: String,
+        labels: Option<&BTreeMap<String, String>>,
+        spec: Option<&serde_json::Value>,
+    ) -> RunView {
+        let delivery_label = labels.and_then(|l| l.get(DELIVERY_ID_LABEL)).cloned();
+        let (spec, spec_error) = match spec {
+            None | Some(serde_json::Value::Null) => (OrchestrationRunSpec::default(), None),
+            Some(value) => match OrchestrationRunSpec::deserialize(value) {
+                Ok(spec) => (spec, None),
+                Err(e) => (OrchestrationRunSpec::default(), Some(e.to_string())),
+            },
+        };
+        RunView {
+            namespace,
+            name,
+            uid,
+            delivery_label,
+            spec,
+            spec_error,
+        }
+    }
 
     fn labels(v: &str) -> BTreeMap<String, String> {
         BTreeMap::from([(DELIVERY_ID_LABEL.to_owned(), v.to_owned())])
@@ -373,7 +374,7 @@ mod tests {
     fn reads_label_and_spec() {
         let spec =
             json!({"orchestrationRef": {"name": "codex"}, "deliveryId": "d1", "parameters": {"a": "b"}});
-        let v = RunView::new(
+        let v = view(
             "ns".into(),
             "r".into(),
             "u".into(),
@@ -389,7 +390,7 @@ mod tests {
     #[test]
     fn wrong_spec_types_are_reported_not_fatal() {
         let spec = json!({"deliveryId": 42});
-        let v = RunView::new("ns".into(), "r".into(), "u".into(), None, Some(&spec));
+        let v = view("ns".into(), "r".into(), "u".into(), None, Some(&spec));
         assert!(v.spec_error.is_some());
         assert_eq!(v.delivery_label, None);
     }
@@ -398,7 +399,7 @@ mod tests {
     fn claim_key_needs_a_valid_label_and_the_scope_s_parts() {
         use crate::ClaimScope;
         let spec = json!({"orchestrationRef": {"name": "codex"}, "deliveryId": "d1"});
-        let v = RunView::new(
+        let v = view(
             "ns".into(),
             "r".into(),
             "u".into(),
@@ -418,7 +419,7 @@ mod tests {
             v.claim_key(ClaimScope::Cluster).map(|k| k.namespace),
             Some(String::new())
         );
-        let other = RunView::new(
+        let other = view(
             "ns".into(),
             "r".into(),
             "u".into(),
@@ -430,10 +431,10 @@ mod tests {
             None,
             "spec names another delivery"
         );
-        let no_orch = RunView::new("ns".into(), "r".into(), "u".into(), Some(&labels("d1")), None);
+        let no_orch = view("ns".into(), "r".into(), "u".into(), Some(&labels("d1")), None);
         assert_eq!(no_orch.claim_key(ClaimScope::Orchestration), None);
         assert!(no_orch.claim_key(ClaimScope::Namespace).is_some());
-        let bad = RunView::new("ns".into(), "r".into(), "u".into(), Some(&labels("")), None);
+        let bad = view("ns".into(), "r".into(), "u".into(), Some(&labels("")), None);
         assert_eq!(bad.claim_key(ClaimScope::Cluster), None);
     }
 
@@ -442,7 +443,7 @@ mod tests {
         use crate::ClaimScope;
         let view = |orchestration: &str, name: &str| {
             let spec = json!({"orchestrationRef": {"name": orchestration}, "deliveryId": "d1"});
-            RunView::new(
+            view(
                 "ns".into(),
                 name.into(),
                 "u".into(),
