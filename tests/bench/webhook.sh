@@ -21,7 +21,7 @@
 #   loadgen   max-rate new deliveries and a redelivery storm (every connection sending the
 #             same delivery), with group commit on and off, the webhook's pool as large as
 #             the client count.
-# The last line printed holds the ratios (issue 10).
+# The last line printed holds the ratios against their targets.
 #
 # Knobs (environment): BENCH_PHASES ("same-sql durable"), BENCH_DURABLE_CONNECTIONS (32),
 # BENCH_DURABLE_POOL_SIZE (32), BENCH_CONNECTIONS (16), BENCH_DURATION_SECS (20), BENCH_WARMUP_SECS (5),

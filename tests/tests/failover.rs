@@ -1,4 +1,4 @@
-//! PostgreSQL failover (issue 9): the real webhook in front of a primary and a streaming
+//! PostgreSQL failover: the real webhook in front of a primary and a streaming
 //! standby started from the installed binaries (`dedupe_tests::pg_cluster`), under steady
 //! concurrent claims with each delivery submitted twice under two names.
 //!

@@ -1,5 +1,5 @@
 //! Answering a redelivery is a read: a duplicate never takes the holder's row lock, so
-//! concurrent redeliveries of one delivery do not queue on one row (issue 10).
+//! concurrent redeliveries of one delivery do not queue on one row.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The request edge under attack (issue 11), against the real binary over real TLS: memory
+//! The request edge under attack, against the real binary over real TLS: memory
 //! bounded by the bytes read, a read deadline that cuts off trickled bodies, idle HTTP/2
 //! connections closed, bad names answered 422 (not as a store outage), and log lines that
 //! a request's values cannot break.
@@ -72,7 +72,7 @@ async fn post_review(webhook: &Webhook, review: &Review, body: Vec<u8>) -> Resul
     Ok(answer)
 }
 
-/// Issue 11's memory targets: one 7 MB adversarial review raises peak RSS by ≤ 40 MiB;
+/// The memory bounds: one 7 MB adversarial review raises peak RSS by ≤ 40 MiB;
 /// eight concurrent 3 MB ones by ≤ 96 MiB; afterwards RSS is back within 32 MiB of idle.
 /// (The body itself is buffered, up to `--max-body-bytes`: raised here to take 7 MB.)
 #[tokio::test]

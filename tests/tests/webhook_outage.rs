@@ -35,7 +35,7 @@ impl TableLock {
     async fn hold(db: &TestDb) -> Result<Self> {
         let client = db.client().await?;
         client.batch_execute("BEGIN").await?;
-        // Not the claim's row lock: answering a duplicate is a read that takes none (issue 10),
+        // Not the claim's row lock: answering a duplicate is a read that takes none,
         // so a row lock no longer holds a claim up. A table lock that admits readers and no
         // writer does: every claim statement is an INSERT and waits for it.
         client

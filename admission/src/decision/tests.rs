@@ -586,7 +586,7 @@ fn every_decision_has_a_distinct_name() {
     assert_eq!(names.len(), Decision::ALL.len());
 }
 
-/// Issue 11: key parts Kubernetes would refuse are a 422 naming the field and the rule,
+/// Key parts Kubernetes would refuse are a 422 naming the field and the rule,
 /// before any store call (a NUL byte used to fail in PostgreSQL as a 503).
 #[test]
 fn malformed_key_parts_are_invalid_before_the_store() {

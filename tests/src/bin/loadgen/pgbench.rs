@@ -34,7 +34,7 @@ pub(crate) fn key_parts() -> Result<KeyParts> {
     })
 }
 
-/// The durable baseline of issue 10: the least a claim can be, one unique insert that
+/// The durable baseline: the least a claim can be, one unique insert that
 /// ignores a conflict, one transaction (and with `fsync=on` one WAL flush) per claim.
 /// Not the product's SQL: the benchmark's yardstick.
 const DURABLE_INSERT: &str = "INSERT INTO orchestration_dedupe_claims
