@@ -27,4 +27,4 @@ pub use postgres::TempPostgres;
 pub use process::Process;
 pub use testdb::{agents_run, claim_key, new_delivery, unreachable_url, TestDb};
 pub use wait::{eventually, eventually_within};
-pub use webhook::{TestCerts, Webhook};
+pub use webhook::{Memory, TestCerts, Webhook, RECONCILE_LAST_SYNC};

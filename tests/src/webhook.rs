@@ -59,6 +59,18 @@ pub struct Webhook {
     pub ca_pem: String,
 }
 
+/// The reconciler's last complete sync, unix seconds (0 before the first).
+pub const RECONCILE_LAST_SYNC: &str = "orchestration_dedupe_reconcile_last_sync_timestamp_seconds";
+
+/// Resident memory of a process, bytes ([`Webhook::memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// `VmRSS`: now.
+    pub rss: i64,
+    /// `VmHWM`: the peak since start (or since the peak was last reset).
+    pub hwm: i64,
+}
+
 impl Webhook {
     /// A fresh schema, dev certificates and the webhook on them with `--kube-lookup off`
     /// plus `args`: the start of most end-to-end tests.
@@ -162,6 +174,33 @@ impl Webhook {
             .trim()
             .parse()
             .map_err(|e| anyhow::anyhow!("{name} is not a number ({value:?}): {e}"))
+    }
+
+    /// Whether the reconciler completed a sync at or after `since` (unix seconds; any `since`
+    /// of 1 or more asks for a first sync: the gauge is 0 until then).
+    pub async fn synced_since(&self, since: f64) -> Result<bool> {
+        Ok(self.metric(RECONCILE_LAST_SYNC).await? >= since)
+    }
+
+    /// The process's resident memory now and its peak (`VmRSS`, `VmHWM`), in bytes.
+    pub fn memory(&self) -> Result<Memory> {
+        let status = self.proc_status()?;
+        let field = |name: &str| -> Result<i64> {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .ok_or_else(|| anyhow::anyhow!("no {name} in /proc status"))?;
+            let kib: i64 = line
+                .split_whitespace()
+                .nth(1)
+                .ok_or_else(|| anyhow::anyhow!("bad line {line:?}"))?
+                .parse()?;
+            Ok(kib * 1024)
+        };
+        Ok(Memory {
+            rss: field("VmRSS:")?,
+            hwm: field("VmHWM:")?,
+        })
     }
 
     /// `/proc/<pid>/status` of the process (VmRSS, VmHWM, …).

@@ -11,21 +11,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use dedupe_tests::kube::{denial, run_api, ControlPlane, NewRun, TestNamespace};
-use dedupe_tests::{eventually, new_delivery, Answer, Review, TestCerts, TestDb, Webhook};
+use dedupe_tests::{
+    eventually, new_delivery, Answer, Review, TestCerts, TestDb, Webhook, RECONCILE_LAST_SYNC,
+};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
 const ORCHESTRATION: &str = "codex-autonomous";
-
-/// A sync completed after `since` (unix seconds).
-async fn synced_since(webhook: &Webhook, since: f64) -> Result<bool> {
-    Ok(webhook
-        .metric("orchestration_dedupe_reconcile_last_sync_timestamp_seconds")
-        .await?
-        >= since)
-}
 
 async fn count_claims(db: &TestDb) -> Result<i64> {
     db.claim_count("true").await
@@ -57,7 +51,7 @@ async fn pre_existing_runs_are_back_filled_and_a_duplicate_pair_is_reported() ->
     .await?;
 
     let webhook = ns.start_webhook(&db, &certs, &["--reconcile", "on"]).await?;
-    eventually("first sync", || synced_since(&webhook, 1.0)).await?;
+    eventually("first sync", || webhook.synced_since(1.0)).await?;
     assert_eq!(db.claim(&solo).await?, Some((solo_run, "confirmed".into())));
     assert_eq!(
         db.claim(&pair).await?,
@@ -111,7 +105,7 @@ async fn a_pending_claim_is_confirmed_within_two_seconds_of_its_run_appearing() 
         .start_webhook(&db, &certs, &["--reconcile", "on", "--kube-lookup", "off"])
         .await?;
     ns.register(&webhook).await?;
-    eventually("first sync", || synced_since(&webhook, 1.0)).await?;
+    eventually("first sync", || webhook.synced_since(1.0)).await?;
 
     let d = new_delivery();
     let started = Instant::now();
@@ -189,7 +183,7 @@ async fn per_namespace_watches_see_only_their_namespaces() -> Result<()> {
         &[("KUBECONFIG", &kubeconfig.to_string_lossy())],
     )
     .await?;
-    eventually("synced", || synced_since(&webhook, 1.0)).await?;
+    eventually("synced", || webhook.synced_since(1.0)).await?;
     assert!(db.claim(&in_agents).await?.is_some());
     assert!(db.claim(&in_ci).await?.is_some());
     assert_eq!(db.claim(&in_other).await?, None, "namespace not watched");
@@ -278,9 +272,7 @@ async fn a_namespace_without_rbac_does_not_hold_back_the_others() -> Result<()> 
     .await?;
     assert_eq!(db.claim(&in_forbidden).await?, None);
     assert_eq!(
-        webhook
-            .metric("orchestration_dedupe_reconcile_last_sync_timestamp_seconds")
-            .await?,
+        webhook.metric(RECONCILE_LAST_SYNC).await?,
         0.0,
         "not a complete sync while one namespace cannot be listed"
     );

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
-use dedupe_tests::kube::{denial, register_webhook, run_api, ControlPlane, NewRun, WebhookRegistration};
-use dedupe_tests::{eventually_within, new_delivery, TestCerts, TestDb, Webhook};
+use dedupe_tests::kube::{denial, run_api, NewRun, TestNamespace};
+use dedupe_tests::{eventually_within, new_delivery, TestCerts, TestDb};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use kube::api::DeleteParams;
 use serde_json::Value;
@@ -18,40 +18,9 @@ const DEADLINE: Duration = Duration::from_secs(90);
 /// Creates in flight at once against the API server.
 const CREATE_CONCURRENCY: usize = 16;
 
-/// The webhook with the reconciler on and the lookup off, watching `namespace` only.
-async fn start_webhook(
-    cp: &ControlPlane,
-    db: &TestDb,
-    certs: &TestCerts,
-    namespace: &str,
-) -> Result<Webhook> {
-    let kubeconfig = cp.admin_kubeconfig();
-    let kubeconfig = kubeconfig.to_string_lossy();
-    Webhook::start(
-        db.url(),
-        certs,
-        &[
-            "--reconcile",
-            "on",
-            "--kube-lookup",
-            "off",
-            "--namespaces",
-            namespace,
-        ],
-        &[("KUBECONFIG", &kubeconfig)],
-    )
-    .await
-}
-
-/// One sample's value from `/metrics` (`series` is the name with its labels), 0 when absent.
-async fn metric(webhook: &Webhook, series: &str) -> Result<f64> {
-    let body = String::from_utf8_lossy(&webhook.ops("/metrics").await?.body).into_owned();
-    Ok(body
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
-}
+/// The webhook's flags here: the reconciler on, the lookup off (it watches the test's
+/// namespace only: `TestNamespace::start_webhook`).
+const RECONCILER_ONLY: &[&str] = &["--reconcile", "on", "--kube-lookup", "off"];
 
 /// `(delivery_id, run_name, state)` of every claim.
 async fn claims(db: &TestDb) -> Result<Vec<(String, String, String)>> {
@@ -74,9 +43,8 @@ async fn claims(db: &TestDb) -> Result<Vec<(String, String, String)>> {
 #[tokio::test]
 async fn runs_no_claim_can_hold_are_skipped_and_reported_and_every_good_run_is_claimed() -> Result<()> {
     const GOOD: usize = 1_000;
-    let cp = ControlPlane::shared()?;
-    let ns = cp.namespace("adversity-poison").await?;
-    let client = cp.admin_client().await?;
+    let slice = TestNamespace::new("adversity-poison").await?;
+    let (client, ns) = (slice.client.clone(), slice.name.clone());
     let (db, certs) = (TestDb::new().await?, TestCerts::new()?);
 
     // What the API server itself accepts that the webhook's rules refuse.
@@ -136,16 +104,8 @@ async fn runs_no_claim_can_hold_are_skipped_and_reported_and_every_good_run_is_c
         .try_collect::<Vec<()>>()
         .await?;
 
-    let webhook = start_webhook(&cp, &db, &certs, &ns).await?;
-    eventually_within("in sync", DEADLINE, || async {
-        Ok(metric(
-            &webhook,
-            "orchestration_dedupe_reconcile_last_sync_timestamp_seconds",
-        )
-        .await?
-            > 0.0)
-    })
-    .await?;
+    let webhook = slice.start_webhook(&db, &certs, RECONCILER_ONLY).await?;
+    eventually_within("in sync", DEADLINE, || webhook.synced_since(1.0)).await?;
 
     let claims = claims(&db).await?;
     let mut expected: Vec<(String, String, String)> = good
@@ -157,25 +117,27 @@ async fn runs_no_claim_can_hold_are_skipped_and_reported_and_every_good_run_is_c
     assert_eq!(claims.len(), GOOD, "one claim per good run, none for a bad one");
     assert_eq!(claims, expected);
     assert_eq!(
-        metric(&webhook, "orchestration_dedupe_reconcile_backfilled_total").await?,
+        webhook
+            .metric("orchestration_dedupe_reconcile_backfilled_total")
+            .await?,
         GOOD as f64
     );
     for reason in ["invalid_orchestration", "delivery_id_mismatch"] {
         let want = stored_bad.iter().filter(|(_, r)| *r == reason).count();
         let series = format!("orchestration_dedupe_reconcile_skipped_runs_total{{reason=\"{reason}\"}}");
-        assert_eq!(metric(&webhook, &series).await?, want as f64, "{series}");
+        assert_eq!(webhook.metric(&series).await?, want as f64, "{series}");
     }
     assert_eq!(
-        metric(&webhook, "orchestration_dedupe_reconcile_store_errors_total").await?,
+        webhook
+            .metric("orchestration_dedupe_reconcile_store_errors_total")
+            .await?,
         0.0,
         "nothing refused reached the store"
     );
     assert!(
-        metric(
-            &webhook,
-            "orchestration_dedupe_reconcile_last_event_timestamp_seconds"
-        )
-        .await?
+        webhook
+            .metric("orchestration_dedupe_reconcile_last_event_timestamp_seconds")
+            .await?
             > 0.0,
         "the watch's activity is stamped"
     );
@@ -218,29 +180,12 @@ async fn runs_no_claim_can_hold_are_skipped_and_reported_and_every_good_run_is_c
 #[tokio::test]
 async fn a_run_deleted_right_after_its_create_still_confirms_its_claim() -> Result<()> {
     const RUNS: usize = 20;
-    let cp = ControlPlane::shared()?;
-    let ns = cp.namespace("adversity-quick-delete").await?;
-    let client = cp.admin_client().await?;
+    let slice = TestNamespace::new("adversity-quick-delete").await?;
+    let (client, ns) = (slice.client.clone(), slice.name.clone());
     let (db, certs) = (TestDb::new().await?, TestCerts::new()?);
-    let webhook = start_webhook(&cp, &db, &certs, &ns).await?;
-    register_webhook(
-        &client,
-        &WebhookRegistration::new(
-            &ns,
-            &format!("https://127.0.0.1:{}", webhook.addr.port()),
-            certs.ca_pem(),
-        ),
-    )
-    .await?;
-    eventually_within("first sync", DEADLINE, || async {
-        Ok(metric(
-            &webhook,
-            "orchestration_dedupe_reconcile_last_sync_timestamp_seconds",
-        )
-        .await?
-            > 0.0)
-    })
-    .await?;
+    let webhook = slice.start_webhook(&db, &certs, RECONCILER_ONLY).await?;
+    slice.register(&webhook).await?;
+    eventually_within("first sync", DEADLINE, || webhook.synced_since(1.0)).await?;
 
     let api = run_api(client.clone(), &ns);
     let runs: Vec<(String, NewRun)> = (0..RUNS)

@@ -20,14 +20,6 @@ async fn start(db: &TestDb, certs: &TestCerts, api: &FakeApiServer, args: &[&str
     Webhook::start(db.url(), certs, &all, &[("KUBECONFIG", &kubeconfig)]).await
 }
 
-/// A sync completed after `since` (unix seconds).
-async fn synced_since(webhook: &Webhook, since: f64) -> Result<bool> {
-    Ok(webhook
-        .metric("orchestration_dedupe_reconcile_last_sync_timestamp_seconds")
-        .await?
-        >= since)
-}
-
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -94,7 +86,7 @@ async fn a_restart_half_way_through_a_back_fill_makes_no_duplicate_claims() -> R
 
     let second = start(&db, &certs, &api, &[]).await?;
     eventually("all back-filled", || async {
-        Ok(synced_since(&second, 1.0).await? && count_claims(&db).await? == RUNS as i64)
+        Ok(second.synced_since(1.0).await? && count_claims(&db).await? == RUNS as i64)
     })
     .await?;
     let client = db.client().await?;
@@ -140,7 +132,7 @@ async fn ten_thousand_runs_are_back_filled_in_bounded_time() -> Result<()> {
     }));
     let started = Instant::now();
     let webhook = start(&db, &certs, &api, &[]).await?;
-    eventually("10,000 back-filled", || synced_since(&webhook, 1.0)).await?;
+    eventually("10,000 back-filled", || webhook.synced_since(1.0)).await?;
     let took = started.elapsed();
     // Phases from the webhook's own log: watch started → list complete → all written.
     let at = |message: &str| -> Option<chrono::DateTime<chrono::Utc>> {
@@ -183,7 +175,7 @@ async fn a_410_gone_on_the_watch_forces_a_relist_that_changes_nothing() -> Resul
     let early = delivery();
     api.add_run("jangar", "run-early", &early);
     let webhook = start(&db, &certs, &api, &[]).await?;
-    eventually("first sync", || synced_since(&webhook, 1.0)).await?;
+    eventually("first sync", || webhook.synced_since(1.0)).await?;
     assert_eq!(
         db.claim(&early).await?,
         Some(("run-early".into(), "confirmed".into()))
@@ -196,7 +188,7 @@ async fn a_410_gone_on_the_watch_forces_a_relist_that_changes_nothing() -> Resul
     api.add_run("jangar", "run-late", &late);
     eventually("relisted after 410 Gone", || async { Ok(api.lists() > lists) }).await?;
     eventually("late run back-filled", || async {
-        Ok(db.claim(&late).await?.is_some() && synced_since(&webhook, before).await?)
+        Ok(db.claim(&late).await?.is_some() && webhook.synced_since(before).await?)
     })
     .await?;
     assert_eq!(count_claims(&db).await?, 2);

@@ -17,24 +17,10 @@ const MIB: i64 = 1024 * 1024;
 
 use dedupe_tests::new_delivery as delivery;
 
-/// A `kB` field of `/proc/<pid>/status`, in bytes.
-fn status_bytes(status: &str, field: &str) -> Result<i64> {
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .ok_or_else(|| anyhow!("no {field} in /proc status"))?;
-    let kib: i64 = line
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| anyhow!("bad line {line:?}"))?
-        .parse()?;
-    Ok(kib * 1024)
-}
-
 /// (VmRSS, VmHWM) of the webhook.
 fn rss(webhook: &Webhook) -> Result<(i64, i64)> {
-    let status = webhook.proc_status()?;
-    Ok((status_bytes(&status, "VmRSS:")?, status_bytes(&status, "VmHWM:")?))
+    let memory = webhook.memory()?;
+    Ok((memory.rss, memory.hwm))
 }
 
 /// Resets the process's peak RSS (VmHWM) to its current RSS (`/proc/<pid>/clear_refs`, 5).

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use dedupe_tests::kube::{run_api, ControlPlane, NewRun};
-use dedupe_tests::{new_delivery, TestCerts, TestDb, Webhook};
+use dedupe_tests::{new_delivery, TestCerts, TestDb, Webhook, RECONCILE_LAST_SYNC};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use kube::api::PostParams;
 
@@ -46,35 +46,13 @@ struct Mem {
 }
 
 fn mem(webhook: &Webhook) -> Result<Mem> {
-    let status = webhook.proc_status()?;
-    let field = |name: &str| -> Result<f64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .ok_or_else(|| anyhow!("{name} not in /proc/PID/status"))?;
-        let kb: f64 = line
-            .split_whitespace()
-            .nth(1)
-            .ok_or_else(|| anyhow!("bad line {line}"))?
-            .parse()?;
-        Ok(kb / 1024.0)
-    };
+    let mib = |bytes: i64| bytes as f64 / (1024.0 * 1024.0);
+    let memory = webhook.memory()?;
     Ok(Mem {
-        hwm: field("VmHWM:")?,
-        rss: field("VmRSS:")?,
+        hwm: mib(memory.hwm),
+        rss: mib(memory.rss),
     })
 }
-
-async fn metric(webhook: &Webhook, name: &str) -> Result<f64> {
-    let body = String::from_utf8_lossy(&webhook.ops("/metrics").await?.body).into_owned();
-    Ok(body
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
-}
-
-const LAST_SYNC: &str = "orchestration_dedupe_reconcile_last_sync_timestamp_seconds";
 
 /// Waits until the last-sync metric passes `after`, sampling memory every 50 ms; returns
 /// the seconds it took and the highest RSS seen.
@@ -85,7 +63,7 @@ async fn until_synced(webhook: &Webhook, after: f64, timeout: Duration) -> Resul
     loop {
         peak_rss = peak_rss.max(mem(webhook)?.rss);
         polls += 1;
-        if polls.is_multiple_of(5) && metric(webhook, LAST_SYNC).await? > after {
+        if polls.is_multiple_of(5) && webhook.metric(RECONCILE_LAST_SYNC).await? > after {
             return Ok((started.elapsed().as_secs_f64(), peak_rss));
         }
         if started.elapsed() > timeout {
@@ -183,7 +161,7 @@ async fn main() -> Result<()> {
         let after_list = settled(&webhook, SETTLE).await?;
         let mut after_relists = Vec::new();
         for _ in 0..args.relists {
-            let before = metric(&webhook, LAST_SYNC).await?;
+            let before = webhook.metric(RECONCILE_LAST_SYNC).await?;
             // The sync metric has one-second resolution: let a second pass so a new sync shows.
             tokio::time::sleep(Duration::from_millis(1100)).await;
             cp.stop_apiserver()?;
