@@ -186,8 +186,8 @@ impl<W: fmt::Write> fmt::Write for Escaped<W> {
 }
 
 thread_local! {
-    /// The last second written by this thread, and its text up to the seconds.
-    static SECOND: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    /// The second this thread last wrote (none yet), and its text up to the seconds.
+    static SECOND: RefCell<(Option<u64>, String)> = const { RefCell::new((None, String::new())) };
 }
 
 /// Now, as tracing-subscriber's `SystemTime` writes it (`2026-12-05T12:09:16.575013Z`: UTC,
@@ -202,17 +202,17 @@ fn write_timestamp(out: &mut Writer<'_>) -> fmt::Result {
     // timestamp, the slow way.
     let cached = SECOND.try_with(|second| {
         let mut second = second.borrow_mut();
-        if second.0 != seconds || second.1.is_empty() {
+        if second.0 != Some(seconds) {
+            second.0 = None;
             second.1.clear();
             let formatted = i64::try_from(seconds)
                 .ok()
                 .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
                 .map(|t| write!(second.1, "{}", t.format("%Y-%m-%dT%H:%M:%S")));
             if !matches!(formatted, Some(Ok(()))) {
-                second.1.clear();
                 return SystemTime.format_time(out);
             }
-            second.0 = seconds;
+            second.0 = Some(seconds);
         }
         out.write_str(&second.1)?;
         write!(out, ".{:06}Z", since_epoch.subsec_micros())
