@@ -21,8 +21,6 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 
 use crate::error::HttpError;
 use crate::handler::App;
@@ -49,11 +47,10 @@ fn mutate_inner(
 ) -> Result<Response, HttpError> {
     let bytes = edge::read_body(&body_slot, headers, body)?;
     let req = review::parse(&bytes);
-    let labels = labels_present(&bytes);
     drop(bytes);
     body_slot.release();
     let req = req?;
-    let patch = label_patch(&req, labels);
+    let patch = label_patch(&req);
     if let (Some(_), Some(object)) = (&patch, &req.object) {
         tracing::info!(
             deliveryId = object.spec_delivery_id().unwrap_or_default(),
@@ -66,9 +63,9 @@ fn mutate_inner(
 
 /// The patch for one request: the delivery-id label from `spec.deliveryId`, only on a
 /// CREATE of an OrchestrationRun (not a subresource) that has a usable `spec.deliveryId`
-/// and no label. `labels_present` says whether `metadata.labels` exists (a JSON patch
+/// and no label. Whether `metadata.labels` exists decides the patch's path (a JSON patch
 /// cannot add a key to a map that is not there, and adding the map would replace one).
-pub fn label_patch(req: &Request, labels_present: bool) -> Option<Patch> {
+pub fn label_patch(req: &Request) -> Option<Patch> {
     if !req.is_orchestration_run || req.sub_resource.is_some() || req.operation != Operation::Create {
         return None;
     }
@@ -80,7 +77,7 @@ pub fn label_patch(req: &Request, labels_present: bool) -> Option<Patch> {
     if label_value_problem(delivery).is_some() {
         return None;
     }
-    let operation = if labels_present {
+    let operation = if req.object_has_labels {
         AddOperation {
             path: PointerBuf::from_tokens(["metadata", "labels", DELIVERY_ID_LABEL]),
             value: delivery.into(),
@@ -116,31 +113,6 @@ fn respond(uid: &str, patch: Option<Patch>) -> AdmissionReview<DynamicObject> {
     response.into_review()
 }
 
-/// Whether `request.object.metadata.labels` is there (and not null). A second, shallow
-/// pass over the body: every other value is skipped without being built.
-fn labels_present(body: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Review {
-        request: Option<Req>,
-    }
-    #[derive(Deserialize)]
-    struct Req {
-        object: Option<Object>,
-    }
-    #[derive(Deserialize)]
-    struct Object {
-        metadata: Option<Meta>,
-    }
-    #[derive(Deserialize)]
-    struct Meta {
-        labels: Option<IgnoredAny>,
-    }
-    serde_json::from_slice::<Review>(body)
-        .ok()
-        .and_then(|r| r.request?.object?.metadata?.labels)
-        .is_some()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,7 +128,7 @@ mod tests {
 
     fn patched(body: &[u8]) -> Option<Value> {
         let req = review::parse(body).expect("a valid review");
-        let patch = label_patch(&req, labels_present(body))?;
+        let patch = label_patch(&req)?;
         let mut object: Value =
             serde_json::from_slice::<Value>(body).expect("JSON")["request"]["object"].clone();
         json_patch::patch(&mut object, &patch).expect("the patch applies");

@@ -77,6 +77,9 @@ pub struct Request {
     pub name: String,
     pub object: Option<RunView>,
     pub old_object: Option<RunView>,
+    /// Whether `object.metadata.labels` is there (and not null): the mutating webhook's
+    /// patch adds a label to the map, or the map itself when there is none.
+    pub object_has_labels: bool,
 }
 
 /// Parses and checks one AdmissionReview body.
@@ -98,6 +101,11 @@ pub fn parse(body: &[u8]) -> Result<Request, ReviewError> {
     let is_orchestration_run = req.resource.group == GROUP && req.resource.resource == RESOURCE;
     let sub_resource = req.sub_resource.filter(|s| !s.is_empty());
     let namespace = req.namespace.unwrap_or_default();
+    let object_has_labels = req
+        .object
+        .as_ref()
+        .and_then(|o| o.metadata.as_ref())
+        .is_some_and(|m| m.labels.is_some());
     let object = req.object.map(|o| o.into_view(&namespace, &req.name));
     let old_object = req.old_object.map(|o| o.into_view(&namespace, &req.name));
     // The objects this webhook acts on must be there; for anything else it just allows.
@@ -123,6 +131,7 @@ pub fn parse(body: &[u8]) -> Result<Request, ReviewError> {
         name: req.name.into_owned(),
         object,
         old_object,
+        object_has_labels,
     })
 }
 
@@ -190,7 +199,7 @@ impl WireObject<'_> {
             namespace: owned(meta.namespace).unwrap_or_else(|| namespace.to_owned()),
             name: owned(meta.name.filter(|n| !n.is_empty())).unwrap_or_else(|| name.to_owned()),
             uid: owned(meta.uid).unwrap_or_default(),
-            delivery_label: meta.labels.0,
+            delivery_label: meta.labels.and_then(|labels| labels.0),
             spec: OrchestrationRunSpec {
                 orchestration_ref: self
                     .spec
@@ -211,8 +220,9 @@ struct WireMeta<'a> {
     namespace: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     uid: Option<Cow<'a, str>>,
+    /// `None` when absent or null.
     #[serde(default)]
-    labels: DeliveryLabel,
+    labels: Option<DeliveryLabel>,
 }
 
 /// `spec` as far as the claim goes, read leniently: a wrong type in `deliveryId` or
