@@ -26,6 +26,14 @@ pub(crate) use rows::read_claim;
 /// seeing it means "not set", so the flag applies.
 const LIBRARY_DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 
+/// How much later than the client's bound the server's (`statement_timeout`) ends a
+/// statement. The client's bound decides what a caller sees (`StoreError::Timeout`): with
+/// equal bounds, a call stuck on a row lock would end as a timeout or as the server's
+/// cancel (57014) depending on which timer fired first, the server's starting a moment
+/// later but the client's firing up to a tick late. The server's is the backstop for a
+/// statement whose cancel request did not get through.
+const SERVER_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
+
 /// The `application_name` of store sessions unless the connection string names one.
 const APPLICATION_NAME: &str = "orchestration-dedupe";
 
@@ -46,9 +54,9 @@ impl Db {
     pub(crate) fn new(config: &StoreConfig) -> Result<Self, StoreError> {
         let target = StoreTarget::of(&config.database);
         let mut pg = config.database.clone();
-        // The server-side bound matches the client-side one, so a statement abandoned by a
-        // timed-out call does not go on holding locks.
-        let ms = config.timeout.as_millis();
+        // The server-side bound follows the client-side one, so a statement abandoned by a
+        // timed-out call does not go on holding locks even when its cancel is lost.
+        let ms = (config.timeout + SERVER_TIMEOUT_MARGIN).as_millis();
         let options = match pg.get_options() {
             Some(existing) => format!("{existing} -c statement_timeout={ms}"),
             None => format!("-c statement_timeout={ms}"),

@@ -35,8 +35,8 @@ if [[ "${1:-}" == "--claim-roundtrip" ]]; then
   vars=()
   while IFS= read -r line; do vars+=(-D "$line"); done < <(
     "$REL/loadgen" pgbench-script --deliveries new --statement claim --out "$work/claim.sql")
-  # The webhook's sessions: search_path aside, statement_timeout = its store timeout (2 s).
-  export PGOPTIONS="-c search_path=roundtrip -c statement_timeout=2000"
+  # The webhook's sessions: search_path aside, statement_timeout = its store timeout + 0.5 s.
+  export PGOPTIONS="-c search_path=roundtrip -c statement_timeout=2500"
   (cd "$work" && "$PGBENCH" -n -M prepared -c 1 -j 1 -t $((BENCH_CREATES + 30)) --log \
     -f "$work/claim.sql" "${vars[@]}" "$DATABASE_URL" >/dev/null 2>&1)
   # pgbench --log: column 3 is the transaction's latency in µs.

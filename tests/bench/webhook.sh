@@ -236,9 +236,9 @@ run_pgbench() { # NAME new|duplicate [extra pgbench args...]
       --statement "${PGBENCH_STATEMENT:-claim}" --out "$script")
   [[ -f "$script.setup.sql" ]] && psql "$BENCH_URL" -qAt -v ON_ERROR_STOP=1 -f "$script.setup.sql" >/dev/null
   local common=(-n -M prepared -c "$C" -j 1 -f "$script" "${vars[@]}" "$@")
-  # The webhook's sessions run with statement_timeout = the store timeout (ClaimStore::new,
+  # The webhook's sessions run with statement_timeout = the store timeout + 0.5 s (db.rs,
   # default 2000 ms); pgbench's get the same, so both sides arm the same per-statement timer.
-  export PGOPTIONS="-c statement_timeout=2000"
+  export PGOPTIONS="-c statement_timeout=2500"
   # Warm-up, not recorded (loadgen's warm-up is the same length).
   # Both in $WORK: with --log, pgbench writes pgbench_log.* into its working directory.
   if (( W > 0 )); then
